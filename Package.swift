@@ -1,0 +1,93 @@
+// swift-tools-version: 6.0
+import PackageDescription
+
+let swiftSettings: [SwiftSetting] = [.swiftLanguageMode(.v6)]
+
+let package = Package(
+  name: "Atelier",
+  platforms: [.macOS(.v15)],
+  products: [
+    .executable(name: "atelier", targets: ["atelier"]),
+    .executable(name: "atelier-agent", targets: ["atelier-agent"]),
+  ],
+  dependencies: [
+    .package(url: "https://github.com/hummingbird-project/hummingbird.git", from: "2.28.1"),
+    .package(
+      url: "https://github.com/hummingbird-project/hummingbird-websocket.git", from: "2.8.1"),
+    .package(url: "https://github.com/groue/GRDB.swift.git", from: "7.10.0"),
+    .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
+    .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
+    .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
+    .package(url: "https://github.com/apple/swift-crypto.git", from: "3.12.3"),
+    .package(url: "https://github.com/swift-server/async-http-client.git", from: "1.37.0"),
+    .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
+  ],
+  targets: [
+    // Shared by host and guest.
+    .target(name: "CAtelierSys"),
+    .target(name: "AtelierProcess", dependencies: ["CAtelierSys"], swiftSettings: swiftSettings),
+    .target(name: "AtelierAgentAPI", swiftSettings: swiftSettings),
+    .target(
+      name: "AtelierHTTP", dependencies: [.product(name: "Hummingbird", package: "hummingbird")],
+      swiftSettings: swiftSettings),
+
+    // The in-guest agent and init.
+    .executableTarget(
+      name: "atelier-agent",
+      dependencies: [
+        "AtelierAgentAPI", "AtelierHTTP", "AtelierProcess", "CAtelierSys",
+        .product(name: "Hummingbird", package: "hummingbird"),
+        .product(name: "Logging", package: "swift-log"),
+      ],
+      swiftSettings: swiftSettings),
+
+    // Host side.
+    .target(
+      name: "AtelierCore", dependencies: [.product(name: "Logging", package: "swift-log")],
+      swiftSettings: swiftSettings),
+    .target(
+      name: "AtelierStore",
+      dependencies: [.product(name: "GRDB", package: "GRDB.swift")],
+      swiftSettings: swiftSettings),
+    .target(
+      name: "AtelierHost",
+      dependencies: [
+        "AtelierCore", "AtelierAgentAPI", "AtelierProcess",
+        .product(name: "AsyncHTTPClient", package: "async-http-client"),
+        .product(name: "Crypto", package: "swift-crypto"),
+        .product(name: "Logging", package: "swift-log"),
+      ],
+      swiftSettings: swiftSettings),
+    .target(
+      name: "AtelierManager",
+      dependencies: [
+        "AtelierCore", "AtelierHost", "AtelierStore", "AtelierAgentAPI", "AtelierProcess",
+      ],
+      swiftSettings: swiftSettings),
+    .target(
+      name: "AtelierServer",
+      dependencies: [
+        "AtelierCore", "AtelierHost", "AtelierManager", "AtelierStore", "AtelierHTTP",
+        "AtelierAgentAPI",
+        .product(name: "Hummingbird", package: "hummingbird"),
+        .product(name: "Crypto", package: "swift-crypto"),
+      ],
+      swiftSettings: swiftSettings),
+    .executableTarget(
+      name: "atelier",
+      dependencies: [
+        "AtelierCore", "AtelierHost", "AtelierServer", "AtelierAgentAPI",
+        .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        .product(name: "AsyncHTTPClient", package: "async-http-client"),
+      ],
+      swiftSettings: swiftSettings),
+
+    .testTarget(
+      name: "AtelierUnitTests",
+      dependencies: [
+        "AtelierCore", "AtelierHost", "AtelierManager", "AtelierStore", "AtelierServer",
+        "AtelierAgentAPI", "AtelierProcess",
+      ],
+      swiftSettings: swiftSettings),
+  ]
+)

@@ -1,0 +1,191 @@
+import Foundation
+
+/// Manager and CLI settings. Precedence: environment (`ATELIER_*`) > the JSON file named by
+/// `ATELIER_CONFIG` > defaults. Every key has a dotted path in the file (`server.port`) and an
+/// environment name derived from it (`ATELIER_SERVER_PORT`).
+public struct Config: Sendable, Equatable {
+  public enum Accel: String, Sendable, CaseIterable { case auto, kvm, tcg }
+  public enum VMMKind: String, Sendable, CaseIterable { case qemu, firecracker }
+  public enum StorageKind: String, Sendable, CaseIterable { case file, lvm }
+  public enum NetworkKind: String, Sendable, CaseIterable { case user, bridge }
+
+  public var dataDir: String
+  public var serverHost: String
+  public var serverPort: Int
+  public var maxSandboxes: Int
+  public var accel: Accel
+  public var vmm: VMMKind
+  public var storage: StorageKind
+  public var network: NetworkKind
+  public var qemuBinary: String
+  /// The guest agent binary put into images; empty means "next to the atelier binary".
+  public var agentPath: String
+  /// Where image recipes (`<name>/manifest.json`) are; empty means "find them" (see CLI).
+  public var recipesDir: String
+  public var bootTimeoutSeconds: Int
+  public var defaultImage: String
+  public var logLevel: String
+
+  public static func defaults(environment: [String: String] = ProcessInfo.processInfo.environment)
+    -> Config
+  {
+    let isRoot = getuid() == 0
+    let home = environment["HOME"] ?? NSHomeDirectory()
+    return Config(
+      dataDir: isRoot ? "/var/lib/atelier" : "\(home)/.local/share/atelier",
+      serverHost: "127.0.0.1", serverPort: 4000, maxSandboxes: 20, accel: .auto, vmm: .qemu,
+      storage: .file, network: .user, qemuBinary: "qemu-system-x86_64", agentPath: "",
+      recipesDir: "",
+      bootTimeoutSeconds: 90, defaultImage: "tiny", logLevel: "info")
+  }
+
+  /// A key as it appears in the file (`path`) and in the environment (`envName`).
+  struct Key: Sendable {
+    let path: String
+    let apply: @Sendable (inout Config, String) throws -> Void
+    var envName: String {
+      var name = "ATELIER_"
+      for character in path {
+        if character == "." {
+          name.append("_")
+        } else if character.isUppercase {
+          name.append("_")
+          name.append(character)
+        } else {
+          name.append(Character(character.uppercased()))
+        }
+      }
+      return name
+    }
+  }
+
+  static let keys: [Key] = [
+    Key(path: "dataDir") { config, value in
+      guard value.hasPrefix("/") else { throw ConfigProblem("expected an absolute path") }
+      config.dataDir = value
+    },
+    Key(path: "server.host") { config, value in
+      guard !value.isEmpty, !value.contains(" ") else { throw ConfigProblem("expected a host") }
+      config.serverHost = value
+    },
+    Key(path: "server.port") { $0.serverPort = try integer($1, in: 1...65535) },
+    Key(path: "server.maxSandboxes") { $0.maxSandboxes = try integer($1, in: 1...10000) },
+    Key(path: "accel") { $0.accel = try choice($1) },
+    Key(path: "vmm") { $0.vmm = try choice($1) },
+    Key(path: "storage") { $0.storage = try choice($1) },
+    Key(path: "network") { $0.network = try choice($1) },
+    Key(path: "qemuBinary") { config, value in
+      guard !value.isEmpty else { throw ConfigProblem("expected a program name or path") }
+      config.qemuBinary = value
+    },
+    Key(path: "agentPath") { $0.agentPath = $1 },
+    Key(path: "recipesDir") { $0.recipesDir = $1 },
+    Key(path: "bootTimeoutSeconds") { $0.bootTimeoutSeconds = try integer($1, in: 5...3600) },
+    Key(path: "defaultImage") { config, value in
+      guard ImageName.isValid(value) else { throw ConfigProblem("expected an image name") }
+      config.defaultImage = value
+    },
+    Key(path: "logLevel") { config, value in
+      let levels = ["trace", "debug", "info", "notice", "warning", "error", "critical"]
+      guard levels.contains(value) else {
+        throw ConfigProblem("expected one of \(levels.joined(separator: ", "))")
+      }
+      config.logLevel = value
+    },
+  ]
+
+  /// Loads the configuration; throws `ConfigError` naming the offending key.
+  public static func load(environment: [String: String] = ProcessInfo.processInfo.environment)
+    throws -> Config
+  {
+    var config = Config.defaults(environment: environment)
+    if let file = environment["ATELIER_CONFIG"], !file.isEmpty {
+      let values = try readFile(file)
+      for (path, value) in values {
+        guard let key = keys.first(where: { $0.path == path }) else {
+          throw ConfigError(key: path, source: file, message: "unknown key")
+        }
+        do { try key.apply(&config, value) } catch let problem as ConfigProblem {
+          throw ConfigError(key: path, source: file, message: "\(value): \(problem.reason)")
+        }
+      }
+    }
+    for key in keys {
+      guard let value = environment[key.envName] else { continue }
+      do { try key.apply(&config, value) } catch let problem as ConfigProblem {
+        throw ConfigError(key: key.envName, source: nil, message: "\(value): \(problem.reason)")
+      }
+    }
+    return config
+  }
+
+  /// Reads the JSON config file into dotted paths with string values.
+  static func readFile(_ path: String) throws -> [(String, String)] {
+    guard let data = FileManager.default.contents(atPath: path) else {
+      throw ConfigError(key: "ATELIER_CONFIG", source: nil, message: "cannot read \(path)")
+    }
+    guard let object = try? JSONSerialization.jsonObject(with: data) as? [String: Any] else {
+      throw ConfigError(key: "ATELIER_CONFIG", source: nil, message: "\(path) is not a JSON object")
+    }
+    var result: [(String, String)] = []
+    func flatten(_ object: [String: Any], prefix: String) {
+      for (key, value) in object.sorted(by: { $0.key < $1.key }) {
+        let path = prefix.isEmpty ? key : "\(prefix).\(key)"
+        if let nested = value as? [String: Any] {
+          flatten(nested, prefix: path)
+        } else if let number = value as? NSNumber, !(value is Bool) {
+          result.append((path, number.stringValue))
+        } else {
+          result.append((path, "\(value)"))
+        }
+      }
+    }
+    flatten(object, prefix: "")
+    return result
+  }
+
+  static func integer(_ value: String, in range: ClosedRange<Int>) throws -> Int {
+    guard let number = Int(value), range.contains(number) else {
+      throw ConfigProblem("expected a whole number from \(range.lowerBound) to \(range.upperBound)")
+    }
+    return number
+  }
+
+  static func choice<T: RawRepresentable & CaseIterable>(_ value: String) throws -> T
+  where T.RawValue == String {
+    guard let parsed = T(rawValue: value) else {
+      throw ConfigProblem("expected one of \(T.allCases.map(\.rawValue).joined(separator: ", "))")
+    }
+    return parsed
+  }
+
+  // MARK: Paths inside the data folder
+
+  public var databasePath: String { "\(dataDir)/atelier.db" }
+  public var adminTokenPath: String { "\(dataDir)/admin-token" }
+  public var imagesDir: String { "\(dataDir)/images" }
+  public var kernelsDir: String { "\(dataDir)/kernels" }
+  public var sandboxesDir: String { "\(dataDir)/sandboxes" }
+  public var logsDir: String { "\(dataDir)/logs" }
+  public var cacheDir: String { "\(dataDir)/cache" }
+  public var managerURL: String {
+    let host = serverHost == "0.0.0.0" ? "127.0.0.1" : serverHost
+    return "http://\(host):\(serverPort)"
+  }
+}
+
+struct ConfigProblem: Error {
+  let reason: String
+  init(_ reason: String) { self.reason = reason }
+}
+
+/// An invalid setting; its description is the one-line message shown at start.
+public struct ConfigError: Error, CustomStringConvertible, Sendable {
+  public let key: String
+  public let source: String?
+  public let message: String
+  public var description: String {
+    if let source { return "invalid config \(key) in \(source): \(message)" }
+    return "invalid config \(key): \(message)"
+  }
+}

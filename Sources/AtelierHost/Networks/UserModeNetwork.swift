@@ -1,0 +1,82 @@
+import AtelierAgentAPI
+import Foundation
+import Synchronization
+
+/// QEMU user-mode networking (slirp): no root, no host devices. The guest sits alone on
+/// 10.0.2.0/24; its agent port is forwarded to a free 127.0.0.1 port, reachable by nothing
+/// but this host.
+public struct UserModeNetwork: NetworkProvider {
+  public let name = "user"
+  let ports: LoopbackPortAllocator
+
+  public init(ports: LoopbackPortAllocator = LoopbackPortAllocator()) {
+    self.ports = ports
+  }
+
+  public func attach(sandboxId: String) async throws -> NetworkAttachment {
+    let port = try ports.reserve()
+    let forward = NetworkAttachment.PortForward(
+      hostAddress: "127.0.0.1", hostPort: port, guestPort: AgentProtocol.port)
+    return NetworkAttachment(
+      backend: .userMode(forwards: [forward]), guestIPv4: "10.0.2.15", prefixLength: 24,
+      gateway: "10.0.2.2", dns: "10.0.2.3", agent: .tcp(host: "127.0.0.1", port: port))
+  }
+
+  public func release(sandboxId: String, attachment: NetworkAttachment) async {
+    if case .userMode(let forwards) = attachment.backend {
+      forwards.forEach { ports.release($0.hostPort) }
+    }
+  }
+
+  public func adopt(sandboxId: String, attachment: NetworkAttachment) async {
+    if case .userMode(let forwards) = attachment.backend {
+      forwards.forEach { ports.markInUse($0.hostPort) }
+    }
+  }
+}
+
+/// Hands out free 127.0.0.1 ports. The kernel picks a port that is free now; the reservation
+/// set keeps two concurrent creates from both getting it before their VMs bind it.
+public final class LoopbackPortAllocator: Sendable {
+  private let reserved = Mutex(Set<Int>())
+
+  public init() {}
+
+  public func reserve() throws -> Int {
+    for _ in 0..<64 {
+      let port = try Self.kernelChosenPort()
+      let fresh = reserved.withLock { $0.insert(port).inserted }
+      if fresh { return port }
+    }
+    throw NetworkError("no free loopback port")
+  }
+
+  public func release(_ port: Int) {
+    _ = reserved.withLock { $0.remove(port) }
+  }
+
+  public func markInUse(_ port: Int) {
+    _ = reserved.withLock { $0.insert(port) }
+  }
+
+  static func kernelChosenPort() throws -> Int {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+    guard fd >= 0 else { throw NetworkError("socket: \(String(cString: strerror(errno)))") }
+    defer { close(fd) }
+    var address = sockaddr_in()
+    address.sin_family = sa_family_t(AF_INET)
+    address.sin_port = 0
+    address.sin_addr.s_addr = inet_addr("127.0.0.1")
+    let bound = withUnsafePointer(to: &address) {
+      $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+        bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+      }
+    }
+    guard bound == 0 else { throw NetworkError("bind: \(String(cString: strerror(errno)))") }
+    var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+    _ = withUnsafeMutablePointer(to: &address) {
+      $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) }
+    }
+    return Int(UInt16(bigEndian: address.sin_port))
+  }
+}

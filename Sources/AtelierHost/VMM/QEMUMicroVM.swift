@@ -1,0 +1,171 @@
+import Foundation
+import Logging
+
+/// Hardware acceleration for QEMU.
+public enum Acceleration: String, Codable, Sendable {
+  case kvm, tcg
+}
+
+/// The QEMU `microvm` backend: virtio-mmio devices, a direct kernel boot, QMP for control.
+/// QEMU daemonizes, so its process is not the manager's child and survives a manager restart.
+public struct QEMUMicroVM: VirtualMachineManager {
+  public let name = "qemu"
+  let binary: String
+  let acceleration: Acceleration
+  /// Root of all runtime directories; how `discover` recognises our processes.
+  let sandboxesDirectory: String
+  let runner: any CommandRunning
+  let logger: Logger
+
+  public init(
+    binary: String, acceleration: Acceleration, sandboxesDirectory: String,
+    runner: any CommandRunning, logger: Logger = Logger(label: "atelier.vmm.qemu")
+  ) {
+    self.binary = binary
+    self.acceleration = acceleration
+    self.sandboxesDirectory = sandboxesDirectory
+    self.runner = runner
+    self.logger = logger
+  }
+
+  static func pidFile(_ runtimeDirectory: String) -> String { "\(runtimeDirectory)/qemu.pid" }
+  static func qmpSocket(_ runtimeDirectory: String) -> String { "\(runtimeDirectory)/qmp.sock" }
+  static func consoleLog(_ runtimeDirectory: String) -> String {
+    "\(runtimeDirectory)/console.log"
+  }
+  static func processName(_ sandboxId: String) -> String { "atelier-\(sandboxId)" }
+
+  /// The kernel command line: serial console, quiet boot, a panic that ends the VM, and under
+  /// TCG the host's TSC rate (without it the guest hangs about half the time calibrating).
+  func kernelCommandLine(_ spec: VMSpec) -> String {
+    var arguments = [
+      "console=ttyS0", "quiet", "loglevel=3", "panic=-1", "reboot=t", "i8042.noaux",
+      "random.trust_cpu=on",
+    ]
+    if acceleration == .tcg, let khz = HostInfo.tscKHz() {
+      arguments.append("tsc_early_khz=\(khz)")
+    }
+    return (arguments + spec.kernelArguments).joined(separator: " ")
+  }
+
+  public func arguments(for spec: VMSpec) -> [String] {
+    let dir = spec.runtimeDirectory
+    var arguments = [
+      "-name", "\(Self.processName(spec.sandboxId)),process=\(Self.processName(spec.sandboxId))",
+      "-machine", "microvm,x-option-roms=off,isa-serial=on,rtc=on",
+      "-accel", acceleration == .kvm ? "kvm" : "tcg",
+      "-m", "\(spec.memoryMb)", "-smp", "\(spec.vcpus)",
+      "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+      "-chardev", "file,id=console,path=\(Self.consoleLog(dir))", "-serial", "chardev:console",
+      "-kernel", spec.kernelPath, "-initrd", spec.initrdPath,
+      "-append", kernelCommandLine(spec),
+      "-drive",
+      "id=root,file=\(spec.disk.path),format=\(spec.disk.format.rawValue),if=none,cache=writeback,discard=unmap",
+      "-device", "virtio-blk-device,drive=root",
+      "-device", "virtio-rng-device",
+      "-qmp", "unix:\(Self.qmpSocket(dir)),server=on,wait=off",
+      "-pidfile", Self.pidFile(dir), "-daemonize",
+    ]
+    if acceleration == .tcg { arguments += ["-cpu", "max"] }
+    switch spec.network.backend {
+    case .userMode(let forwards):
+      let net =
+        "net=\(spec.network.gateway.split(separator: ".").prefix(3).joined(separator: ".")).0/\(spec.network.prefixLength)"
+      var netdev = "user,id=net0,\(net),host=\(spec.network.gateway),dns=\(spec.network.dns)"
+      for forward in forwards {
+        netdev +=
+          ",hostfwd=tcp:\(forward.hostAddress):\(forward.hostPort)-\(spec.network.guestIPv4):\(forward.guestPort)"
+      }
+      arguments += ["-netdev", netdev, "-device", "virtio-net-device,netdev=net0"]
+    case .tap(let device, let mac):
+      arguments += [
+        "-netdev", "tap,id=net0,ifname=\(device),script=no,downscript=no",
+        "-device", "virtio-net-device,netdev=net0,mac=\(mac)",
+      ]
+    }
+    return arguments
+  }
+
+  public func boot(_ spec: VMSpec) async throws -> VMHandle {
+    let dir = spec.runtimeDirectory
+    try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+    for stale in [Self.pidFile(dir), Self.qmpSocket(dir), Self.consoleLog(dir)] {
+      try? FileManager.default.removeItem(atPath: stale)
+    }
+    do {
+      try await runner.run(Command(binary, arguments(for: spec), timeout: .seconds(60)))
+    } catch let failure as CommandFailure {
+      throw VMMError(
+        "qemu did not start: \(failure.stderr.trimmingCharacters(in: .whitespacesAndNewlines))",
+        consoleTail: consoleTail(runtimeDirectory: dir, lines: 25))
+    }
+    guard let pidText = try? String(contentsOfFile: Self.pidFile(dir), encoding: .utf8),
+      let pid = Int32(pidText.trimmingCharacters(in: .whitespacesAndNewlines))
+    else {
+      throw VMMError("qemu started but wrote no pid file")
+    }
+    logger.info("qemu started", metadata: ["sandbox": "\(spec.sandboxId)", "pid": "\(pid)"])
+    return VMHandle(sandboxId: spec.sandboxId, pid: pid, runtimeDirectory: dir)
+  }
+
+  public func isRunning(_ handle: VMHandle) -> Bool {
+    guard HostProcesses.isAlive(handle.pid),
+      let commandLine = HostProcesses.commandLine(of: handle.pid)
+    else { return false }
+    return commandLine.contains(Self.pidFile(handle.runtimeDirectory))
+  }
+
+  public func kill(_ handle: VMHandle) async {
+    guard isRunning(handle) else { return }
+    logger.info(
+      "killing qemu", metadata: ["sandbox": "\(handle.sandboxId)", "pid": "\(handle.pid)"])
+    await HostProcesses.killAndWait(handle.pid)
+  }
+
+  public func discover() -> [ObservedVM] {
+    let prefix = sandboxesDirectory.hasSuffix("/") ? sandboxesDirectory : sandboxesDirectory + "/"
+    var found: [ObservedVM] = []
+    for pid in HostProcesses.allPids() {
+      guard let commandLine = HostProcesses.commandLine(of: pid),
+        let flag = commandLine.firstIndex(of: "-pidfile"), flag + 1 < commandLine.count
+      else { continue }
+      let pidFile = commandLine[flag + 1]
+      guard pidFile.hasPrefix(prefix), pidFile.hasSuffix("/qemu.pid"),
+        HostProcesses.isAlive(pid)
+      else { continue }
+      let id = pidFile.dropFirst(prefix.count).split(separator: "/").first.map(String.init) ?? ""
+      found.append(ObservedVM(sandboxId: id, pid: pid))
+    }
+    return found
+  }
+
+  public func consoleTail(runtimeDirectory: String, lines: Int) -> String {
+    HostProcesses.tail(of: Self.consoleLog(runtimeDirectory), lines: lines)
+  }
+
+  /// Handle for a runtime directory whose pid file names a live VM of this sandbox.
+  public func adopt(sandboxId: String, runtimeDirectory: String) -> VMHandle? {
+    guard let text = try? String(contentsOfFile: Self.pidFile(runtimeDirectory), encoding: .utf8),
+      let pid = Int32(text.trimmingCharacters(in: .whitespacesAndNewlines))
+    else { return nil }
+    let handle = VMHandle(sandboxId: sandboxId, pid: pid, runtimeDirectory: runtimeDirectory)
+    return isRunning(handle) ? handle : nil
+  }
+}
+
+/// Facts about this host.
+public enum HostInfo {
+  /// The TSC rate in kHz, from the kernel's "cpu MHz" (what it detected at boot).
+  public static func tscKHz() -> Int? {
+    guard let cpuinfo = try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8) else {
+      return nil
+    }
+    for line in cpuinfo.split(separator: "\n") where line.hasPrefix("cpu MHz") {
+      guard let value = line.split(separator: ":").last,
+        let mhz = Double(value.trimmingCharacters(in: .whitespaces))
+      else { continue }
+      return Int((mhz * 1000).rounded())
+    }
+    return nil
+  }
+}

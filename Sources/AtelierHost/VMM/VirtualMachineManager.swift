@@ -1,0 +1,188 @@
+import Foundation
+
+/// How a guest disk is handed to the VMM.
+public struct DiskAttachment: Codable, Sendable, Equatable {
+  public enum Format: String, Codable, Sendable { case raw, qcow2 }
+  public var path: String
+  public var format: Format
+  public init(path: String, format: Format) {
+    self.path = path
+    self.format = format
+  }
+}
+
+/// Where the manager reaches a guest's agent.
+public enum AgentEndpoint: Codable, Sendable, Equatable {
+  /// A loopback TCP port forwarded into the guest by the VMM.
+  case tcp(host: String, port: Int)
+  /// Firecracker-style hybrid vsock: a Unix socket on the host, `CONNECT <port>\n` first.
+  case hybridVsock(path: String, port: Int)
+}
+
+/// The guest's network, as the VMM must wire it.
+public struct NetworkAttachment: Codable, Sendable, Equatable {
+  public enum Backend: Codable, Sendable, Equatable {
+    /// QEMU user-mode networking (slirp) with host port forwards to guest ports.
+    case userMode(forwards: [PortForward])
+    /// A TAP device on a host bridge.
+    case tap(device: String, mac: String)
+  }
+  public struct PortForward: Codable, Sendable, Equatable {
+    public var hostAddress: String
+    public var hostPort: Int
+    public var guestPort: Int
+    public init(hostAddress: String, hostPort: Int, guestPort: Int) {
+      self.hostAddress = hostAddress
+      self.hostPort = hostPort
+      self.guestPort = guestPort
+    }
+  }
+  public var backend: Backend
+  public var guestIPv4: String
+  public var prefixLength: Int
+  public var gateway: String
+  public var dns: String
+  public var agent: AgentEndpoint
+
+  public init(
+    backend: Backend, guestIPv4: String, prefixLength: Int, gateway: String, dns: String,
+    agent: AgentEndpoint
+  ) {
+    self.backend = backend
+    self.guestIPv4 = guestIPv4
+    self.prefixLength = prefixLength
+    self.gateway = gateway
+    self.dns = dns
+    self.agent = agent
+  }
+}
+
+/// Everything needed to start one VM.
+public struct VMSpec: Sendable {
+  public var sandboxId: String
+  /// Pid file, control socket and console log live here.
+  public var runtimeDirectory: String
+  public var kernelPath: String
+  public var initrdPath: String
+  /// Guest parameters (`atelier.*`); the backend adds its own console and timing options.
+  public var kernelArguments: [String]
+  public var disk: DiskAttachment
+  public var vcpus: Int
+  public var memoryMb: Int
+  public var network: NetworkAttachment
+
+  public init(
+    sandboxId: String, runtimeDirectory: String, kernelPath: String, initrdPath: String,
+    kernelArguments: [String], disk: DiskAttachment, vcpus: Int, memoryMb: Int,
+    network: NetworkAttachment
+  ) {
+    self.sandboxId = sandboxId
+    self.runtimeDirectory = runtimeDirectory
+    self.kernelPath = kernelPath
+    self.initrdPath = initrdPath
+    self.kernelArguments = kernelArguments
+    self.disk = disk
+    self.vcpus = vcpus
+    self.memoryMb = memoryMb
+    self.network = network
+  }
+}
+
+/// A VM process the manager started or adopted. Persisted, so a restarted manager finds it.
+public struct VMHandle: Codable, Sendable, Equatable {
+  public var sandboxId: String
+  public var pid: Int32
+  public var runtimeDirectory: String
+  public init(sandboxId: String, pid: Int32, runtimeDirectory: String) {
+    self.sandboxId = sandboxId
+    self.pid = pid
+    self.runtimeDirectory = runtimeDirectory
+  }
+}
+
+/// A VM process found on the host, whoever started it.
+public struct ObservedVM: Sendable, Equatable {
+  public var sandboxId: String
+  public var pid: Int32
+  public init(sandboxId: String, pid: Int32) {
+    self.sandboxId = sandboxId
+    self.pid = pid
+  }
+}
+
+public struct VMMError: Error, CustomStringConvertible, Sendable {
+  public var message: String
+  /// The last lines the guest printed, when there are any.
+  public var consoleTail: String
+  public init(_ message: String, consoleTail: String = "") {
+    self.message = message
+    self.consoleTail = consoleTail
+  }
+  public var description: String { message }
+}
+
+/// A virtual machine monitor backend (QEMU microvm, Firecracker). VM processes outlive the
+/// manager: everything needed to find one again is in its runtime directory.
+public protocol VirtualMachineManager: Sendable {
+  var name: String { get }
+  /// Starts the VM process; returns once it runs (the agent may not answer yet).
+  func boot(_ spec: VMSpec) async throws -> VMHandle
+  /// Whether the process is alive and is the VM of this sandbox (not a reused pid).
+  func isRunning(_ handle: VMHandle) -> Bool
+  /// Stops the process at once and waits until it is gone.
+  func kill(_ handle: VMHandle) async
+  /// VM processes of ours on this host (for the reconciler).
+  func discover() -> [ObservedVM]
+  /// The last lines of the guest console.
+  func consoleTail(runtimeDirectory: String, lines: Int) -> String
+}
+
+extension VirtualMachineManager {
+  public func consoleTail(runtimeDirectory: String) -> String {
+    consoleTail(runtimeDirectory: runtimeDirectory, lines: 25)
+  }
+}
+
+/// Helpers on /proc shared by VMM backends.
+enum HostProcesses {
+  static func commandLine(of pid: Int32) -> [String]? {
+    guard let data = FileManager.default.contents(atPath: "/proc/\(pid)/cmdline"), !data.isEmpty
+    else { return nil }
+    return data.split(separator: 0).map { String(decoding: $0, as: UTF8.self) }
+  }
+
+  /// Alive and not a zombie.
+  static func isAlive(_ pid: Int32) -> Bool {
+    guard pid > 0, Foundation.kill(pid, 0) == 0 || errno == EPERM else { return false }
+    guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+      let close = stat.lastIndex(of: ")")
+    else { return false }
+    let state = stat[stat.index(close, offsetBy: 2)...].prefix(1)
+    return state != "Z" && state != "X"
+  }
+
+  static func allPids() -> [Int32] {
+    ((try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []).compactMap { Int32($0) }
+  }
+
+  /// SIGKILL and wait (up to `timeout`) for the process to disappear.
+  static func killAndWait(_ pid: Int32, timeout: Duration = .seconds(10)) async {
+    guard pid > 0 else { return }
+    Foundation.kill(pid, SIGKILL)
+    let deadline = ContinuousClock.now + timeout
+    while isAlive(pid) && ContinuousClock.now < deadline {
+      try? await Task.sleep(for: .milliseconds(20))
+    }
+  }
+
+  static func tail(of path: String, lines: Int, maxBytes: Int = 64 << 10) -> String {
+    guard let handle = FileHandle(forReadingAtPath: path) else { return "" }
+    defer { try? handle.close() }
+    let size = (try? handle.seekToEnd()) ?? 0
+    try? handle.seek(toOffset: size > UInt64(maxBytes) ? size - UInt64(maxBytes) : 0)
+    let data = (try? handle.readToEnd()) ?? Data()
+    let text = String(decoding: data, as: UTF8.self)
+    return text.split(separator: "\n", omittingEmptySubsequences: false).suffix(lines)
+      .joined(separator: "\n")
+  }
+}

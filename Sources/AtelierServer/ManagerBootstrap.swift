@@ -1,0 +1,93 @@
+import AtelierCore
+import AtelierHost
+import AtelierManager
+import AtelierStore
+import Foundation
+import Hummingbird
+import Logging
+
+/// `atelier serve`: prepares the data folder, database, admin token and drivers, reconciles,
+/// then serves until SIGTERM/SIGINT. VMs keep running when the manager stops.
+public enum ManagerBootstrap {
+  public static func run(config: Config, logger: Logger) async throws {
+    let fileManager = FileManager.default
+    for directory in [
+      config.dataDir, config.sandboxesDir, config.imagesDir, config.kernelsDir, config.logsDir,
+      config.cacheDir, volumesDirectory(config),
+    ] {
+      try fileManager.createDirectory(atPath: directory, withIntermediateDirectories: true)
+    }
+    chmod(config.dataDir, 0o700)
+    let database = try AtelierDatabase(path: config.databasePath)
+    if let token = try AdminToken.ensure(database: database, path: config.adminTokenPath) {
+      logger.notice("created the admin API token in \(config.adminTokenPath)")
+      _ = token
+    }
+    let runner = SystemCommandRunner()
+    let qemuPath = findExecutable(config.qemuBinary)
+    let kernel = KernelProvider(
+      kernelsDirectory: config.kernelsDir, cacheDirectory: config.cacheDir, runner: runner
+    ).installed()
+    let acceleration = await AccelerationProbe(
+      cachePath: "\(config.dataDir)/accel-probe.json", qemuBinary: config.qemuBinary
+    ).resolve(config.accel, kernel: kernel)
+    logger.info("acceleration \(acceleration.acceleration.rawValue): \(acceleration.reason)")
+    let drivers = HostDrivers(
+      vmm: QEMUMicroVM(
+        binary: config.qemuBinary, acceleration: acceleration.acceleration,
+        sandboxesDirectory: config.sandboxesDir, runner: runner),
+      volumes: FileVolumeStore(directory: volumesDirectory(config)),
+      network: UserModeNetwork(),
+      images: ImageCatalog(directory: config.imagesDir),
+      acceleration: acceleration)
+    let service = SandboxService(
+      config: config, database: database, drivers: drivers,
+      logger: Logger(label: "atelier.sandboxes"))
+    let report = await service.reconcile()
+    logger.info(
+      "reconciled at start",
+      metadata: [
+        "adopted": "\(report.adopted.count)", "markedError": "\(report.markedError.count)",
+        "abandoned": "\(report.abandonedCreates.count)",
+        "killed": "\(report.killedProcesses.count)",
+      ])
+    let app = ManagerServer.makeApplication(
+      config: config, service: service, database: database, drivers: drivers, qemuPath: qemuPath,
+      logger: logger)
+    logger.notice(
+      "Atelier manager on \(config.managerURL) (admin token: \(config.adminTokenPath))")
+    try await app.runService()
+  }
+
+  public static func volumesDirectory(_ config: Config) -> String { "\(config.dataDir)/volumes" }
+
+  /// `name` if it is a path to an executable, else the first match in PATH.
+  public static func findExecutable(_ name: String) -> String? {
+    if name.contains("/") { return FileManager.default.isExecutableFile(atPath: name) ? name : nil }
+    let path = ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin"
+    for directory in path.split(separator: ":") {
+      let candidate = "\(directory)/\(name)"
+      if FileManager.default.isExecutableFile(atPath: candidate) { return candidate }
+    }
+    return nil
+  }
+}
+
+/// The first API token, created at first start; only its hash is stored.
+public enum AdminToken {
+  /// Creates the token when the database has none. Returns it when created.
+  public static func ensure(database: AtelierDatabase, path: String) throws -> String? {
+    guard try database.tokenCount() == 0 else { return nil }
+    var generator = SystemRandomNumberGenerator()
+    let bytes = (0..<24).map { _ in UInt8.random(in: 0...255, using: &generator) }
+    let token = "atl_" + bytes.map { String(format: "%02x", $0) }.joined()
+    try database.insertToken(id: Identifier.make(), name: "admin", hash: TokenVerifier.hash(token))
+    let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
+    guard fd >= 0 else { throw AtelierError(.internal, "cannot write \(path)") }
+    defer { close(fd) }
+    fchmod(fd, 0o600)
+    let data = Array((token + "\n").utf8)
+    _ = data.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+    return token
+  }
+}

@@ -1,0 +1,150 @@
+import Foundation
+import GRDB
+
+/// A sandbox row: what should exist. `runtime` is the host drivers' state (VM handle, disk,
+/// network) as JSON, owned by the manager.
+public struct SandboxRecord: Codable, Sendable, Equatable, FetchableRecord, PersistableRecord {
+  public static let databaseTableName = "sandboxes"
+
+  public var id: String
+  public var status: String
+  public var image: String
+  public var vcpus: Int
+  public var memoryMb: Int
+  public var hostname: String
+  public var createdAt: Date
+  public var updatedAt: Date
+  public var timings: String?
+  public var error: String?
+  public var runtime: String?
+
+  public init(
+    id: String, status: String, image: String, vcpus: Int, memoryMb: Int, hostname: String,
+    createdAt: Date, updatedAt: Date, timings: String? = nil, error: String? = nil,
+    runtime: String? = nil
+  ) {
+    self.id = id
+    self.status = status
+    self.image = image
+    self.vcpus = vcpus
+    self.memoryMb = memoryMb
+    self.hostname = hostname
+    self.createdAt = createdAt
+    self.updatedAt = updatedAt
+    self.timings = timings
+    self.error = error
+    self.runtime = runtime
+  }
+}
+
+public struct APITokenRecord: Codable, Sendable, FetchableRecord, PersistableRecord {
+  public static let databaseTableName = "api_tokens"
+  public var id: String
+  public var name: String
+  /// SHA-256 of the token, hex; the token itself is never stored.
+  public var tokenHash: String
+  public var createdAt: Date
+}
+
+/// SQLite in WAL mode through GRDB, with versioned migrations.
+public final class AtelierDatabase: Sendable {
+  let pool: DatabasePool
+
+  public init(path: String) throws {
+    var configuration = Configuration()
+    configuration.busyMode = .timeout(10)
+    pool = try DatabasePool(path: path, configuration: configuration)
+    try Self.migrator.migrate(pool)
+  }
+
+  static var migrator: DatabaseMigrator {
+    var migrator = DatabaseMigrator()
+    migrator.registerMigration("v1") { db in
+      try db.create(table: "sandboxes") { table in
+        table.column("id", .text).primaryKey()
+        table.column("status", .text).notNull().indexed()
+        table.column("image", .text).notNull()
+        table.column("vcpus", .integer).notNull()
+        table.column("memoryMb", .integer).notNull()
+        table.column("hostname", .text).notNull()
+        table.column("createdAt", .datetime).notNull()
+        table.column("updatedAt", .datetime).notNull()
+        table.column("timings", .text)
+        table.column("error", .text)
+        table.column("runtime", .text)
+      }
+      try db.create(table: "api_tokens") { table in
+        table.column("id", .text).primaryKey()
+        table.column("name", .text).notNull()
+        table.column("tokenHash", .text).notNull().unique()
+        table.column("createdAt", .datetime).notNull()
+      }
+    }
+    return migrator
+  }
+
+  // MARK: Sandboxes
+
+  public func insert(_ sandbox: SandboxRecord) throws {
+    try pool.write { try sandbox.insert($0) }
+  }
+
+  /// Inserts only if fewer than `limit` rows have one of `statuses` (one transaction, so
+  /// concurrent creates cannot both take the last place). Returns false when full.
+  public func insert(_ sandbox: SandboxRecord, ifCountOf statuses: [String], below limit: Int)
+    throws -> Bool
+  {
+    try pool.write { db in
+      let count = try SandboxRecord.filter(statuses.contains(Column("status"))).fetchCount(db)
+      guard count < limit else { return false }
+      try sandbox.insert(db)
+      return true
+    }
+  }
+
+  public func update(_ sandbox: SandboxRecord) throws {
+    try pool.write { try sandbox.update($0) }
+  }
+
+  public func sandbox(id: String) throws -> SandboxRecord? {
+    try pool.read { try SandboxRecord.fetchOne($0, key: id) }
+  }
+
+  public func sandboxes(status: String? = nil) throws -> [SandboxRecord] {
+    try pool.read { db in
+      var request = SandboxRecord.order(Column("createdAt"))
+      if let status { request = request.filter(Column("status") == status) }
+      return try request.fetchAll(db)
+    }
+  }
+
+  public func count(statuses: [String]) throws -> Int {
+    try pool.read { try SandboxRecord.filter(statuses.contains(Column("status"))).fetchCount($0) }
+  }
+
+  @discardableResult
+  public func deleteSandbox(id: String) throws -> Bool {
+    try pool.write { try SandboxRecord.deleteOne($0, key: id) }
+  }
+
+  // MARK: API tokens
+
+  public func tokenCount() throws -> Int {
+    try pool.read { try APITokenRecord.fetchCount($0) }
+  }
+
+  public func insertToken(id: String, name: String, hash: String) throws {
+    try pool.write {
+      try APITokenRecord(id: id, name: name, tokenHash: hash, createdAt: Date()).insert($0)
+    }
+  }
+
+  public func token(hash: String) throws -> APITokenRecord? {
+    try pool.read { try APITokenRecord.filter(Column("tokenHash") == hash).fetchOne($0) }
+  }
+
+  /// The journal mode in effect (for the health check and tests).
+  public func journalMode() throws -> String {
+    try pool.read { try String.fetchOne($0, sql: "PRAGMA journal_mode") ?? "" }
+  }
+}

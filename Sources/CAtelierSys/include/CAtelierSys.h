@@ -1,0 +1,50 @@
+#ifndef CATELIERSYS_H
+#define CATELIERSYS_H
+
+#include <sys/types.h>
+
+/// Options for `atelier_spawn`. Any fd set to -1 is inherited from /dev/null.
+typedef struct {
+  const char *path;          // executable (absolute, or searched in PATH when search_path)
+  char *const *argv;
+  char *const *envp;
+  const char *cwd;           // NULL keeps the parent's
+  int uid;                   // -1 keeps the parent's
+  int gid;
+  const unsigned int *groups; // supplementary groups, only used when uid >= 0
+  int ngroups;
+  int stdin_fd;
+  int stdout_fd;
+  int stderr_fd;
+  int new_session;           // setsid(): own process group, no controlling tty
+  int controlling_tty;       // when new_session, make stdin the controlling terminal
+  int search_path;
+} atelier_spawn_options;
+
+/// fork + exec with only async-signal-safe calls in the child. Returns -1 with errno when the
+/// fork fails. Otherwise returns the child's pid; when the child could not exec, `*exec_errno`
+/// holds the reason (reported through a close-on-exec pipe) and the child exits with 127 and
+/// must still be reaped.
+pid_t atelier_spawn(const atelier_spawn_options *options, int *exec_errno);
+
+/// Opens a pseudo-terminal pair. Returns 0 or -1 with errno.
+int atelier_openpty(int *master_fd, int *slave_fd, unsigned short rows, unsigned short cols);
+int atelier_set_winsize(int fd, unsigned short rows, unsigned short cols);
+
+/// Minimal network configuration without relying on tools in the guest image.
+int atelier_if_up(const char *ifname);
+int atelier_if_set_ipv4(const char *ifname, const char *address, int prefix_length);
+int atelier_route_add_default(const char *gateway);
+
+/// pipe2(O_CLOEXEC), which Swift's Glibc module does not export.
+int atelier_pipe_cloexec(int fds[2]);
+
+/// sync + reboot(RB_POWER_OFF): ends the VM when called by PID 1.
+int atelier_power_off(void);
+
+int atelier_wifexited(int status);
+int atelier_wexitstatus(int status);
+int atelier_wifsignaled(int status);
+int atelier_wtermsig(int status);
+
+#endif

@@ -1,0 +1,171 @@
+#define _GNU_SOURCE
+#include "CAtelierSys.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <net/if.h>
+#include <net/route.h>
+#include <netinet/in.h>
+#include <pty.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <linux/close_range.h>
+#include <sys/ioctl.h>
+#include <sys/reboot.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <termios.h>
+#include <unistd.h>
+
+static void child_fail(int report_fd) {
+  int err = errno;
+  ssize_t ignored = write(report_fd, &err, sizeof(err));
+  (void)ignored;
+  _exit(127);
+}
+
+pid_t atelier_spawn(const atelier_spawn_options *o, int *exec_errno) {
+  *exec_errno = 0;
+  int report[2];
+  if (pipe2(report, O_CLOEXEC) != 0) return -1;
+  int devnull = open("/dev/null", O_RDWR | O_CLOEXEC);
+  pid_t pid = fork();
+  if (pid < 0) {
+    int err = errno;
+    close(report[0]);
+    close(report[1]);
+    if (devnull >= 0) close(devnull);
+    errno = err;
+    return -1;
+  }
+  if (pid == 0) {
+    // Child: restore default signal dispositions and an empty mask.
+    sigset_t all;
+    sigemptyset(&all);
+    sigprocmask(SIG_SETMASK, &all, NULL);
+    for (int s = 1; s < NSIG; s++) signal(s, SIG_DFL);
+    if (o->new_session && setsid() < 0) child_fail(report[1]);
+    int fds[3] = {o->stdin_fd, o->stdout_fd, o->stderr_fd};
+    for (int i = 0; i < 3; i++) {
+      int fd = fds[i] >= 0 ? fds[i] : devnull;
+      if (fd < 0) child_fail(report[1]);
+      if (fd == i) {
+        int flags = fcntl(fd, F_GETFD);
+        fcntl(fd, F_SETFD, flags & ~FD_CLOEXEC);
+      } else if (dup2(fd, i) < 0) {
+        child_fail(report[1]);
+      }
+    }
+    if (o->new_session && o->controlling_tty && ioctl(0, TIOCSCTTY, 0) < 0) child_fail(report[1]);
+    if (o->uid >= 0) {
+      if (setgroups((size_t)o->ngroups, (const gid_t *)o->groups) != 0) child_fail(report[1]);
+      if (setgid((gid_t)o->gid) != 0) child_fail(report[1]);
+      if (setuid((uid_t)o->uid) != 0) child_fail(report[1]);
+    }
+    if (o->cwd && chdir(o->cwd) != 0) child_fail(report[1]);
+    // Descriptors the parent leaked without CLOEXEC must not reach the new program.
+    close_range(3, ~0U, CLOSE_RANGE_CLOEXEC);
+    if (o->search_path) {
+      execvpe(o->path, o->argv, o->envp);
+    } else {
+      execve(o->path, o->argv, o->envp);
+    }
+    child_fail(report[1]);
+  }
+  close(report[1]);
+  if (devnull >= 0) close(devnull);
+  int child_errno = 0;
+  ssize_t n;
+  do {
+    n = read(report[0], &child_errno, sizeof(child_errno));
+  } while (n < 0 && errno == EINTR);
+  close(report[0]);
+  if (n == (ssize_t)sizeof(child_errno)) *exec_errno = child_errno;
+  return pid;
+}
+
+int atelier_openpty(int *master_fd, int *slave_fd, unsigned short rows, unsigned short cols) {
+  struct winsize ws = {.ws_row = rows, .ws_col = cols};
+  if (openpty(master_fd, slave_fd, NULL, NULL, &ws) != 0) return -1;
+  fcntl(*master_fd, F_SETFD, FD_CLOEXEC);
+  fcntl(*slave_fd, F_SETFD, FD_CLOEXEC);
+  return 0;
+}
+
+int atelier_set_winsize(int fd, unsigned short rows, unsigned short cols) {
+  struct winsize ws = {.ws_row = rows, .ws_col = cols};
+  return ioctl(fd, TIOCSWINSZ, &ws);
+}
+
+static int inet_socket(void) { return socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0); }
+
+int atelier_if_up(const char *ifname) {
+  int s = inet_socket();
+  if (s < 0) return -1;
+  struct ifreq ifr;
+  memset(&ifr, 0, sizeof(ifr));
+  strncpy(ifr.ifr_name, ifname, IFNAMSIZ - 1);
+  int rc = ioctl(s, SIOCGIFFLAGS, &ifr);
+  if (rc == 0) {
+    ifr.ifr_flags |= IFF_UP | IFF_RUNNING;
+    rc = ioctl(s, SIOCSIFFLAGS, &ifr);
+  }
+  int err = errno;
+  close(s);
+  errno = err;
+  return rc;
+}
+
+int atelier_if_set_ipv4(const char *ifname, const char *address, int prefix_length) {
+  int s = inet_socket();
+  if (s < 0) return -1;
+  struct ifreq ifr;
+  memset(&ifr, 0, sizeof(ifr));
+  strncpy(ifr.ifr_name, ifname, IFNAMSIZ - 1);
+  struct sockaddr_in *sin = (struct sockaddr_in *)&ifr.ifr_addr;
+  sin->sin_family = AF_INET;
+  int rc = inet_pton(AF_INET, address, &sin->sin_addr) == 1 ? 0 : -1;
+  if (rc == 0) rc = ioctl(s, SIOCSIFADDR, &ifr);
+  if (rc == 0) {
+    uint32_t mask = prefix_length <= 0 ? 0 : htonl(0xffffffffu << (32 - prefix_length));
+    sin->sin_addr.s_addr = mask;
+    rc = ioctl(s, SIOCSIFNETMASK, &ifr);
+  }
+  int err = errno;
+  close(s);
+  errno = err;
+  return rc;
+}
+
+int atelier_route_add_default(const char *gateway) {
+  int s = inet_socket();
+  if (s < 0) return -1;
+  struct rtentry rt;
+  memset(&rt, 0, sizeof(rt));
+  struct sockaddr_in *gw = (struct sockaddr_in *)&rt.rt_gateway;
+  gw->sin_family = AF_INET;
+  int rc = inet_pton(AF_INET, gateway, &gw->sin_addr) == 1 ? 0 : -1;
+  ((struct sockaddr_in *)&rt.rt_dst)->sin_family = AF_INET;
+  ((struct sockaddr_in *)&rt.rt_genmask)->sin_family = AF_INET;
+  rt.rt_flags = RTF_UP | RTF_GATEWAY;
+  if (rc == 0) rc = ioctl(s, SIOCADDRT, &rt);
+  int err = errno;
+  close(s);
+  errno = err;
+  return rc == 0 || err == EEXIST ? 0 : -1;
+}
+
+int atelier_wifexited(int status) { return WIFEXITED(status); }
+int atelier_wexitstatus(int status) { return WEXITSTATUS(status); }
+int atelier_wifsignaled(int status) { return WIFSIGNALED(status); }
+int atelier_wtermsig(int status) { return WTERMSIG(status); }
+
+int atelier_pipe_cloexec(int fds[2]) { return pipe2(fds, O_CLOEXEC); }
+
+int atelier_power_off(void) {
+  sync();
+  return reboot(RB_POWER_OFF);
+}

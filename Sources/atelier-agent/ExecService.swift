@@ -1,0 +1,53 @@
+import AtelierAgentAPI
+import AtelierHTTP
+import AtelierProcess
+
+/// Runs commands for `/exec`: as the requested user, in its own process group, with capped
+/// output and an optional timeout that kills the whole group.
+enum ExecService {
+  static func run(_ request: ExecRequest) async throws -> ExecResult {
+    let options = try spawnOptions(for: request)
+    let result: RunResult
+    do {
+      result = try await ProcessRunner.run(
+        options, input: request.stdin.map { Array($0.utf8) },
+        timeout: request.timeoutMs.map { .milliseconds($0) },
+        outputLimit: AgentProtocol.defaultOutputLimit)
+    } catch let error as SpawnError {
+      // The shell convention for "command not found / not executable".
+      return ExecResult(
+        exitCode: error.errno == ENOENT ? 127 : 126, stdout: "", stderr: "\(error)\n",
+        durationMs: 0, truncated: false, timedOut: false)
+    }
+    var stderr = result.stderrText
+    if result.timedOut {
+      stderr += "atelier: command timed out after \(request.timeoutMs ?? 0) ms and was killed\n"
+    }
+    return ExecResult(
+      exitCode: result.exitCode, stdout: result.stdoutText, stderr: stderr,
+      durationMs: result.durationMs, truncated: result.truncated, timedOut: result.timedOut)
+  }
+
+  static func spawnOptions(for request: ExecRequest) throws -> SpawnOptions {
+    if let problem = request.validationProblem { throw APIError.badRequest(problem) }
+    guard let user = GuestUser.resolve(request.user) else {
+      throw APIError.badRequest("unknown user \(request.user ?? "")")
+    }
+    let argv = request.argv ?? ["/bin/sh", "-c", request.command ?? ""]
+    let cwd = request.cwd ?? (directoryExists(user.home) ? user.home : "/")
+    guard directoryExists(cwd) else { throw APIError.badRequest("cwd \(cwd) does not exist") }
+    return SpawnOptions(
+      executable: argv[0], arguments: Array(argv.dropFirst()),
+      environment: user.environment(extra: request.env), workingDirectory: cwd,
+      credentials: user.uid == getuid() ? nil : user.credentials, newSession: true)
+  }
+}
+
+#if canImport(Glibc)
+  import Glibc
+#endif
+
+func directoryExists(_ path: String) -> Bool {
+  var info = stat()
+  return stat(path, &info) == 0 && (info.st_mode & S_IFMT) == S_IFDIR
+}

@@ -1,0 +1,115 @@
+import AtelierAgentAPI
+import CAtelierSys
+import Logging
+
+#if canImport(Glibc)
+  import Glibc
+#endif
+
+/// What the agent does when the kernel starts it as PID 1: the few jobs of an init system
+/// that a development sandbox needs (file systems, hostname, network).
+enum GuestInit {
+  static func run(parameters: GuestBootParameters?, logger: Logger) {
+    mountEarlyFileSystems(logger: logger)
+    guard let parameters else {
+      logger.warning("no atelier.id on the kernel command line; identity and network left alone")
+      return
+    }
+    setHostname(parameters.hostname, logger: logger)
+    configureNetwork(parameters, logger: logger)
+  }
+
+  static func mountEarlyFileSystems(logger: Logger) {
+    let mounts: [(source: String, target: String, type: String, flags: UInt, options: String?)] = [
+      ("proc", "/proc", "proc", UInt(MS_NOSUID | MS_NODEV | MS_NOEXEC), nil),
+      ("sysfs", "/sys", "sysfs", UInt(MS_NOSUID | MS_NODEV | MS_NOEXEC), nil),
+      ("devtmpfs", "/dev", "devtmpfs", UInt(MS_NOSUID), "mode=0755"),
+      (
+        "devpts", "/dev/pts", "devpts", UInt(MS_NOSUID | MS_NOEXEC), "gid=5,mode=0620,ptmxmode=0666"
+      ),
+      ("tmpfs", "/dev/shm", "tmpfs", UInt(MS_NOSUID | MS_NODEV), "mode=1777"),
+      ("tmpfs", "/tmp", "tmpfs", UInt(MS_NOSUID | MS_NODEV), "mode=1777"),
+      ("tmpfs", "/run", "tmpfs", UInt(MS_NOSUID | MS_NODEV), "mode=0755"),
+    ]
+    // The root disk comes from the initramfs read-write; make sure of it.
+    _ = mount("", "/", "", UInt(MS_REMOUNT), nil)
+    for entry in mounts {
+      mkdir(entry.target, 0o755)
+      let result = mount(entry.source, entry.target, entry.type, entry.flags, entry.options)
+      if result != 0 && errno != EBUSY {
+        logger.warning("mount \(entry.target) failed: \(String(cString: strerror(errno)))")
+      }
+    }
+    if access("/dev/ptmx", F_OK) != 0 { symlink("pts/ptmx", "/dev/ptmx") }
+    for (target, link) in [
+      ("/proc/self/fd", "/dev/fd"), ("/proc/self/fd/0", "/dev/stdin"),
+      ("/proc/self/fd/1", "/dev/stdout"), ("/proc/self/fd/2", "/dev/stderr"),
+    ]
+    where access(link, F_OK) != 0 {
+      symlink(target, link)
+    }
+  }
+
+  static func setHostname(_ hostname: String, logger: Logger) {
+    if sethostname(hostname, hostname.utf8.count) != 0 {
+      logger.warning("sethostname failed: \(String(cString: strerror(errno)))")
+    }
+    writeFile("/etc/hostname", "\(hostname)\n")
+    let hosts = """
+      127.0.0.1\tlocalhost
+      127.0.1.1\t\(hostname)
+      ::1\tlocalhost ip6-localhost ip6-loopback
+
+      """
+    writeFile("/etc/hosts", hosts)
+  }
+
+  static func configureNetwork(_ parameters: GuestBootParameters, logger: Logger) {
+    if atelier_if_set_ipv4("lo", "127.0.0.1", 8) != 0 || atelier_if_up("lo") != 0 {
+      logger.warning("loopback setup failed: \(String(cString: strerror(errno)))")
+    }
+    guard let ipv4 = parameters.ipv4 else { return }
+    let parts = ipv4.split(separator: "/")
+    let address = String(parts[0])
+    let prefix = parts.count > 1 ? Int32(parts[1]) ?? 24 : 24
+    if atelier_if_set_ipv4("eth0", address, prefix) != 0 || atelier_if_up("eth0") != 0 {
+      logger.error("eth0 setup failed: \(String(cString: strerror(errno)))")
+      return
+    }
+    if let gateway = parameters.gateway, atelier_route_add_default(gateway) != 0 {
+      logger.warning("default route failed: \(String(cString: strerror(errno)))")
+    }
+    if let dns = parameters.dns {
+      writeFile("/etc/resolv.conf", "nameserver \(dns)\n")
+    }
+  }
+
+  /// Flushes file systems and powers the VM off (the VMM process then exits).
+  static func powerOff() -> Never {
+    _ = atelier_power_off()
+    exit(0)
+  }
+}
+
+@discardableResult
+func writeFile(_ path: String, _ contents: String, mode: mode_t = 0o644) -> Bool {
+  let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode)
+  guard fd >= 0 else { return false }
+  defer { close(fd) }
+  let bytes = Array(contents.utf8)
+  return bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) } == bytes.count
+}
+
+func readTextFile(_ path: String, limit: Int = 1 << 20) -> String? {
+  let fd = open(path, O_RDONLY | O_CLOEXEC)
+  guard fd >= 0 else { return nil }
+  defer { close(fd) }
+  var result: [UInt8] = []
+  var buffer = [UInt8](repeating: 0, count: 16384)
+  while result.count < limit {
+    let n = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+    if n <= 0 { break }
+    result += buffer[0..<n]
+  }
+  return String(decoding: result, as: UTF8.self)
+}

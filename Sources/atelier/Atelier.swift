@@ -1,0 +1,10 @@
+import ArgumentParser
+
+@main
+struct Atelier: AsyncParsableCommand {
+  static let configuration = CommandConfiguration(
+    commandName: "atelier",
+    abstract: "MicroVM sandboxes for development: server, host tool and client in one binary.",
+    version: "0.1.0",
+    subcommands: [Serve.self, Images.self, SandboxCommand.self, Doctor.self])
+}

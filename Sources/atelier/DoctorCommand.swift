@@ -1,0 +1,101 @@
+import ArgumentParser
+import AtelierCore
+import AtelierHost
+import AtelierServer
+import Foundation
+
+struct Doctor: AsyncParsableCommand {
+  static let configuration = CommandConfiguration(
+    abstract: "Check this host: VMM, acceleration, kernel, images, data folder, tools.")
+
+  struct Finding {
+    var name: String
+    var ok: Bool
+    var detail: String
+    var fix: String
+  }
+
+  func run() async throws {
+    let config = try loadConfig()
+    var findings: [Finding] = []
+    let runner = SystemCommandRunner()
+
+    let qemu = ManagerBootstrap.findExecutable(config.qemuBinary)
+    var qemuVersion = ""
+    if let qemu {
+      let output = await runner.probe(Command(qemu, ["--version"]))
+      qemuVersion = output.stdout.split(separator: "\n").first.map(String.init) ?? ""
+    }
+    findings.append(
+      Finding(
+        name: "qemu", ok: qemu != nil,
+        detail: qemu.map { "\($0) \(qemuVersion)" } ?? "\(config.qemuBinary) not found",
+        fix: "apt-get install qemu-system-x86 (or set ATELIER_QEMU_BINARY)"))
+
+    let kvmUsable = access("/dev/kvm", R_OK | W_OK) == 0
+    var accelDetail =
+      kvmUsable ? "/dev/kvm present" : "/dev/kvm not usable: guests run under TCG (slower)"
+    if let data = FileManager.default.contents(atPath: "\(config.dataDir)/accel-probe.json"),
+      let verdict = try? JSONDecoder.atelier.decode(AccelerationProbe.Verdict.self, from: data)
+    {
+      accelDetail = "\(verdict.acceleration.rawValue): \(verdict.reason)"
+    }
+    findings.append(
+      Finding(
+        name: "acceleration", ok: true,
+        detail: "ATELIER_ACCEL=\(config.accel.rawValue); \(accelDetail)",
+        fix: ""))
+
+    let kernel = KernelProvider(
+      kernelsDirectory: config.kernelsDir, cacheDirectory: config.cacheDir, runner: runner
+    ).installed()
+    findings.append(
+      Finding(
+        name: "kernel", ok: kernel != nil,
+        detail: kernel.map { "\($0.version) in \(config.kernelsDir)" } ?? "none prepared",
+        fix: "atelier images build tiny (downloads Debian's cloud kernel)"))
+
+    let images = ImageCatalog(directory: config.imagesDir).list()
+    findings.append(
+      Finding(
+        name: "images", ok: !images.isEmpty,
+        detail: images.isEmpty ? "none built" : images.map(\.name).joined(separator: ", "),
+        fix: "atelier images build tiny"))
+
+    var isDirectory: ObjCBool = false
+    let dataExists = FileManager.default.fileExists(
+      atPath: config.dataDir, isDirectory: &isDirectory)
+    let writable = dataExists && access(config.dataDir, W_OK) == 0
+    findings.append(
+      Finding(
+        name: "data folder", ok: writable || !dataExists,
+        detail: dataExists
+          ? "\(config.dataDir)\(writable ? "" : " (not writable)")"
+          : "\(config.dataDir) (created at first start)",
+        fix: "set ATELIER_DATA_DIR to a writable folder"))
+
+    let tools = ["apt-get", "dpkg-deb", "mkfs.ext4"]
+    let missing = tools.filter { ManagerBootstrap.findExecutable($0) == nil }
+    findings.append(
+      Finding(
+        name: "image tools", ok: missing.isEmpty,
+        detail: missing.isEmpty
+          ? tools.joined(separator: ", ") : "missing: \(missing.joined(separator: ", "))",
+        fix: "apt-get install e2fsprogs (apt-get and dpkg-deb come with Debian)"))
+
+    let agent = resolvedAgentPath(config)
+    findings.append(
+      Finding(
+        name: "agent", ok: FileManager.default.isExecutableFile(atPath: agent), detail: agent,
+        fix: "swift build -c release --static-swift-stdlib (or set ATELIER_AGENT_PATH)"))
+
+    for finding in findings {
+      let mark = finding.ok ? "ok  " : "FAIL"
+      print(
+        "\(mark) \(finding.name.padding(toLength: 13, withPad: " ", startingAt: 0)) \(finding.detail)"
+      )
+      if !finding.ok && !finding.fix.isEmpty { print("     fix: \(finding.fix)") }
+    }
+    if findings.contains(where: { !$0.ok }) { throw ExitCode(1) }
+  }
+}

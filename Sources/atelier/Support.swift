@@ -1,0 +1,155 @@
+import AsyncHTTPClient
+import AtelierCore
+import Foundation
+import Logging
+import NIOCore
+import NIOHTTP1
+
+/// Configuration for CLI commands; a bad setting ends the command with its one-line message.
+func loadConfig() throws -> Config {
+  do {
+    return try Config.load()
+  } catch let error as ConfigError {
+    throw CLIError(error.description)
+  }
+}
+
+/// A failure shown as one line on stderr with exit code 1.
+struct CLIError: Error, CustomStringConvertible {
+  var description: String
+  init(_ description: String) { self.description = description }
+}
+
+func bootstrapLogging(level: String) {
+  LoggingSystem.bootstrap { label in
+    var handler = StreamLogHandler.standardError(label: label)
+    handler.logLevel = Logger.Level(rawValue: level) ?? .info
+    return handler
+  }
+}
+
+/// The running binary's folder (to find the agent and recipes next to it).
+func executableDirectory() -> String {
+  let path =
+    (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe"))
+    ?? CommandLine.arguments[0]
+  return (path as NSString).deletingLastPathComponent
+}
+
+func resolvedAgentPath(_ config: Config) -> String {
+  config.agentPath.isEmpty ? "\(executableDirectory())/atelier-agent" : config.agentPath
+}
+
+func resolvedRecipesDirectory(_ config: Config) -> String {
+  if !config.recipesDir.isEmpty { return config.recipesDir }
+  let binary = executableDirectory()
+  let candidates = [
+    "\(binary)/../../images", "\(binary)/../share/atelier/images", "/usr/share/atelier/images",
+    FileManager.default.currentDirectoryPath + "/images",
+  ]
+  for candidate in candidates
+  where FileManager.default.fileExists(atPath: "\(candidate)/tiny/manifest.json") {
+    return URL(fileURLWithPath: candidate).standardizedFileURL.path
+  }
+  return candidates[0]
+}
+
+/// Talks to a manager: `ATELIER_URL` and `ATELIER_TOKEN`, else the local one and the admin
+/// token in its data folder.
+struct ManagerClient {
+  let baseURL: String
+  let token: String
+
+  static func make(config: Config) throws -> ManagerClient {
+    let environment = ProcessInfo.processInfo.environment
+    let url = environment["ATELIER_URL"].flatMap { $0.isEmpty ? nil : $0 } ?? config.managerURL
+    var token = environment["ATELIER_TOKEN"] ?? ""
+    if token.isEmpty {
+      guard let stored = try? String(contentsOfFile: config.adminTokenPath, encoding: .utf8) else {
+        throw CLIError(
+          "no API token: set ATELIER_TOKEN, or run on the manager's host with read access to \(config.adminTokenPath)"
+        )
+      }
+      token = stored.trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+    return ManagerClient(
+      baseURL: url.hasSuffix("/") ? String(url.dropLast()) : url, token: token)
+  }
+
+  /// Sends a request; an error answer becomes a CLIError with the server's message.
+  func send(
+    _ method: HTTPMethod, _ path: String, body: Data? = nil, timeout: Duration = .seconds(600)
+  )
+    async throws -> Data
+  {
+    var request = HTTPClientRequest(url: baseURL + path)
+    request.method = method
+    request.headers.add(name: "authorization", value: "Bearer \(token)")
+    if let body {
+      request.headers.add(name: "content-type", value: "application/json")
+      request.body = .bytes(ByteBuffer(bytes: body))
+    }
+    let response: HTTPClientResponse
+    let buffer: ByteBuffer
+    do {
+      response = try await HTTPClient.shared.execute(
+        request, timeout: .seconds(Int64(timeout.components.seconds)))
+      buffer = try await response.body.collect(upTo: 512 << 20)
+    } catch {
+      throw CLIError(
+        "cannot reach the manager at \(baseURL) (\(error)); is `atelier serve` running?")
+    }
+    let data = Data(buffer.readableBytesView)
+    guard response.status.code < 400 else {
+      if let body = try? JSONDecoder().decode(ErrorBody.self, from: data) {
+        throw CLIError("\(body.message) (\(body.error))")
+      }
+      throw CLIError("manager answered \(response.status.code)")
+    }
+    return data
+  }
+
+  func get<T: Decodable>(_ path: String, as type: T.Type) async throws -> T {
+    try decode(try await send(.GET, path))
+  }
+
+  func post<Body: Encodable, T: Decodable>(_ path: String, _ body: Body, as type: T.Type)
+    async throws -> T
+  {
+    try decode(try await send(.POST, path, body: try JSONEncoder().encode(body)))
+  }
+
+  func decode<T: Decodable>(_ data: Data) throws -> T {
+    do {
+      return try JSONDecoder.atelier.decode(T.self, from: data)
+    } catch {
+      throw CLIError("unexpected answer from the manager: \(error)")
+    }
+  }
+}
+
+/// Prints `value` as JSON (for --json).
+func printJSON<T: Encodable>(_ value: T) throws {
+  let encoder = JSONEncoder.atelier
+  encoder.outputFormatting.insert(.prettyPrinted)
+  print(String(decoding: try encoder.encode(value), as: UTF8.self))
+}
+
+/// Left-aligned columns.
+func printTable(_ header: [String], _ rows: [[String]]) {
+  let all = [header] + rows
+  let widths = header.indices.map { column in all.map { $0[column].count }.max() ?? 0 }
+  for row in all {
+    print(
+      row.enumerated().map { index, cell in
+        index == row.count - 1
+          ? cell : cell.padding(toLength: widths[index], withPad: " ", startingAt: 0)
+      }.joined(separator: "  "))
+  }
+}
+
+extension FileHandle {
+  static func writeError(_ text: String) {
+    FileHandle.standardError.write(Data((text + "\n").utf8))
+  }
+}
