@@ -134,11 +134,11 @@ extension JSONDecoder {
 }
 
 public enum ISO8601 {
-  public static func format(_ date: Date) -> String {
-    date.formatted(.iso8601.year().month().day().time(includingFractionalSeconds: true))
-  }
+  static let withFraction = Date.ISO8601FormatStyle(includingFractionalSeconds: true)
+  static let withoutFraction = Date.ISO8601FormatStyle()
+
+  public static func format(_ date: Date) -> String { withFraction.format(date) }
   public static func parse(_ text: String) -> Date? {
-    (try? Date(text, strategy: .iso8601.year().month().day().time(includingFractionalSeconds: true)))
-      ?? (try? Date(text, strategy: .iso8601))
+    (try? withFraction.parse(text)) ?? (try? withoutFraction.parse(text))
   }
 }

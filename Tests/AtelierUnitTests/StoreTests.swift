@@ -1,0 +1,64 @@
+import Foundation
+import Testing
+
+@testable import AtelierStore
+
+@Suite struct StoreTests {
+  func database() throws -> AtelierDatabase {
+    let dir = NSTemporaryDirectory() + "atelier-db-\(UUID().uuidString)"
+    try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+    return try AtelierDatabase(path: "\(dir)/atelier.db")
+  }
+
+  func record(_ id: String, _ status: String) -> SandboxRecord {
+    SandboxRecord(
+      id: id, status: status, image: "tiny", vcpus: 1, memoryMb: 256, hostname: "sbx-\(id)",
+      createdAt: Date(), updatedAt: Date())
+  }
+
+  @Test func usesWriteAheadLogging() throws {
+    #expect(try database().journalMode() == "wal")
+  }
+
+  @Test func limitIsEnforcedAtomically() async throws {
+    let db = try database()
+    let results = try await withThrowingTaskGroup(of: Bool.self) { group in
+      for index in 0..<20 {
+        group.addTask {
+          try db.insert(
+            self.record(String(format: "a%011d", index), "creating"),
+            ifCountOf: ["creating", "running"],
+            below: 5)
+        }
+      }
+      return try await group.reduce(into: [Bool]()) { $0.append($1) }
+    }
+    #expect(results.filter { $0 }.count == 5)
+    #expect(try db.count(statuses: ["creating"]) == 5)
+    // Stopped sandboxes do not count.
+    try db.insert(record("b00000000000", "stopped"))
+    #expect(try db.count(statuses: ["creating", "running"]) == 5)
+  }
+
+  @Test func sandboxesRoundTripAndFilterByStatus() throws {
+    let db = try database()
+    try db.insert(record("c00000000001", "running"))
+    try db.insert(record("c00000000002", "error"))
+    #expect(try db.sandboxes().count == 2)
+    #expect(try db.sandboxes(status: "error").map(\.id) == ["c00000000002"])
+    var row = try #require(try db.sandbox(id: "c00000000001"))
+    row.status = "stopped"
+    try db.update(row)
+    #expect(try db.sandbox(id: "c00000000001")?.status == "stopped")
+    #expect(try db.deleteSandbox(id: "c00000000001"))
+    #expect(try db.sandbox(id: "c00000000001") == nil)
+  }
+
+  @Test func tokensAreLookedUpByHash() throws {
+    let db = try database()
+    #expect(try db.tokenCount() == 0)
+    try db.insertToken(id: "t1", name: "admin", hash: "abc")
+    #expect(try db.token(hash: "abc")?.name == "admin")
+    #expect(try db.token(hash: "abd") == nil)
+  }
+}
