@@ -89,5 +89,12 @@ let package = Package(
         "AtelierAgentAPI", "AtelierProcess",
       ],
       swiftSettings: swiftSettings),
+    .testTarget(
+      name: "AtelierIntegrationTests",
+      dependencies: [
+        "AtelierCore", "AtelierHost", "AtelierAgentAPI", "AtelierProcess",
+        .product(name: "AsyncHTTPClient", package: "async-http-client"),
+      ],
+      swiftSettings: swiftSettings),
   ]
 )

@@ -79,7 +79,14 @@ where Inner.Context == BasicRequestContext {
       }
     }
     do {
-      return try await inner.respond(to: request, context: context)
+      let response = try await inner.respond(to: request, context: context)
+      // The router answers an unknown route with a bare 404.
+      if response.status == .notFound && response.headers[.contentType] == nil {
+        return errorResponse(
+          status: .notFound, code: AtelierError.Code.notFound.rawValue,
+          message: "no route \(request.method.rawValue) \(request.uri.path)")
+      }
+      return response
     } catch let error as AtelierError {
       return errorResponse(
         status: .init(code: error.code.httpStatus), code: error.code.rawValue,
