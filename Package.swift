@@ -37,7 +37,9 @@ let package = Package(
       dependencies: [
         "AtelierAgentAPI", "AtelierHTTP", "AtelierProcess", "CAtelierSys",
         .product(name: "Hummingbird", package: "hummingbird"),
+        .product(name: "HummingbirdWebSocket", package: "hummingbird-websocket"),
         .product(name: "Logging", package: "swift-log"),
+        .product(name: "NIOCore", package: "swift-nio"),
       ],
       swiftSettings: swiftSettings),
 
@@ -70,14 +72,18 @@ let package = Package(
         "AtelierCore", "AtelierHost", "AtelierManager", "AtelierStore", "AtelierHTTP",
         "AtelierAgentAPI",
         .product(name: "Hummingbird", package: "hummingbird"),
+        .product(name: "HummingbirdWebSocket", package: "hummingbird-websocket"),
+        .product(name: "HummingbirdWSClient", package: "hummingbird-websocket"),
+        .product(name: "AsyncHTTPClient", package: "async-http-client"),
         .product(name: "Crypto", package: "swift-crypto"),
       ],
       swiftSettings: swiftSettings),
     .executableTarget(
       name: "atelier",
       dependencies: [
-        "AtelierCore", "AtelierHost", "AtelierServer", "AtelierAgentAPI",
+        "AtelierCore", "AtelierHost", "AtelierServer", "AtelierAgentAPI", "AtelierProcess",
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        .product(name: "HummingbirdWSClient", package: "hummingbird-websocket"),
         .product(name: "AsyncHTTPClient", package: "async-http-client"),
       ],
       swiftSettings: swiftSettings),

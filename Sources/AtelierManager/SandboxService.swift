@@ -15,6 +15,8 @@ public actor SandboxService {
   let logger: Logger
   /// Sandboxes whose create is running in this process (the reconciler leaves them alone).
   var inFlight: Set<String> = []
+  /// When each sandbox last saw API, agent or terminal traffic.
+  var lastActivity: [String: ContinuousClock.Instant] = [:]
 
   static let countedStatuses = ["creating", "running", "paused", "stopping"]
 
@@ -221,6 +223,16 @@ public actor SandboxService {
     } catch let error as AgentCallError {
       throw Self.map(error, id: id)
     }
+  }
+
+  /// Records activity on a sandbox (API calls, agent traffic, terminals).
+  public func touch(_ id: String) {
+    lastActivity[id] = .now
+  }
+
+  /// Where the agent of a running sandbox answers; 409 when it is not running.
+  public func agentEndpoint(_ id: String) throws -> AgentEndpoint {
+    try runningAgent(id).endpoint
   }
 
   func runningAgent(_ id: String) throws -> AgentClient {

@@ -167,7 +167,7 @@ public final class ProcessReaper: Sendable {
   }
 
   private func startReaperThread() {
-    let thread = Thread { [self] in self.reapLoop() }
+    let thread = OSThread { [self] in self.reapLoop() }
     thread.start()
   }
 
@@ -199,17 +199,17 @@ public final class ProcessReaper: Sendable {
 
 /// A plain pthread: the reaper blocks in `waitpid` for its whole life and must not occupy a
 /// thread of Swift's cooperative pool or Dispatch's.
-final class Thread: @unchecked Sendable {
+public final class OSThread: @unchecked Sendable {
   private let body: @Sendable () -> Void
-  init(_ body: @escaping @Sendable () -> Void) { self.body = body }
+  public init(_ body: @escaping @Sendable () -> Void) { self.body = body }
 
-  func start() {
+  public func start() {
     let box = Unmanaged.passRetained(self)
     var handle = pthread_t()
     pthread_create(
       &handle, nil,
       { raw in
-        let thread = Unmanaged<Thread>.fromOpaque(raw!).takeRetainedValue()
+        let thread = Unmanaged<OSThread>.fromOpaque(raw!).takeRetainedValue()
         thread.body()
         return nil
       }, box.toOpaque())

@@ -95,7 +95,7 @@ public enum ProcessRunner {
       onOutput: onOutput)
     let readerDone = reader.start()
 
-    let timedOut = Flag()
+    let timedOut = OnceFlag()
     let target = options.newSession ? -pid : pid
     let timer: Task<Void, Never>? = timeout.map { timeout in
       Task {
@@ -171,26 +171,26 @@ final class Pipe: @unchecked Sendable {
 
 /// Reads several descriptors on one blocking thread with poll(2) until each reaches EOF, or
 /// until a short grace after the process exited. Closes the descriptors when done.
-final class PipeReader: Sendable {
+public final class PipeReader: Sendable {
   private let sources: [(Int32, OutputStream)]
   private let onOutput: @Sendable (OutputStream, [UInt8]) -> Void
   private let exitedAt = Mutex<ContinuousClock.Instant?>(nil)
 
-  init(
+  public init(
     sources: [(Int32, OutputStream)], onOutput: @escaping @Sendable (OutputStream, [UInt8]) -> Void
   ) {
     self.sources = sources
     self.onOutput = onOutput
   }
 
-  func processExited() {
+  public func processExited() {
     exitedAt.withLock { $0 = ContinuousClock.now }
   }
 
-  func start() -> Task<Void, Never> {
+  public func start() -> Task<Void, Never> {
     Task {
       await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-        Thread { [self] in
+        OSThread { [self] in
           self.loop()
           continuation.resume()
         }.start()
@@ -236,8 +236,9 @@ extension Duration {
 }
 
 /// A thread-safe boolean that only ever goes from false to true.
-final class Flag: Sendable {
+public final class OnceFlag: Sendable {
   private let value = Mutex(false)
-  func set() { value.withLock { $0 = true } }
-  var isSet: Bool { value.withLock { $0 } }
+  public init() {}
+  public func set() { value.withLock { $0 = true } }
+  public var isSet: Bool { value.withLock { $0 } }
 }

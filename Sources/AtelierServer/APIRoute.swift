@@ -18,8 +18,10 @@ public struct APIRoute: Sendable {
   public var tag: String
   public var requiresAuth: Bool
   public var parameters: [Parameter]
-  /// Schema of a JSON request body, if any.
+  /// Schema of the request body, if any (JSON unless `rawRequestBody`).
   public var requestBody: JSONValue?
+  public var rawRequestBody: Bool
+  public var rawResponseBody: Bool
   /// Status code → (description, schema or nil).
   public var responses: [Int: (String, JSONValue?)]
   public var handler: @Sendable (Request, BasicRequestContext) async throws -> Response
@@ -27,6 +29,7 @@ public struct APIRoute: Sendable {
   public init(
     _ method: HTTPRequest.Method, _ path: String, summary: String, tag: String,
     requiresAuth: Bool = true, parameters: [Parameter] = [], requestBody: JSONValue? = nil,
+    rawRequestBody: Bool = false, rawResponseBody: Bool = false,
     responses: [Int: (String, JSONValue?)],
     handler: @escaping @Sendable (Request, BasicRequestContext) async throws -> Response
   ) {
@@ -37,6 +40,8 @@ public struct APIRoute: Sendable {
     self.requiresAuth = requiresAuth
     self.parameters = parameters
     self.requestBody = requestBody
+    self.rawRequestBody = rawRequestBody
+    self.rawResponseBody = rawResponseBody
     self.responses = responses
     self.handler = handler
   }
@@ -78,14 +83,15 @@ enum OpenAPIDocument {
           })
       }
       if let body = route.requestBody {
-        operation["requestBody"] = [
-          "required": true, "content": ["application/json": ["schema": body]],
-        ]
+        let type = route.rawRequestBody ? "application/octet-stream" : "application/json"
+        operation["requestBody"] = ["required": true, "content": [type: ["schema": body]]]
       }
       var responses: [String: JSONValue] = [:]
       for (status, (description, schema)) in route.responses {
         var response: [String: JSONValue] = ["description": .string(description)]
-        if let schema { response["content"] = ["application/json": ["schema": schema]] }
+        let type =
+          route.rawResponseBody && status < 300 ? "application/octet-stream" : "application/json"
+        if let schema { response["content"] = [type: ["schema": schema]] }
         responses[String(status)] = .object(response)
       }
       if route.requiresAuth {

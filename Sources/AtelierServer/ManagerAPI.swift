@@ -9,11 +9,12 @@ import Synchronization
 struct ManagerAPI: Sendable {
   let service: SandboxService
   let health: HealthChecker
+  let proxy: AgentProxy
   /// Filled once the route list exists: `/openapi.json` describes the list it belongs to.
   let document = DocumentBox()
 
   func makeRoutes() -> [APIRoute] {
-    let routes = routeList()
+    let routes = routeList() + agentRoutes(proxy: proxy)
     document.set(ManagerServer.openAPIDocument(routes))
     return routes
   }

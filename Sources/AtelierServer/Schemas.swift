@@ -90,4 +90,126 @@ enum Schemas {
       ],
     ],
   ]
+
+  static let stringMap: JSONValue = ["type": "object", "additionalProperties": ["type": "string"]]
+  static let number: JSONValue = ["type": "number"]
+  static let boolean: JSONValue = ["type": "boolean"]
+
+  static func object(_ properties: [String: JSONValue], required: [String] = []) -> JSONValue {
+    [
+      "type": "object", "properties": .object(properties),
+      "required": .array(required.map { .string($0) }),
+    ]
+  }
+
+  /// Bodies of the agent routes the manager proxies.
+  static let agent: [String: JSONValue] = [
+    "ExecBatchRequest": object(
+      ["commands": ["type": "array", "items": ref("ExecRequest")], "stopOnError": boolean],
+      required: ["commands"]),
+    "ExecBatchResult": object(
+      ["results": ["type": "array", "items": ref("ExecResult")], "ok": boolean],
+      required: ["results", "ok"]),
+    "FileEntry": object(
+      [
+        "name": string, "path": string,
+        "type": ["type": "string", "enum": ["file", "directory", "symlink", "other"]],
+        "size": integer,
+        "mode": string, "owner": string, "group": string, "modifiedAt": number,
+        "linkTarget": string,
+      ], required: ["name", "path", "type", "size", "mode", "owner", "group", "modifiedAt"]),
+    "FileListing": object(
+      ["path": string, "entries": ["type": "array", "items": ref("FileEntry")]],
+      required: ["path", "entries"]),
+    "MkdirRequest": object(["path": string, "mode": string, "owner": string], required: ["path"]),
+    "WriteFilesRequest": object(
+      [
+        "files": [
+          "type": "array",
+          "items": object(
+            [
+              "path": string, "content": string,
+              "encoding": ["type": "string", "enum": ["utf8", "base64"]],
+              "mode": string, "owner": string,
+            ], required: ["path", "content"]),
+        ]
+      ], required: ["files"]),
+    "ServiceDefinition": object(
+      [
+        "command": string, "cwd": string, "env": stringMap, "user": string,
+        "restart": ["type": "string", "enum": ["always", "on-failure", "never"]], "port": integer,
+        "autostart": boolean,
+      ], required: ["command"]),
+    "ServiceStatus": object(
+      [
+        "name": string, "kind": ["type": "string", "enum": ["service", "dev"]],
+        "status": ["type": "string", "enum": ["running", "stopped", "crashed", "starting"]],
+        "command": string, "pid": integer, "startedAt": number, "exitCode": integer,
+        "restarts": integer,
+        "port": integer, "listening": boolean,
+      ], required: ["name", "kind", "status", "command", "restarts"]),
+    "DevCommandRequest": object(
+      ["command": string, "port": integer, "workdir": string, "env": stringMap],
+      required: ["command"]),
+    "LogChunk": object(
+      ["content": string, "nextOffset": integer], required: ["content", "nextOffset"]),
+    "GitStatus": object(
+      [
+        "repos": [
+          "type": "array",
+          "items": object(
+            [
+              "path": string, "branch": string, "dirty": boolean, "ahead": integer,
+              "behind": integer,
+              "changedFiles": ["type": "array", "items": string],
+              "lastCommit": object([
+                "hash": string, "message": string, "author": string, "date": number,
+              ]),
+            ], required: ["path", "dirty", "ahead", "behind", "changedFiles"]),
+        ]
+      ], required: ["repos"]),
+    "GitDiff": object(
+      [
+        "repos": [
+          "type": "array",
+          "items": object(
+            [
+              "path": string, "patch": string,
+              "files": [
+                "type": "array",
+                "items": object(
+                  ["path": string, "added": integer, "removed": integer],
+                  required: ["path", "added", "removed"]),
+              ],
+            ], required: ["path", "files", "patch"]),
+        ]
+      ], required: ["repos"]),
+    "GitRepoRequest": object(["repoPath": string, "message": string], required: ["repoPath"]),
+    "GitCommandResult": object(
+      ["ok": boolean, "commit": string, "output": string], required: ["ok", "output"]),
+    "Metrics": object(
+      [
+        "cpu": object(["count": integer, "usagePercent": number]),
+        "memory": object(["totalBytes": integer, "usedBytes": integer, "availableBytes": integer]),
+        "disk": object([
+          "path": string, "totalBytes": integer, "usedBytes": integer, "freeBytes": integer,
+        ]),
+        "load": ["type": "array", "items": number], "uptimeSeconds": number,
+        "processCount": integer,
+        "agentRssBytes": integer,
+      ], required: ["cpu", "memory", "disk", "load", "uptimeSeconds", "processCount"]),
+    "TerminalCreateRequest": object(
+      [
+        "command": ["type": "array", "items": string], "user": string, "cwd": string,
+        "cols": integer,
+        "rows": integer, "title": string,
+      ]),
+    "TerminalSession": object(
+      [
+        "id": string, "title": string, "command": ["type": "array", "items": string],
+        "user": string,
+        "pid": integer, "cols": integer, "rows": integer, "createdAt": number, "clients": integer,
+      ],
+      required: ["id", "title", "command", "user", "pid", "cols", "rows", "createdAt", "clients"]),
+  ]
 }

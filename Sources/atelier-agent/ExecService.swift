@@ -28,6 +28,25 @@ enum ExecService {
       durationMs: result.durationMs, truncated: result.truncated, timedOut: result.timedOut)
   }
 
+  /// Runs the commands in order; by default stops at the first that fails.
+  static func batch(_ request: ExecBatchRequest) async throws -> ExecBatchResult {
+    guard !request.commands.isEmpty else { throw APIError.badRequest("commands is empty") }
+    guard request.commands.count <= 100 else { throw APIError.badRequest("at most 100 commands") }
+    for (index, command) in request.commands.enumerated() {
+      if let problem = command.validationProblem {
+        throw APIError.badRequest("commands[\(index)]: \(problem)")
+      }
+    }
+    var results: [ExecResult] = []
+    for command in request.commands {
+      let result = try await run(command)
+      results.append(result)
+      if result.exitCode != 0 && request.stopOnError ?? true { break }
+    }
+    let ok = results.count == request.commands.count && results.allSatisfy { $0.exitCode == 0 }
+    return ExecBatchResult(results: results, ok: ok)
+  }
+
   static func spawnOptions(for request: ExecRequest) throws -> SpawnOptions {
     if let problem = request.validationProblem { throw APIError.badRequest(problem) }
     guard let user = GuestUser.resolve(request.user) else {

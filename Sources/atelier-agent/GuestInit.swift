@@ -113,3 +113,8 @@ func readTextFile(_ path: String, limit: Int = 1 << 20) -> String? {
   }
   return String(decoding: result, as: UTF8.self)
 }
+
+/// stat(2) (a free function, so `stat` names the call and not the struct).
+func statFile(_ path: String, _ info: inout stat) -> Int32 {
+  stat(path, &info)
+}

@@ -1,22 +1,26 @@
 import AtelierAgentAPI
 import Hummingbird
+import HummingbirdWebSocket
 import Logging
 
 #if canImport(Glibc)
   import Glibc
 #endif
 
-/// The in-guest agent: init (when PID 1) and an HTTP/1.1 JSON API on port 9998.
-/// `--listen HOST:PORT` overrides the address (for running it on a host in tests).
+/// The in-guest agent: init (when PID 1) and an HTTP/1.1 JSON + WebSocket API on port 9998.
+/// `--listen HOST:PORT` overrides the address and `--state DIR` the folder for service logs
+/// (for running it on a host in tests).
 let arguments = CommandLine.arguments
+func option(_ name: String) -> String? {
+  arguments.firstIndex(of: name).flatMap { $0 + 1 < arguments.count ? arguments[$0 + 1] : nil }
+}
 var listenHost = "0.0.0.0"
 var listenPort = AgentProtocol.port
-if let index = arguments.firstIndex(of: "--listen"), index + 1 < arguments.count {
-  let value = arguments[index + 1]
-  if let colon = value.lastIndex(of: ":"), let port = Int(value[value.index(after: colon)...]) {
-    listenHost = String(value[..<colon])
-    listenPort = port
-  }
+if let value = option("--listen"), let colon = value.lastIndex(of: ":"),
+  let port = Int(value[value.index(after: colon)...])
+{
+  listenHost = String(value[..<colon])
+  listenPort = port
 }
 
 LoggingSystem.bootstrap { label in
@@ -35,14 +39,22 @@ if isInit, let bootParameters {
   GuestInit.configureNetwork(bootParameters, logger: logger)
 }
 let identity = AgentIdentity(
-  sandboxId: bootParameters?.sandboxId ?? "local",
-  hostname: bootParameters?.hostname)
+  sandboxId: bootParameters?.sandboxId ?? "local", hostname: bootParameters?.hostname)
 logger[metadataKey: "sandbox"] = .string(identity.sandboxId)
 
-let router = Router()
-AgentRoutes(identity: identity).register(on: router)
+let supervisor = ServiceSupervisor(
+  stateDirectory: option("--state") ?? "/var/lib/atelier-agent", logger: logger)
+if isInit { await supervisor.loadDeclared() }
+let router = Router(context: AgentContext.self)
+AgentRoutes(
+  identity: identity, supervisor: supervisor, terminals: TerminalService(logger: logger),
+  logger: logger
+)
+.register(on: router)
 let app = Application(
   router: router,
+  server: .http1WebSocketUpgrade(
+    webSocketRouter: router, configuration: .init(maxFrameSize: 1 << 20)),
   configuration: .init(
     address: .hostname(listenHost, port: listenPort), serverName: "atelier-agent"),
   logger: logger)

@@ -6,7 +6,9 @@ import Foundation
 struct SandboxCommand: AsyncParsableCommand {
   static let configuration = CommandConfiguration(
     commandName: "sandbox", abstract: "Create, inspect, use and delete sandboxes.",
-    subcommands: [Create.self, List.self, Get.self, Exec.self, Remove.self])
+    subcommands: [
+      Create.self, List.self, Get.self, Exec.self, Remove.self, Shell.self, Copy.self, Logs.self,
+    ])
 
   struct Create: AsyncParsableCommand {
     static let configuration = CommandConfiguration(

@@ -109,6 +109,39 @@ struct ManagerClient {
     return data
   }
 
+  /// Sends a request with a streamed body and returns the response unread (for downloads).
+  func stream(_ method: HTTPMethod, _ path: String, body: HTTPClientRequest.Body? = nil)
+    async throws
+    -> HTTPClientResponse
+  {
+    var request = HTTPClientRequest(url: baseURL + path)
+    request.method = method
+    request.headers.add(name: "authorization", value: "Bearer \(token)")
+    if let body { request.body = body }
+    let response: HTTPClientResponse
+    do {
+      response = try await HTTPClient.shared.execute(request, timeout: .hours(6))
+    } catch {
+      throw CLIError(
+        "cannot reach the manager at \(baseURL) (\(error)); is `atelier serve` running?")
+    }
+    guard response.status.code < 400 else {
+      let data = Data((try? await response.body.collect(upTo: 1 << 20))?.readableBytesView ?? [])
+      if let body = try? JSONDecoder().decode(ErrorBody.self, from: data) {
+        throw CLIError("\(body.message) (\(body.error))")
+      }
+      throw CLIError("manager answered \(response.status.code)")
+    }
+    return response
+  }
+
+  /// The WebSocket URL of a manager path.
+  func webSocketURL(_ path: String) -> String {
+    let url = baseURL.replacingOccurrences(of: "https://", with: "wss://")
+      .replacingOccurrences(of: "http://", with: "ws://")
+    return url + path
+  }
+
   func get<T: Decodable>(_ path: String, as type: T.Type) async throws -> T {
     try decode(try await send(.GET, path))
   }

@@ -1,0 +1,102 @@
+import AsyncHTTPClient
+import AtelierCore
+import AtelierHost
+import AtelierManager
+import HTTPTypes
+import Hummingbird
+import HummingbirdWSClient
+import HummingbirdWebSocket
+import Logging
+import NIOCore
+import NIOHTTP1
+
+/// Forwards `/api/sandboxes/{id}/<agent path>` to the sandbox's agent: request and response
+/// bodies are streamed both ways (large uploads and downloads are never held in memory), and
+/// WebSockets are piped frame by frame.
+struct AgentProxy: Sendable {
+  let service: SandboxService
+  let logger: Logger
+
+  func baseURL(_ id: String, scheme: String = "http") async throws -> String {
+    switch try await service.agentEndpoint(id) {
+    case .tcp(let host, let port): return "\(scheme)://\(host):\(port)"
+    case .hybridVsock:
+      throw AtelierError(.unavailable, "this manager cannot proxy to a vsock agent yet")
+    }
+  }
+
+  func forward(_ request: Request, sandboxId id: String, agentPath: String) async throws -> Response
+  {
+    var url = try await baseURL(id) + agentPath
+    if let query = request.uri.query, !query.isEmpty { url += "?\(query)" }
+    var outgoing = HTTPClientRequest(url: url)
+    outgoing.method = HTTPMethod(rawValue: request.method.rawValue)
+    if let contentType = request.headers[.contentType] {
+      outgoing.headers.add(name: "content-type", value: contentType)
+    }
+    if request.method == .put || request.method == .post || request.method == .patch {
+      let length = request.headers[.contentLength].flatMap { Int64($0) }
+      outgoing.body = .stream(request.body, length: length.map { .known($0) } ?? .unknown)
+    }
+    let response: HTTPClientResponse
+    do {
+      response = try await HTTPClient.shared.execute(outgoing, timeout: .hours(2))
+    } catch {
+      logger.warning("agent proxy failed", metadata: ["sandbox": "\(id)", "error": "\(error)"])
+      throw AtelierError(.unavailable, "the agent of sandbox \(id) is unreachable")
+    }
+    await service.touch(id)
+    var headers = HTTPFields()
+    for name in ["content-type", "content-length"] {
+      if let value = response.headers.first(name: name), let field = HTTPField.Name(name) {
+        headers[field] = value
+      }
+    }
+    let length = response.headers.first(name: "content-length").flatMap(Int.init)
+    let body = response.body
+    return Response(
+      status: .init(code: Int(response.status.code)), headers: headers,
+      body: ResponseBody(contentLength: length) { writer in
+        for try await buffer in body { try await writer.write(buffer) }
+        try await writer.finish(nil)
+      })
+  }
+
+  /// Pipes a client WebSocket to the agent's WebSocket at `agentPath` until either side closes.
+  func pipe(
+    sandboxId id: String, agentPath: String, inbound: WebSocketInboundStream,
+    outbound: WebSocketOutboundWriter
+  ) async throws {
+    let url = try await baseURL(id, scheme: "ws") + agentPath
+    await service.touch(id)
+    _ = try await WebSocketClient.connect(
+      url: url, configuration: .init(maxFrameSize: 1 << 20), logger: logger
+    ) { agentInbound, agentOutbound, _ in
+      let upstream = Task {
+        do {
+          for try await message in inbound.messages(maxSize: 16 << 20) {
+            try await agentOutbound.write(message.outboundFrame)
+            await service.touch(id)
+          }
+        } catch {}
+        try? await agentOutbound.close(.normalClosure, reason: nil)
+      }
+      do {
+        for try await message in agentInbound.messages(maxSize: 16 << 20) {
+          try await outbound.write(message.outboundFrame)
+        }
+      } catch {}
+      try? await outbound.close(.normalClosure, reason: nil)
+      upstream.cancel()
+    }
+  }
+}
+
+extension WebSocketMessage {
+  var outboundFrame: WebSocketOutboundWriter.OutboundFrame {
+    switch self {
+    case .text(let text): .text(text)
+    case .binary(let buffer): .binary(buffer)
+    }
+  }
+}

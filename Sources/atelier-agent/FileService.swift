@@ -1,0 +1,393 @@
+import AtelierAgentAPI
+import AtelierHTTP
+import AtelierProcess
+import Hummingbird
+
+#if canImport(FoundationEssentials)
+  import FoundationEssentials
+#else
+  import Foundation
+#endif
+#if canImport(Glibc)
+  import Glibc
+#endif
+
+/// Files in the guest: raw, streamed upload and download (binary-safe, never buffered whole),
+/// listings, batch writes, and folders as tar streams.
+enum FileService {
+  // MARK: Paths, errors, ownership
+
+  static func checkedPath(_ raw: String?) throws -> String {
+    guard let raw, !raw.isEmpty else { throw APIError.badRequest("path is required") }
+    guard raw.hasPrefix("/") else { throw APIError.badRequest("path must be absolute: \(raw)") }
+    guard !raw.contains("\0") else { throw APIError.badRequest("path contains a NUL byte") }
+    var parts: [Substring] = []
+    for part in raw.split(separator: "/") where part != "." {
+      if part == ".." { _ = parts.popLast() } else { parts.append(part) }
+    }
+    return "/" + parts.joined(separator: "/")
+  }
+
+  /// Turns errno from an operation on `path` into the API's error.
+  static func failure(_ code: Int32, _ path: String) -> APIError {
+    let reason = String(cString: strerror(code))
+    switch code {
+    case ENOENT: return APIError.notFound("\(path): no such file or directory")
+    case EACCES, EPERM:
+      return APIError(status: .forbidden, code: "FORBIDDEN", message: "\(path): permission denied")
+    case EROFS:
+      return APIError(
+        status: .forbidden, code: "FORBIDDEN", message: "\(path): read-only file system")
+    case EISDIR: return APIError.badRequest("\(path) is a directory")
+    case ENOTDIR: return APIError.badRequest("\(path): a parent is not a directory")
+    case ENOTEMPTY: return APIError.conflict("\(path) is not empty (use recursive=true)")
+    case EEXIST: return APIError.conflict("\(path) already exists")
+    case ENOSPC:
+      return APIError(
+        status: .init(code: 507), code: "RESOURCE_EXHAUSTED", message: "\(path): no space left")
+    default: return APIError.internalError("\(path): \(reason)")
+    }
+  }
+
+  static func parseMode(_ text: String?, default fallback: mode_t) throws -> mode_t {
+    guard let text else { return fallback }
+    guard let value = UInt32(text, radix: 8), value <= 0o7777 else {
+      throw APIError.badRequest("mode must be octal, e.g. 0644 (got \(text))")
+    }
+    return mode_t(value)
+  }
+
+  /// `user`, `user:group`, or numeric ids. Nil keeps the default (the parent's owner).
+  static func parseOwner(_ text: String?, path: String) throws -> (uid_t, gid_t) {
+    if let text {
+      let parts = text.split(separator: ":", maxSplits: 1).map(String.init)
+      guard let user = parts.first else { throw APIError.badRequest("owner is empty") }
+      let uid: uid_t
+      var gid: gid_t
+      if let number = UInt32(user) {
+        uid = number
+        gid = number
+      } else if let entry = GuestUser.resolve(user) {
+        uid = entry.uid
+        gid = entry.gid
+      } else {
+        throw APIError.badRequest("unknown user \(user)")
+      }
+      if parts.count == 2 {
+        if let number = UInt32(parts[1]) {
+          gid = number
+        } else if let group = groupId(parts[1]) {
+          gid = group
+        } else {
+          throw APIError.badRequest("unknown group \(parts[1])")
+        }
+      }
+      return (uid, gid)
+    }
+    var info = Glibc.stat()
+    let parent = parentDirectory(of: path)
+    if stat(parent.isEmpty ? "/" : parent, &info) == 0 { return (info.st_uid, info.st_gid) }
+    return (0, 0)
+  }
+
+  static func groupId(_ name: String) -> gid_t? {
+    for line in (readTextFile("/etc/group") ?? "").split(separator: "\n") {
+      let fields = line.split(separator: ":", omittingEmptySubsequences: false)
+      if fields.count >= 3, fields[0] == name, let gid = UInt32(fields[2]) { return gid }
+    }
+    return nil
+  }
+
+  static func names(_ file: String) -> [UInt32: String] {
+    var result: [UInt32: String] = [:]
+    for line in (readTextFile(file) ?? "").split(separator: "\n") {
+      let fields = line.split(separator: ":", omittingEmptySubsequences: false)
+      if fields.count >= 3, let id = UInt32(fields[2]) { result[id] = String(fields[0]) }
+    }
+    return result
+  }
+
+  // MARK: Stat and list
+
+  static func entry(_ path: String, users: [UInt32: String], groups: [UInt32: String]) throws
+    -> FileEntry
+  {
+    var info = Glibc.stat()
+    guard lstat(path, &info) == 0 else { throw failure(errno, path) }
+    let kind: FileEntry.Kind
+    var target: String?
+    switch info.st_mode & S_IFMT {
+    case S_IFREG: kind = .file
+    case S_IFDIR: kind = .directory
+    case S_IFLNK:
+      kind = .symlink
+      var buffer = [CChar](repeating: 0, count: 4097)
+      let count = readlink(path, &buffer, 4096)
+      if count > 0 {
+        target = String(decoding: buffer[0..<count].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+      }
+    default: kind = .other
+    }
+    let name = path == "/" ? "/" : String(path.split(separator: "/").last ?? "")
+    return FileEntry(
+      name: name, path: path, type: kind, size: Int64(info.st_size),
+      mode: "0" + String(info.st_mode & 0o7777, radix: 8),
+      owner: users[info.st_uid] ?? String(info.st_uid),
+      group: groups[info.st_gid] ?? String(info.st_gid),
+      modifiedAt: Double(info.st_mtim.tv_sec) + Double(info.st_mtim.tv_nsec) / 1e9,
+      linkTarget: target)
+  }
+
+  static func describe(path raw: String?) throws -> FileEntry {
+    let path = try checkedPath(raw)
+    return try entry(path, users: names("/etc/passwd"), groups: names("/etc/group"))
+  }
+
+  static func list(path raw: String?) throws -> FileListing {
+    let path = try checkedPath(raw)
+    guard let directory = opendir(path) else { throw failure(errno, path) }
+    defer { closedir(directory) }
+    let users = names("/etc/passwd")
+    let groups = names("/etc/group")
+    var entries: [FileEntry] = []
+    while let item = readdir(directory) {
+      let name = withUnsafePointer(to: item.pointee.d_name) {
+        $0.withMemoryRebound(to: CChar.self, capacity: 256) { String(cString: $0) }
+      }
+      if name == "." || name == ".." { continue }
+      let child = path == "/" ? "/\(name)" : "\(path)/\(name)"
+      if let entry = try? entry(child, users: users, groups: groups) { entries.append(entry) }
+    }
+    entries.sort { $0.name < $1.name }
+    return FileListing(path: path, entries: entries)
+  }
+
+  // MARK: Download and upload
+
+  static func download(path raw: String?) throws -> Response {
+    let path = try checkedPath(raw)
+    let fd = open(path, O_RDONLY | O_CLOEXEC)
+    guard fd >= 0 else { throw failure(errno, path) }
+    var info = Glibc.stat()
+    fstat(fd, &info)
+    guard info.st_mode & S_IFMT != S_IFDIR else {
+      close(fd)
+      throw APIError.badRequest("\(path) is a directory; use /files/archive or /files/list")
+    }
+    let size = Int(info.st_size)
+    let body = ResponseBody(contentLength: (info.st_mode & S_IFMT) == S_IFREG ? size : nil) {
+      writer in
+      defer { close(fd) }
+      while true {
+        let chunk = await BlockingIO.read(fd, size: 256 << 10)
+        if chunk.isEmpty { break }
+        try await writer.write(ByteBuffer(bytes: chunk))
+      }
+      try await writer.finish(nil)
+    }
+    return Response(
+      status: .ok, headers: [.contentType: "application/octet-stream"], body: body)
+  }
+
+  /// Streams the body to a temporary file next to `path`, then renames it into place, so a
+  /// broken upload never leaves a half-written file.
+  static func upload(path raw: String?, mode: String?, owner: String?, body: RequestBody)
+    async throws -> FileEntry
+  {
+    let path = try checkedPath(raw)
+    var existing = Glibc.stat()
+    let exists = statFile(path, &existing) == 0
+    if exists && existing.st_mode & S_IFMT == S_IFDIR {
+      throw APIError.badRequest("\(path) is a directory")
+    }
+    let fileMode = try parseMode(mode, default: exists ? existing.st_mode & 0o7777 : 0o644)
+    let (uid, gid) =
+      owner == nil && exists
+      ? (existing.st_uid, existing.st_gid) : try parseOwner(owner, path: path)
+    let parent = parentDirectory(of: path)
+    if !directoryExists(parent) { _ = try mkdir(MkdirRequest(path: parent, owner: owner)) }
+    let temporary = "\(path).atelier-upload-\(getpid())-\(Int.random(in: 0..<1_000_000))"
+    let fd = open(temporary, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
+    guard fd >= 0 else { throw failure(errno, path) }
+    do {
+      for try await buffer in body {
+        let ok = await BlockingIO.write(fd, Array(buffer.readableBytesView))
+        if !ok { throw failure(errno, path) }
+      }
+      guard fchown(fd, uid, gid) == 0, fchmod(fd, fileMode) == 0, fsync(fd) == 0 else {
+        throw failure(errno, path)
+      }
+      close(fd)
+      guard rename(temporary, path) == 0 else { throw failure(errno, path) }
+    } catch {
+      close(fd)
+      unlink(temporary)
+      throw error
+    }
+    return try describe(path: path)
+  }
+
+  static func delete(path raw: String?, recursive: Bool) throws {
+    let path = try checkedPath(raw)
+    guard path != "/" else { throw APIError.badRequest("refusing to delete /") }
+    var info = Glibc.stat()
+    guard lstat(path, &info) == 0 else { throw failure(errno, path) }
+    if info.st_mode & S_IFMT == S_IFDIR {
+      if recursive {
+        do { try FileManager.default.removeItem(atPath: path) } catch {
+          throw failure(access(path, W_OK) == 0 ? EIO : errno, path)
+        }
+      } else if rmdir(path) != 0 {
+        throw failure(errno, path)
+      }
+    } else if unlink(path) != 0 {
+      throw failure(errno, path)
+    }
+  }
+
+  static func mkdir(_ request: MkdirRequest) throws -> FileEntry {
+    let path = try checkedPath(request.path)
+    let mode = try parseMode(request.mode, default: 0o755)
+    // Create each missing parent with the requested owner.
+    var current = ""
+    for part in path.split(separator: "/") {
+      current += "/\(part)"
+      var info = Glibc.stat()
+      if statFile(current, &info) == 0 {
+        guard info.st_mode & S_IFMT == S_IFDIR else { throw failure(ENOTDIR, current) }
+        continue
+      }
+      let (uid, gid) = try parseOwner(request.owner, path: current)
+      guard Glibc.mkdir(current, mode) == 0 || errno == EEXIST else {
+        throw failure(errno, current)
+      }
+      chown(current, uid, gid)
+      chmod(current, mode)
+    }
+    return try describe(path: path)
+  }
+
+  static func write(_ request: WriteFilesRequest) throws -> WriteFilesResult {
+    var written: [FileEntry] = []
+    for file in request.files {
+      let path = try checkedPath(file.path)
+      let bytes: [UInt8]
+      switch file.encoding ?? "utf8" {
+      case "utf8": bytes = Array(file.content.utf8)
+      case "base64":
+        guard let data = Data(base64Encoded: file.content) else {
+          throw APIError.badRequest("\(path): content is not valid base64")
+        }
+        bytes = Array(data)
+      default: throw APIError.badRequest("encoding must be utf8 or base64")
+      }
+      let mode = try parseMode(file.mode, default: 0o644)
+      let (uid, gid) = try parseOwner(file.owner, path: path)
+      let parent = parentDirectory(of: path)
+      if !directoryExists(parent) {
+        _ = try mkdir(MkdirRequest(path: parent, owner: file.owner))
+      }
+      let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode)
+      guard fd >= 0 else { throw failure(errno, path) }
+      defer { close(fd) }
+      var offset = 0
+      while offset < bytes.count {
+        let n = bytes[offset...].withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
+        guard n > 0 else { throw failure(errno, path) }
+        offset += n
+      }
+      fchown(fd, uid, gid)
+      fchmod(fd, mode)
+      written.append(try describe(path: path))
+    }
+    return WriteFilesResult(written: written)
+  }
+
+  // MARK: Folders as tar
+
+  static func tarOptions(_ arguments: [String]) -> SpawnOptions {
+    SpawnOptions(
+      executable: "tar", arguments: arguments,
+      environment: ["PATH": "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin", "LANG": "C.UTF-8"],
+      newSession: true)
+  }
+
+  static func archive(path raw: String?) throws -> Response {
+    let path = try checkedPath(raw)
+    guard directoryExists(path) else {
+      var info = Glibc.stat()
+      throw statFile(path, &info) == 0
+        ? APIError.badRequest("\(path) is not a directory") : failure(ENOENT, path)
+    }
+    let tar = try RunningProcess.start(
+      tarOptions(["-c", "-f", "-", "-C", path, "."]), stdin: false, stdout: true, stderr: false)
+    let body = ResponseBody { writer in
+      defer { tar.closeAll() }
+      while true {
+        let chunk = await BlockingIO.read(tar.stdout, size: 256 << 10)
+        if chunk.isEmpty { break }
+        try await writer.write(ByteBuffer(bytes: chunk))
+      }
+      _ = await tar.waitForExit()
+      try await writer.finish(nil)
+    }
+    return Response(status: .ok, headers: [.contentType: "application/x-tar"], body: body)
+  }
+
+  static func extract(path raw: String?, owner: String?, body: RequestBody) async throws
+    -> FileEntry
+  {
+    let path = try checkedPath(raw)
+    if !directoryExists(path) { _ = try mkdir(MkdirRequest(path: path, owner: owner)) }
+    let (uid, gid) = try parseOwner(owner, path: path + "/x")
+    var arguments = ["-x", "-f", "-", "-C", path, "--no-same-owner"]
+    // busybox tar has no --no-same-owner; it keeps the extracting user's ids without it.
+    if isBusyboxTar() { arguments.removeLast() }
+    let tar = try RunningProcess.start(
+      tarOptions(arguments), stdin: true, stdout: false, stderr: true)
+    defer { tar.closeAll() }
+    var broken = false
+    for try await buffer in body where !broken {
+      broken = !(await BlockingIO.write(tar.stdin, Array(buffer.readableBytesView)))
+    }
+    tar.closeStdin()
+    var errors: [UInt8] = []
+    while true {
+      let chunk = await BlockingIO.read(tar.stderr)
+      if chunk.isEmpty { break }
+      errors += chunk.prefix(4096)
+    }
+    let status = await tar.waitForExit()
+    guard status == .exited(0) else {
+      let message = String(decoding: errors, as: UTF8.self).trimmingCharacters(
+        in: .whitespacesAndNewlines)
+      throw APIError.badRequest("tar could not extract into \(path): \(message)")
+    }
+    if uid != 0 || gid != 0 {
+      _ = try? await ProcessRunner.run(
+        SpawnOptions(
+          executable: "chown", arguments: ["-R", "\(uid):\(gid)", path],
+          environment: ["PATH": "/usr/bin:/bin"]))
+    }
+    return try describe(path: path)
+  }
+
+  static func isBusyboxTar() -> Bool {
+    for directory in ["/usr/bin", "/bin"] {
+      var buffer = [CChar](repeating: 0, count: 512)
+      let count = readlink("\(directory)/tar", &buffer, 511)
+      if count > 0 {
+        return String(decoding: buffer[0..<count].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+          .contains("busybox")
+      }
+      if access("\(directory)/tar", X_OK) == 0 { return false }
+    }
+    return false
+  }
+}
+
+/// The folder holding `path` ("/" for top-level entries).
+func parentDirectory(of path: String) -> String {
+  guard let slash = path.lastIndex(of: "/"), slash != path.startIndex else { return "/" }
+  return String(path[..<slash])
+}
