@@ -1,4 +1,4 @@
-// swift-tools-version: 6.0
+// swift-tools-version: 6.1
 import PackageDescription
 
 let swiftSettings: [SwiftSetting] = [.swiftLanguageMode(.v6)]
@@ -11,7 +11,9 @@ let package = Package(
     .executable(name: "atelier-agent", targets: ["atelier-agent"]),
   ],
   dependencies: [
-    .package(url: "https://github.com/hummingbird-project/hummingbird.git", from: "2.28.1"),
+    // No default traits: they pull full Foundation (and ICU, ~30 MB) into the guest agent.
+    .package(
+      url: "https://github.com/hummingbird-project/hummingbird.git", from: "2.28.1", traits: []),
     .package(
       url: "https://github.com/hummingbird-project/hummingbird-websocket.git", from: "2.8.1"),
     .package(url: "https://github.com/groue/GRDB.swift.git", from: "7.10.0"),
@@ -100,6 +102,8 @@ let package = Package(
       dependencies: [
         "AtelierCore", "AtelierHost", "AtelierAgentAPI", "AtelierProcess",
         .product(name: "AsyncHTTPClient", package: "async-http-client"),
+        .product(name: "HummingbirdWSClient", package: "hummingbird-websocket"),
+        .product(name: "Crypto", package: "swift-crypto"),
       ],
       swiftSettings: swiftSettings),
   ]

@@ -103,6 +103,8 @@ public final class ProcessReaper: Sendable {
 
   /// Starts a child. Throws `SpawnError` when it cannot be executed (nothing is left running).
   public func spawn(_ options: SpawnOptions) throws -> Int32 {
+    // Search the child's PATH (not ours: execvpe would use the parent's environment).
+    let executable = try Self.resolve(options.executable, path: options.environment["PATH"])
     let argv = [options.executable] + options.arguments
     let envp = options.environment.map { "\($0.key)=\($0.value)" }
     var execErrno: Int32 = 0
@@ -112,7 +114,7 @@ public final class ProcessReaper: Sendable {
         return try groups.withUnsafeBufferPointer { groupPointer in
           try state.withLock { state -> Int32 in
             let pid = withOptionalCString(options.workingDirectory) { cwd in
-              options.executable.withCString { path in
+              executable.withCString { path in
                 var raw = atelier_spawn_options(
                   path: path, argv: argvPointer, envp: envPointer, cwd: cwd,
                   uid: options.credentials.map { Int32(bitPattern: $0.uid) } ?? -1,
@@ -121,8 +123,7 @@ public final class ProcessReaper: Sendable {
                   stdin_fd: options.stdin ?? -1, stdout_fd: options.stdout ?? -1,
                   stderr_fd: options.stderr ?? -1,
                   new_session: options.newSession ? 1 : 0,
-                  controlling_tty: options.controllingTerminal ? 1 : 0,
-                  search_path: options.executable.contains("/") ? 0 : 1)
+                  controlling_tty: options.controllingTerminal ? 1 : 0)
                 return atelier_spawn(&raw, &execErrno)
               }
             }
@@ -144,6 +145,18 @@ public final class ProcessReaper: Sendable {
       throw SpawnError(executable: options.executable, errno: execErrno)
     }
     return pid
+  }
+
+  static let defaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+  /// The file `name` runs: itself when it has a slash, else the first match in `path`.
+  static func resolve(_ name: String, path: String?) throws -> String {
+    if name.contains("/") { return name }
+    for directory in (path ?? defaultPath).split(separator: ":") {
+      let candidate = "\(directory)/\(name)"
+      if access(candidate, X_OK) == 0 { return candidate }
+    }
+    throw SpawnError(executable: name, errno: ENOENT)
   }
 
   /// Waits until the child `pid` (started by `spawn`) exits.

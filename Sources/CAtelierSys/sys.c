@@ -68,11 +68,7 @@ pid_t atelier_spawn(const atelier_spawn_options *o, int *exec_errno) {
     if (o->cwd && chdir(o->cwd) != 0) child_fail(report[1]);
     // Descriptors the parent leaked without CLOEXEC must not reach the new program.
     close_range(3, ~0U, CLOSE_RANGE_CLOEXEC);
-    if (o->search_path) {
-      execvpe(o->path, o->argv, o->envp);
-    } else {
-      execve(o->path, o->argv, o->envp);
-    }
+    execve(o->path, o->argv, o->envp);
     child_fail(report[1]);
   }
   close(report[1]);

@@ -27,7 +27,7 @@ enum ExecStream {
     let timedOut = OnceFlag()
     for try await message in inbound.messages(maxSize: 16 << 20) {
       guard case .text(let text) = message,
-        let data = text.data(using: .utf8)
+        let data = Optional(Data(text.utf8))
       else {
         if let process, case .binary(let buffer) = message {
           _ = await BlockingIO.write(process.stdin, Array(buffer.readableBytesView))
@@ -120,7 +120,9 @@ enum ExecStream {
   static func signalNumber(_ name: String?) -> Int32? {
     guard let name else { return nil }
     if let number = Int32(name) { return number }
-    switch name.uppercased().replacingOccurrences(of: "SIG", with: "") {
+    switch (name.uppercased().hasPrefix("SIG")
+      ? String(name.uppercased().dropFirst(3)) : name.uppercased())
+    {
     case "TERM": return SIGTERM
     case "KILL": return SIGKILL
     case "INT": return SIGINT

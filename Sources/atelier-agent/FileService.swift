@@ -359,8 +359,7 @@ enum FileService {
     }
     let status = await tar.waitForExit()
     guard status == .exited(0) else {
-      let message = String(decoding: errors, as: UTF8.self).trimmingCharacters(
-        in: .whitespacesAndNewlines)
+      let message = String(decoding: errors, as: UTF8.self).trimmed
       throw APIError.badRequest("tar could not extract into \(path): \(message)")
     }
     if uid != 0 || gid != 0 {

@@ -25,7 +25,7 @@ enum GitService {
         credentials: user.uid == getuid() ? nil : user.credentials))
     if identity?.exitCode != 0 {
       let host =
-        readTextFile("/etc/hostname")?.trimmingCharacters(in: .whitespacesAndNewlines) ?? "sandbox"
+        readTextFile("/etc/hostname")?.trimmed ?? "sandbox"
       for role in ["AUTHOR", "COMMITTER"] {
         environment["GIT_\(role)_NAME"] = user.name
         environment["GIT_\(role)_EMAIL"] = "\(user.name)@\(host)"
@@ -105,7 +105,7 @@ enum GitService {
   static func lastCommit(_ repo: String) async throws -> GitCommitInfo? {
     let log = try await git(repo, ["log", "-1", "--format=%H%x00%s%x00%an%x00%ct"])
     guard log.exitCode == 0 else { return nil }
-    let fields = log.stdoutText.trimmingCharacters(in: .newlines).split(
+    let fields = log.stdoutText.trimmed.split(
       separator: "\0", omittingEmptySubsequences: false)
     guard fields.count == 4 else { return nil }
     return GitCommitInfo(
@@ -162,7 +162,7 @@ enum GitService {
     }
     let head = try await git(repo, ["rev-parse", "HEAD"])
     return GitCommandResult(
-      ok: true, commit: head.stdoutText.trimmingCharacters(in: .whitespacesAndNewlines),
+      ok: true, commit: head.stdoutText.trimmed,
       output: commit.stdoutText + commit.stderrText)
   }
 

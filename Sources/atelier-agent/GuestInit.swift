@@ -118,3 +118,10 @@ func readTextFile(_ path: String, limit: Int = 1 << 20) -> String? {
 func statFile(_ path: String, _ info: inout stat) -> Int32 {
   stat(path, &info)
 }
+
+extension String {
+  /// Without leading and trailing white space (FoundationEssentials has no CharacterSet).
+  var trimmed: String {
+    String(drop { $0.isWhitespace }.reversed().drop { $0.isWhitespace }.reversed())
+  }
+}

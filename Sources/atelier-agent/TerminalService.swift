@@ -244,7 +244,7 @@ final class TerminalService: Sendable {
       case .binary(let buffer):
         await session.write(Array(buffer.readableBytesView))
       case .text(let text):
-        if let data = text.data(using: .utf8),
+        if let data = Optional(Data(text.utf8)),
           let frame = try? JSONDecoder().decode(TerminalControlFrame.self, from: data)
         {
           switch frame.type {

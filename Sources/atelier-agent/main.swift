@@ -32,7 +32,10 @@ var logger = Logger(label: "atelier.agent")
 signal(SIGPIPE, SIG_IGN)
 
 let isInit = getpid() == 1
-if isInit { GuestInit.mountEarlyFileSystems(logger: logger) }
+if isInit {
+  setenv("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", 1)
+  GuestInit.mountEarlyFileSystems(logger: logger)
+}
 let bootParameters = GuestBootParameters(commandLine: readTextFile("/proc/cmdline") ?? "")
 if isInit, let bootParameters {
   GuestInit.setHostname(bootParameters.hostname, logger: logger)

@@ -12,7 +12,7 @@ import NIOHTTP1
 struct Bench: AsyncParsableCommand {
   static let configuration = CommandConfiguration(
     abstract: "Benchmarks (ratios against a baseline measured in the same run).",
-    subcommands: [Spawn.self])
+    subcommands: [Spawn.self, Agent.self])
 
   struct Spawn: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -136,73 +136,199 @@ struct Bench: AsyncParsableCommand {
       return times
     }
 
-    /// A manager on a scratch data folder sharing this one's images; POST /api/sandboxes timed
-    /// from request to 201, then DELETE.
+    /// POST /api/sandboxes timed from request to 201, then DELETE.
     func apiBoots(config: Config, scratch: String) async throws -> [Double] {
-      let data = "\(scratch)/manager"
-      try FileManager.default.createDirectory(atPath: data, withIntermediateDirectories: true)
-      try FileManager.default.createSymbolicLink(
-        atPath: "\(data)/images", withDestinationPath: config.imagesDir)
-      try FileManager.default.createSymbolicLink(
-        atPath: "\(data)/kernels", withDestinationPath: config.kernelsDir)
-      if FileManager.default.fileExists(atPath: "\(config.dataDir)/accel-probe.json") {
-        try FileManager.default.copyItem(
-          atPath: "\(config.dataDir)/accel-probe.json", toPath: "\(data)/accel-probe.json")
-      }
-      let port = try LoopbackPortAllocator().reserve()
-      var environment = ProcessInfo.processInfo.environment
-      environment["ATELIER_DATA_DIR"] = data
-      environment["ATELIER_SERVER_PORT"] = String(port)
-      environment["ATELIER_LOG_LEVEL"] = "warning"
-      let log = open("\(scratch)/manager.log", O_WRONLY | O_CREAT | O_TRUNC, 0o644)
-      let pid = try ProcessReaper.shared.spawn(
-        SpawnOptions(
-          executable: "/proc/self/exe", arguments: ["serve"], environment: environment, stdout: log,
-          stderr: log))
-      close(log)
-      defer { kill(pid, SIGTERM) }
-      let base = "http://127.0.0.1:\(port)"
-      let deadline = ContinuousClock.now + .seconds(60)
-      var token = ""
-      while ContinuousClock.now < deadline {
-        if let text = try? String(contentsOfFile: "\(data)/admin-token", encoding: .utf8),
-          (try? await send(.GET, "\(base)/health", token: "", body: nil))?.0 == 200
-        {
-          token = text.trimmingCharacters(in: .whitespacesAndNewlines)
-          break
-        }
-        try await Task.sleep(for: .milliseconds(100))
-      }
-      guard !token.isEmpty else {
-        throw CLIError("bench manager did not start (see \(scratch)/manager.log)")
-      }
+      let manager = try await BenchManager.start(config: config, scratch: scratch)
+      defer { manager.stop() }
       var times: [Double] = []
       for _ in 0..<runs {
         let started = ContinuousClock.now
-        let (status, body) = try await send(
-          .POST, "\(base)/api/sandboxes", token: token, body: Data("{}".utf8))
-        guard status == 201 else {
-          throw CLIError("create answered \(status): \(String(decoding: body, as: UTF8.self))")
-        }
+        let sandbox = try await manager.createSandbox(image: "tiny")
         times.append(milliseconds(since: started))
-        let sandbox = try JSONDecoder.atelier.decode(SandboxInfo.self, from: body)
-        _ = try await send(.DELETE, "\(base)/api/sandboxes/\(sandbox.id)", token: token, body: nil)
+        _ = try await manager.send(.DELETE, "/api/sandboxes/\(sandbox.id)")
       }
       return times
     }
+  }
 
-    func send(_ method: HTTPMethod, _ url: String, token: String, body: Data?) async throws -> (
-      Int, Data
-    ) {
-      var request = HTTPClientRequest(url: url)
-      request.method = method
-      if !token.isEmpty { request.headers.add(name: "authorization", value: "Bearer \(token)") }
-      if let body { request.body = .bytes(ByteBuffer(bytes: body)) }
-      let response = try await HTTPClient.shared.execute(request, timeout: .seconds(300))
-      let buffer = try await response.body.collect(upTo: 16 << 20)
-      return (Int(response.status.code), Data(buffer.readableBytesView))
+  struct Agent: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+      abstract:
+        "Exec round trip through the manager vs straight to the agent; file throughput; agent RSS.")
+    @Option(help: "Image to boot.") var image = "tiny"
+    @Option(help: "Exec round trips of each kind.") var execs = 200
+    @Option(help: "Megabytes to upload and download.") var megabytes = 100
+
+    func run() async throws {
+      let config = try loadConfig()
+      bootstrapLogging(level: "warning")
+      let scratch = "/tmp/atelier-bench-\(Identifier.make(length: 6))"
+      try FileManager.default.createDirectory(atPath: scratch, withIntermediateDirectories: true)
+      defer { try? FileManager.default.removeItem(atPath: scratch) }
+      let manager = try await BenchManager.start(config: config, scratch: scratch)
+      defer { manager.stop() }
+      let sandbox = try await manager.createSandbox(image: image)
+      defer { Task { _ = try? await manager.send(.DELETE, "/api/sandboxes/\(sandbox.id)") } }
+      let agentPort = try manager.agentPort(of: sandbox.id)
+      let agent = "http://127.0.0.1:\(agentPort)"
+
+      try await Task.sleep(for: .seconds(2))
+      let idle = try await manager.send(.GET, "/api/sandboxes/\(sandbox.id)/metrics")
+      let metrics = try JSONDecoder().decode(GuestMetrics.self, from: idle.1)
+      print(
+        String(
+          format: "agent RSS at idle: %.1f MiB (goal <= 20)",
+          Double(metrics.agentRssBytes) / 1_048_576))
+
+      let body = Data(#"{"argv":["true"]}"#.utf8)
+      var direct: [Double] = []
+      var proxied: [Double] = []
+      for _ in 0..<execs {
+        var started = ContinuousClock.now
+        _ = try await send(.POST, "\(agent)/exec", token: "", body: body)
+        direct.append(milliseconds(since: started))
+        started = ContinuousClock.now
+        _ = try await manager.send(.POST, "/api/sandboxes/\(sandbox.id)/exec", body: body)
+        proxied.append(milliseconds(since: started))
+      }
+      print("== exec of `true`, \(execs) round trips each")
+      print(
+        String(
+          format: "straight to the agent: p50 %.2f ms, p99 %.2f ms", percentile(direct, 50),
+          percentile(direct, 99)))
+      print(
+        String(
+          format: "through the manager:   p50 %.2f ms, p99 %.2f ms", percentile(proxied, 50),
+          percentile(proxied, 99)))
+      print(
+        String(
+          format: "ratio manager/agent: p50 %.3f (goal <= 1.5), p99 %.3f",
+          percentile(proxied, 50) / percentile(direct, 50),
+          percentile(proxied, 99) / percentile(direct, 99)))
+
+      print("== \(megabytes) MB file, through the manager and straight to the agent")
+      let payload = Data(
+        (0..<(megabytes << 20)).map { UInt8(truncatingIfNeeded: $0 &* 2654435761 >> 13) })
+      for (label, base, token) in [
+        ("manager", manager.baseURL + "/api/sandboxes/\(sandbox.id)", manager.token),
+        ("agent", agent, ""),
+      ] {
+        var started = ContinuousClock.now
+        let (status, _) = try await send(
+          .PUT, "\(base)/files?path=/root/bench.bin", token: token, body: payload)
+        guard status == 201 else { throw CLIError("upload answered \(status)") }
+        let up = milliseconds(since: started)
+        started = ContinuousClock.now
+        let (getStatus, downloaded) = try await send(
+          .GET, "\(base)/files?path=/root/bench.bin", token: token, body: nil,
+          limit: 2 * payload.count)
+        let down = milliseconds(since: started)
+        guard getStatus == 200, downloaded == payload else { throw CLIError("download differs") }
+        _ = try await send(.DELETE, "\(base)/files?path=/root/bench.bin", token: token, body: nil)
+        print(
+          String(
+            format: "%@: upload %.0f MB/s, download %.0f MB/s",
+            label.padding(toLength: 8, withPad: " ", startingAt: 0), Double(megabytes) / up * 1000,
+            Double(megabytes) / down * 1000))
+      }
     }
   }
+}
+
+/// A manager started by a benchmark on a scratch data folder that shares this one's images.
+struct BenchManager {
+  let baseURL: String
+  let token: String
+  let pid: Int32
+  let dataDirectory: String
+
+  static func start(config: Config, scratch: String) async throws -> BenchManager {
+    let data = "\(scratch)/manager"
+    try FileManager.default.createDirectory(atPath: data, withIntermediateDirectories: true)
+    try FileManager.default.createSymbolicLink(
+      atPath: "\(data)/images", withDestinationPath: config.imagesDir)
+    try FileManager.default.createSymbolicLink(
+      atPath: "\(data)/kernels", withDestinationPath: config.kernelsDir)
+    if FileManager.default.fileExists(atPath: "\(config.dataDir)/accel-probe.json") {
+      try FileManager.default.copyItem(
+        atPath: "\(config.dataDir)/accel-probe.json", toPath: "\(data)/accel-probe.json")
+    }
+    let port = try LoopbackPortAllocator().reserve()
+    var environment = ProcessInfo.processInfo.environment
+    environment["ATELIER_DATA_DIR"] = data
+    environment["ATELIER_SERVER_PORT"] = String(port)
+    environment["ATELIER_LOG_LEVEL"] = "warning"
+    let log = open("\(scratch)/manager.log", O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+    let pid = try ProcessReaper.shared.spawn(
+      SpawnOptions(
+        executable: "/proc/self/exe", arguments: ["serve"], environment: environment, stdout: log,
+        stderr: log))
+    close(log)
+    let base = "http://127.0.0.1:\(port)"
+    let deadline = ContinuousClock.now + .seconds(60)
+    while ContinuousClock.now < deadline {
+      if let text = try? String(contentsOfFile: "\(data)/admin-token", encoding: .utf8),
+        (try? await atelier.send(.GET, "\(base)/health", token: "", body: nil))?.0 == 200
+      {
+        return BenchManager(
+          baseURL: base, token: text.trimmingCharacters(in: .whitespacesAndNewlines), pid: pid,
+          dataDirectory: data)
+      }
+      try await Task.sleep(for: .milliseconds(100))
+    }
+    kill(pid, SIGTERM)
+    throw CLIError("bench manager did not start (see \(scratch)/manager.log)")
+  }
+
+  func stop() { kill(pid, SIGTERM) }
+
+  func send(_ method: HTTPMethod, _ path: String, body: Data? = nil) async throws -> (Int, Data) {
+    try await atelier.send(method, baseURL + path, token: token, body: body)
+  }
+
+  func createSandbox(image: String) async throws -> SandboxInfo {
+    let (status, body) = try await send(
+      .POST, "/api/sandboxes", body: Data(#"{"image":"\#(image)"}"#.utf8))
+    guard status == 201 else {
+      throw CLIError("create answered \(status): \(String(decoding: body, as: UTF8.self))")
+    }
+    return try JSONDecoder.atelier.decode(SandboxInfo.self, from: body)
+  }
+
+  /// The loopback port forwarded to a sandbox's agent, from its QEMU command line.
+  func agentPort(of id: String) throws -> Int {
+    let pidText = try String(
+      contentsOfFile: "\(dataDirectory)/sandboxes/\(id)/qemu.pid", encoding: .utf8)
+    let pid = pidText.trimmingCharacters(in: .whitespacesAndNewlines)
+    let commandLine = String(
+      decoding: (FileManager.default.contents(atPath: "/proc/\(pid)/cmdline") ?? Data()).map {
+        $0 == 0 ? 32 : $0
+      }, as: UTF8.self)
+    guard let range = commandLine.range(of: "hostfwd=tcp:127.0.0.1:"),
+      let port = Int(commandLine[range.upperBound...].prefix { $0.isNumber })
+    else { throw CLIError("cannot find the agent port of \(id)") }
+    return port
+  }
+}
+
+/// One HTTP request with an optional bearer token; the whole answer.
+func send(_ method: HTTPMethod, _ url: String, token: String, body: Data?, limit: Int = 16 << 20)
+  async throws -> (Int, Data)
+{
+  var request = HTTPClientRequest(url: url)
+  request.method = method
+  if !token.isEmpty { request.headers.add(name: "authorization", value: "Bearer \(token)") }
+  if let body { request.body = .bytes(ByteBuffer(bytes: body)) }
+  let response = try await HTTPClient.shared.execute(request, timeout: .seconds(300))
+  let buffer = try await response.body.collect(upTo: limit)
+  return (Int(response.status.code), Data(buffer.readableBytesView))
+}
+
+func percentile(_ values: [Double], _ p: Double) -> Double {
+  let sorted = values.sorted()
+  guard !sorted.isEmpty else { return 0 }
+  let index = min(sorted.count - 1, Int((Double(sorted.count) * p / 100).rounded(.up)) - 1)
+  return sorted[max(0, index)]
 }
 
 func milliseconds(since start: ContinuousClock.Instant) -> Double {

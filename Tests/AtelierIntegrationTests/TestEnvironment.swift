@@ -68,13 +68,13 @@ enum TestEnvironment {
   }
 }
 
-/// Builds the tiny image once per test process (and reuses it across runs when unchanged).
+/// Builds each image once per test process (and reuses it across runs when unchanged).
 actor SharedImageBuild {
-  private var built: Task<String, any Error>?
+  private var built: [String: Task<String, any Error>] = [:]
 
-  /// The shared data folder holding `images/tiny` and `kernels/`.
-  func ensure() async throws -> String {
-    if let built { return try await built.value }
+  /// The shared data folder holding `images/<name>` and `kernels/`.
+  func ensure(_ name: String = "tiny") async throws -> String {
+    if let task = built[name] { return try await task.value }
     let task = Task<String, any Error> {
       guard FileManager.default.isExecutableFile(atPath: TestEnvironment.agentBinary) else {
         throw TestFailure(
@@ -84,13 +84,13 @@ actor SharedImageBuild {
       var environment = TestEnvironment.baseEnvironment
       environment["ATELIER_DATA_DIR"] = TestEnvironment.sharedDataDirectory
       let result = try await TestEnvironment.cli(
-        ["images", "build", "tiny"], environment: environment)
+        ["images", "build", name], environment: environment)
       guard result.exitCode == 0 else {
         throw TestFailure("image build failed: \(result.stdoutText)\(result.stderrText)")
       }
       return TestEnvironment.sharedDataDirectory
     }
-    built = task
+    built[name] = task
     return try await task.value
   }
 }
@@ -126,13 +126,18 @@ final class ManagerProcess: @unchecked Sendable {
   var logPath: String { "\(dataDirectory)/manager.log" }
 
   /// A fresh data folder using the shared image (images and kernels are linked, not copied).
-  static func start(environment extra: [String: String] = [:]) async throws -> ManagerProcess {
-    let shared = try await TestEnvironment.sharedImage.ensure()
+  static func start(environment extra: [String: String] = [:], images: [String] = ["tiny"])
+    async throws -> ManagerProcess
+  {
+    var shared = ""
+    for image in images { shared = try await TestEnvironment.sharedImage.ensure(image) }
     let data = try TestEnvironment.temporaryDirectory("atl-it")
     try FileManager.default.createDirectory(
       atPath: "\(data)/images", withIntermediateDirectories: true)
-    try FileManager.default.createSymbolicLink(
-      atPath: "\(data)/images/tiny", withDestinationPath: "\(shared)/images/tiny")
+    for image in images {
+      try FileManager.default.createSymbolicLink(
+        atPath: "\(data)/images/\(image)", withDestinationPath: "\(shared)/images/\(image)")
+    }
     try FileManager.default.createSymbolicLink(
       atPath: "\(data)/kernels", withDestinationPath: "\(shared)/kernels")
     let port = try freePort()
@@ -195,6 +200,7 @@ final class ManagerProcess: @unchecked Sendable {
 
   func request(
     _ method: HTTPMethod, _ path: String, json body: Any? = nil, rawBody: String? = nil,
+    raw: Data? = nil,
     authorized: Bool = true, token override: String? = nil, timeout: Duration = .seconds(300)
   ) async throws -> HTTPAnswer {
     var request = HTTPClientRequest(url: baseURL + path)
@@ -208,6 +214,9 @@ final class ManagerProcess: @unchecked Sendable {
     } else if let rawBody {
       request.body = .bytes(ByteBuffer(string: rawBody))
       request.headers.add(name: "content-type", value: "application/json")
+    } else if let raw {
+      request.body = .bytes(ByteBuffer(bytes: raw))
+      request.headers.add(name: "content-type", value: "application/octet-stream")
     }
     let response = try await HTTPClient.shared.execute(
       request, timeout: .seconds(Int64(timeout.components.seconds)))
@@ -314,9 +323,10 @@ extension HTTPMethodName {
 
 /// Runs `body` with a fresh manager, and always tears it down (its VMs and data folder).
 func withManager(
-  environment: [String: String] = [:], _ body: (ManagerProcess) async throws -> Void
+  environment: [String: String] = [:], images: [String] = ["tiny"],
+  _ body: (ManagerProcess) async throws -> Void
 ) async throws {
-  let manager = try await ManagerProcess.start(environment: environment)
+  let manager = try await ManagerProcess.start(environment: environment, images: images)
   do {
     try await body(manager)
   } catch {

@@ -5,7 +5,7 @@
 
 /// Options for `atelier_spawn`. Any fd set to -1 is inherited from /dev/null.
 typedef struct {
-  const char *path;          // executable (absolute, or searched in PATH when search_path)
+  const char *path;          // the executable file
   char *const *argv;
   char *const *envp;
   const char *cwd;           // NULL keeps the parent's
@@ -18,7 +18,6 @@ typedef struct {
   int stderr_fd;
   int new_session;           // setsid(): own process group, no controlling tty
   int controlling_tty;       // when new_session, make stdin the controlling terminal
-  int search_path;
 } atelier_spawn_options;
 
 /// fork + exec with only async-signal-safe calls in the child. Returns -1 with errno when the
