@@ -138,3 +138,22 @@ public struct GuestBootParameters: Sendable, Equatable {
       dns: values["dns"].map(String.init))
   }
 }
+
+/// `POST /system/resume`: sent after a restore or a resume. Sets the wall clock, mixes fresh
+/// entropy into the kernel, and (after a restore) gives the guest its new identity.
+public struct GuestResumeRequest: Codable, Sendable, Equatable {
+  public var unixTimeNanos: Int64
+  /// Base64 random bytes from the host.
+  public var entropy: String?
+  public var sandboxId: String?
+  public var hostname: String?
+
+  public init(
+    unixTimeNanos: Int64, entropy: String? = nil, sandboxId: String? = nil, hostname: String? = nil
+  ) {
+    self.unixTimeNanos = unixTimeNanos
+    self.entropy = entropy
+    self.sandboxId = sandboxId
+    self.hostname = hostname
+  }
+}

@@ -23,6 +23,12 @@ public struct Config: Sendable, Equatable {
   /// Where image recipes (`<name>/manifest.json`) are; empty means "find them" (see CLI).
   public var recipesDir: String
   public var bootTimeoutSeconds: Int
+  /// How often the reconciler compares the database with the host.
+  public var reconcileIntervalSeconds: Int
+  /// How often idle sandboxes are looked for.
+  public var idleCheckSeconds: Int
+  /// Comment lines on `/api/events` keep proxies from closing a quiet stream.
+  public var eventsHeartbeatSeconds: Int
   public var defaultImage: String
   public var logLevel: String
 
@@ -36,7 +42,9 @@ public struct Config: Sendable, Equatable {
       serverHost: "127.0.0.1", serverPort: 4000, maxSandboxes: 20, accel: .auto, vmm: .qemu,
       storage: .file, network: .user, qemuBinary: "qemu-system-x86_64", agentPath: "",
       recipesDir: "",
-      bootTimeoutSeconds: 90, defaultImage: "tiny", logLevel: "info")
+      bootTimeoutSeconds: 90, reconcileIntervalSeconds: 30, idleCheckSeconds: 2,
+      eventsHeartbeatSeconds: 15,
+      defaultImage: "tiny", logLevel: "info")
   }
 
   /// A key as it appears in the file (`path`) and in the environment (`envName`).
@@ -81,6 +89,13 @@ public struct Config: Sendable, Equatable {
     Key(path: "agentPath") { $0.agentPath = $1 },
     Key(path: "recipesDir") { $0.recipesDir = $1 },
     Key(path: "bootTimeoutSeconds") { $0.bootTimeoutSeconds = try integer($1, in: 5...3600) },
+    Key(path: "reconcileIntervalSeconds") {
+      $0.reconcileIntervalSeconds = try integer($1, in: 1...86400)
+    },
+    Key(path: "idleCheckSeconds") { $0.idleCheckSeconds = try integer($1, in: 1...3600) },
+    Key(path: "eventsHeartbeatSeconds") {
+      $0.eventsHeartbeatSeconds = try integer($1, in: 1...3600)
+    },
     Key(path: "defaultImage") { config, value in
       guard ImageName.isValid(value) else { throw ConfigProblem("expected an image name") }
       config.defaultImage = value
@@ -168,6 +183,7 @@ public struct Config: Sendable, Equatable {
   public var sandboxesDir: String { "\(dataDir)/sandboxes" }
   public var logsDir: String { "\(dataDir)/logs" }
   public var cacheDir: String { "\(dataDir)/cache" }
+  public var snapshotsDir: String { "\(dataDir)/snapshots" }
   public var managerURL: String {
     let host = serverHost == "0.0.0.0" ? "127.0.0.1" : serverHost
     return "http://\(host):\(serverPort)"

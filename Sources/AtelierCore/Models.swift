@@ -4,6 +4,11 @@ public enum SandboxStatus: String, Codable, Sendable, CaseIterable {
   case creating, running, paused, stopping, stopped, error
 }
 
+/// What happens to a sandbox left idle for `timeoutSeconds`.
+public enum IdleAction: String, Codable, Sendable, CaseIterable {
+  case pause, stop
+}
+
 /// Milliseconds spent in each step of a create.
 public struct SpawnTimings: Codable, Sendable, Equatable {
   public var cloneMs: Int
@@ -30,11 +35,16 @@ public struct SandboxInfo: Codable, Sendable, Equatable {
   public var updatedAt: Date
   public var timings: SpawnTimings?
   public var error: String?
+  public var timeoutSeconds: Int?
+  public var onIdle: IdleAction?
+  /// Set when the sandbox was restored from a snapshot (or forked).
+  public var snapshotId: String?
 
   public init(
     id: String, status: SandboxStatus, image: String, vcpus: Int, memoryMb: Int,
     hostname: String, createdAt: Date, updatedAt: Date, timings: SpawnTimings? = nil,
-    error: String? = nil
+    error: String? = nil, timeoutSeconds: Int? = nil, onIdle: IdleAction? = nil,
+    snapshotId: String? = nil
   ) {
     self.id = id
     self.status = status
@@ -46,22 +56,83 @@ public struct SandboxInfo: Codable, Sendable, Equatable {
     self.updatedAt = updatedAt
     self.timings = timings
     self.error = error
+    self.timeoutSeconds = timeoutSeconds
+    self.onIdle = onIdle
+    self.snapshotId = snapshotId
   }
 }
 
-/// `POST /api/sandboxes`.
+/// `POST /api/sandboxes`: boot an image, or restore a snapshot (`snapshot`).
 public struct CreateSandboxRequest: Codable, Sendable {
   public var image: String?
   public var vcpus: Int?
   public var memoryMb: Int?
-  public init(image: String? = nil, vcpus: Int? = nil, memoryMb: Int? = nil) {
+  public var snapshot: String?
+  public var timeoutSeconds: Int?
+  public var onIdle: IdleAction?
+  public init(
+    image: String? = nil, vcpus: Int? = nil, memoryMb: Int? = nil, snapshot: String? = nil,
+    timeoutSeconds: Int? = nil, onIdle: IdleAction? = nil
+  ) {
     self.image = image
     self.vcpus = vcpus
     self.memoryMb = memoryMb
+    self.snapshot = snapshot
+    self.timeoutSeconds = timeoutSeconds
+    self.onIdle = onIdle
   }
 
   public static let vcpuRange = 1...8
   public static let memoryRange = 128...16384
+}
+
+/// `PATCH /api/sandboxes/{id}`: idle policy (`timeoutSeconds: 0` turns it off).
+public struct UpdateSandboxRequest: Codable, Sendable {
+  public var timeoutSeconds: Int?
+  public var onIdle: IdleAction?
+  public init(timeoutSeconds: Int? = nil, onIdle: IdleAction? = nil) {
+    self.timeoutSeconds = timeoutSeconds
+    self.onIdle = onIdle
+  }
+}
+
+public struct SnapshotRequest: Codable, Sendable {
+  public var name: String?
+  public init(name: String? = nil) { self.name = name }
+}
+
+public struct SnapshotInfo: Codable, Sendable, Equatable {
+  public var id: String
+  public var sandboxId: String
+  public var name: String
+  public var image: String
+  public var vcpus: Int
+  public var memoryMb: Int
+  public var createdAt: Date
+  public var sizeBytes: Int64
+  public init(
+    id: String, sandboxId: String, name: String, image: String, vcpus: Int, memoryMb: Int,
+    createdAt: Date, sizeBytes: Int64
+  ) {
+    self.id = id
+    self.sandboxId = sandboxId
+    self.name = name
+    self.image = image
+    self.vcpus = vcpus
+    self.memoryMb = memoryMb
+    self.createdAt = createdAt
+    self.sizeBytes = sizeBytes
+  }
+}
+
+public struct ForkRequest: Codable, Sendable {
+  public var count: Int?
+  public init(count: Int? = nil) { self.count = count }
+}
+
+public struct ForkResponse: Codable, Sendable {
+  public var sandboxes: [SandboxInfo]
+  public init(sandboxes: [SandboxInfo]) { self.sandboxes = sandboxes }
 }
 
 /// A built image as the API shows it.

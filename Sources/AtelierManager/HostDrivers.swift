@@ -33,6 +33,7 @@ struct SandboxRuntime: Codable, Sendable, Equatable {
 
 enum VolumeNames {
   static func sandbox(_ id: String) -> String { "sandbox-\(id)" }
+  static func snapshot(_ id: String) -> String { "snapshot-\(id)" }
   static func sandboxId(fromVolume name: String) -> String? {
     name.hasPrefix("sandbox-") ? String(name.dropFirst("sandbox-".count)) : nil
   }

@@ -1,3 +1,8 @@
+import AtelierCore
+import AtelierHost
+import AtelierStore
+import Foundation
+
 /// What the database says about one sandbox, as the reconciler sees it.
 public struct RowState: Sendable, Equatable {
   public var id: String
@@ -61,5 +66,203 @@ public enum ReconcilePlanner {
       actions.append(.removeOrphanRuntimeDirectory(id: id))
     }
     return actions
+  }
+}
+
+/// What a reconcile (or `POST /api/system/cleanup`) changed.
+public struct ReconcileReport: Codable, Sendable {
+  public var adopted: [String] = []
+  public var markedError: [String] = []
+  public var abandonedCreates: [String] = []
+  public var killedProcesses: [Int32] = []
+  public var removedVolumes: [String] = []
+  public var removedDirectories: [String] = []
+  public var removedSnapshotFiles: [String] = []
+
+  public var isEmpty: Bool {
+    adopted.isEmpty && markedError.isEmpty && abandonedCreates.isEmpty && killedProcesses.isEmpty
+      && removedVolumes.isEmpty && removedDirectories.isEmpty && removedSnapshotFiles.isEmpty
+  }
+}
+
+extension SandboxService {
+  /// Makes the host match the database (see `ReconcilePlanner`). Sandboxes in the middle of
+  /// an operation are left alone.
+  @discardableResult
+  public func reconcile() async -> ReconcileReport {
+    var report = ReconcileReport()
+    let rows: [SandboxRecord]
+    do { rows = try database.sandboxes() } catch {
+      logger.error("reconcile: cannot read sandboxes: \(error)")
+      return report
+    }
+    var live: [String: Int32] = [:]
+    for vm in drivers.vmm.discover() { live[vm.sandboxId] = vm.pid }
+    let volumes = (try? await drivers.volumes.list()) ?? []
+    let directories =
+      ((try? FileManager.default.contentsOfDirectory(atPath: config.sandboxesDir)) ?? [])
+      .filter { Identifier.isValid($0) }
+    let busy = inFlight.union(await locks.held)
+    let actions = ReconcilePlanner.plan(
+      rows: rows.map { RowState(id: $0.id, status: $0.status) }, liveVMs: live, volumes: volumes,
+      runtimeDirectories: directories, inFlight: busy)
+    let byId = Dictionary(rows.map { ($0.id, $0) }, uniquingKeysWith: { first, _ in first })
+    for action in actions {
+      switch action {
+      case .adopt(let id):
+        guard let row = byId[id], let pid = live[id] else { continue }
+        var runtime = Self.runtime(row)
+        let handle = VMHandle(sandboxId: id, pid: pid, runtimeDirectory: runtimeDirectory(id))
+        guard runtime.vm != handle else { continue }  // already ours
+        runtime.vm = handle
+        if let network = runtime.network {
+          await drivers.network.adopt(sandboxId: id, attachment: network)
+        }
+        var updated = row
+        updated.runtime = Self.encode(runtime)
+        try? database.update(updated)
+        report.adopted.append(id)
+      case .markError(let id, let reason):
+        guard let row = byId[id] else { continue }
+        let runtime = Self.runtime(row)
+        if let network = runtime.network {
+          await drivers.network.release(sandboxId: id, attachment: network)
+        }
+        try? updateRuntime(id) {
+          $0.vm = nil
+          $0.network = nil
+        }
+        _ = try? setStatus(id, .error, error: reason)
+        logger.warning("sandbox marked error: \(reason)", metadata: ["sandbox": "\(id)"])
+        report.markedError.append(id)
+      case .abandonCreate(let id):
+        guard let row = byId[id] else { continue }
+        await releaseResources(id: id, runtime: Self.runtime(row))
+        _ = try? database.deleteSandbox(id: id)
+        report.abandonedCreates.append(id)
+      case .killOrphanVM(let id, let pid):
+        await drivers.vmm.kill(
+          VMHandle(sandboxId: id, pid: pid, runtimeDirectory: runtimeDirectory(id)))
+        report.killedProcesses.append(pid)
+      case .removeOrphanVolume(let name):
+        try? await drivers.volumes.remove(name)
+        report.removedVolumes.append(name)
+      case .removeOrphanRuntimeDirectory(let id):
+        try? FileManager.default.removeItem(atPath: runtimeDirectory(id))
+        report.removedDirectories.append(id)
+      }
+    }
+    report.removedVolumes += await collectVolumeGarbage()
+    report.removedSnapshotFiles = removeOrphanSnapshotFiles()
+    if !report.isEmpty {
+      logger.info(
+        "reconciled",
+        metadata: [
+          "adopted": "\(report.adopted.count)", "markedError": "\(report.markedError.count)",
+          "abandoned": "\(report.abandonedCreates.count)",
+          "killed": "\(report.killedProcesses.count)",
+          "volumes": "\(report.removedVolumes.count)",
+        ])
+    }
+    return report
+  }
+
+  /// Snapshot folders (memory files) with no snapshot row.
+  func removeOrphanSnapshotFiles() -> [String] {
+    let known = Set(((try? database.snapshots()) ?? []).map(\.id))
+    let folders = (try? FileManager.default.contentsOfDirectory(atPath: config.snapshotsDir)) ?? []
+    var removed: [String] = []
+    for folder in folders where Identifier.isValid(folder) && !known.contains(folder) {
+      try? FileManager.default.removeItem(atPath: "\(config.snapshotsDir)/\(folder)")
+      removed.append(folder)
+    }
+    return removed
+  }
+
+  // MARK: System
+
+  public struct SystemStats: Codable, Sendable {
+    public struct Host: Codable, Sendable {
+      public var cpuCount: Int
+      public var cpuUsagePercent: Double
+      public var load: [Double]
+      public var memoryTotalBytes: Int64
+      public var memoryAvailableBytes: Int64
+      public var diskTotalBytes: Int64
+      public var diskFreeBytes: Int64
+    }
+    public struct Sandboxes: Codable, Sendable {
+      public var byStatus: [String: Int]
+      public var total: Int
+      /// creating + running + paused (+ stopping): what the limit counts.
+      public var counted: Int
+      public var limit: Int
+    }
+    public var host: Host
+    public var sandboxes: Sandboxes
+    public var snapshots: Int
+    public var acceleration: String
+  }
+
+  public func stats() async throws -> SystemStats {
+    let byStatus = try database.countsByStatus()
+    var complete: [String: Int] = [:]
+    for status in SandboxStatus.allCases {
+      complete[status.rawValue] = byStatus[status.rawValue] ?? 0
+    }
+    let counted = Self.countedStatuses.reduce(0) { $0 + (complete[$1.rawValue] ?? 0) }
+    return SystemStats(
+      host: await HostStats.sample(dataDirectory: config.dataDir),
+      sandboxes: .init(
+        byStatus: complete, total: complete.values.reduce(0, +), counted: counted,
+        limit: config.maxSandboxes),
+      snapshots: try database.snapshots(kind: "user").count,
+      acceleration: drivers.acceleration.acceleration.rawValue)
+  }
+}
+
+/// CPU, memory and disk of this host.
+enum HostStats {
+  static func cpuTimes() -> (busy: Double, total: Double) {
+    guard
+      let line = (try? String(contentsOfFile: "/proc/stat", encoding: .utf8))?.split(
+        separator: "\n"
+      ).first
+    else { return (0, 0) }
+    let values = line.split(separator: " ").dropFirst().compactMap { Double($0) }
+    let idle = values.count > 4 ? values[3] + values[4] : 0
+    let total = values.reduce(0, +)
+    return (total - idle, total)
+  }
+
+  static func sample(dataDirectory: String) async -> SandboxService.SystemStats.Host {
+    let first = cpuTimes()
+    try? await Task.sleep(for: .milliseconds(100))
+    let second = cpuTimes()
+    let usage =
+      second.total > first.total
+      ? (second.busy - first.busy) / (second.total - first.total) * 100 : 0
+    var memory: [String: Int64] = [:]
+    for line in ((try? String(contentsOfFile: "/proc/meminfo", encoding: .utf8)) ?? "").split(
+      separator: "\n")
+    {
+      let parts = line.split(separator: ":")
+      if parts.count == 2, let kib = parts[1].split(separator: " ").first.flatMap({ Int64($0) }) {
+        memory[String(parts[0])] = kib * 1024
+      }
+    }
+    var disk = statvfs()
+    statvfs(dataDirectory, &disk)
+    let load = ((try? String(contentsOfFile: "/proc/loadavg", encoding: .utf8)) ?? "").split(
+      separator: " "
+    )
+    .prefix(3).compactMap { Double($0) }
+    return .init(
+      cpuCount: ProcessInfo.processInfo.activeProcessorCount,
+      cpuUsagePercent: (usage * 10).rounded() / 10,
+      load: load, memoryTotalBytes: memory["MemTotal"] ?? 0,
+      memoryAvailableBytes: memory["MemAvailable"] ?? 0,
+      diskTotalBytes: Int64(disk.f_blocks) * Int64(disk.f_frsize),
+      diskFreeBytes: Int64(disk.f_bavail) * Int64(disk.f_frsize))
   }
 }

@@ -6,24 +6,33 @@ import AtelierStore
 import Foundation
 import Logging
 
-/// Orchestrates sandboxes: creates them (clone → network → boot → agent), serves their
-/// operations, deletes them, and repairs drift between the database and the host.
+/// Orchestrates sandboxes: creates them (clone → network → boot or restore → agent), runs
+/// their lifecycle, serves their operations, deletes them, and repairs drift between the
+/// database and the host. Operations on one sandbox are serialized by `locks`.
 public actor SandboxService {
   let config: Config
   let database: AtelierDatabase
   let drivers: HostDrivers
   let logger: Logger
+  public let events: EventBus
+  let locks = KeyedLock()
   /// Sandboxes whose create is running in this process (the reconciler leaves them alone).
   var inFlight: Set<String> = []
   /// When each sandbox last saw API, agent or terminal traffic.
   var lastActivity: [String: ContinuousClock.Instant] = [:]
+  /// Open WebSocket sessions per sandbox (a sandbox with one is never idle).
+  var openConnections: [String: Int] = [:]
 
-  static let countedStatuses = ["creating", "running", "paused", "stopping"]
+  static let countedStatuses: [SandboxStatus] = [.creating, .running, .paused, .stopping]
 
-  public init(config: Config, database: AtelierDatabase, drivers: HostDrivers, logger: Logger) {
+  public init(
+    config: Config, database: AtelierDatabase, drivers: HostDrivers, events: EventBus = EventBus(),
+    logger: Logger
+  ) {
     self.config = config
     self.database = database
     self.drivers = drivers
+    self.events = events
     self.logger = logger
   }
 
@@ -51,13 +60,18 @@ public actor SandboxService {
 
   static func info(_ record: SandboxRecord) -> SandboxInfo {
     SandboxInfo(
-      id: record.id, status: SandboxStatus(rawValue: record.status) ?? .error,
-      image: record.image, vcpus: record.vcpus, memoryMb: record.memoryMb,
-      hostname: record.hostname, createdAt: record.createdAt, updatedAt: record.updatedAt,
+      id: record.id, status: status(record), image: record.image, vcpus: record.vcpus,
+      memoryMb: record.memoryMb, hostname: record.hostname, createdAt: record.createdAt,
+      updatedAt: record.updatedAt,
       timings: record.timings.flatMap {
         try? JSONDecoder().decode(SpawnTimings.self, from: Data($0.utf8))
       },
-      error: record.error)
+      error: record.error, timeoutSeconds: record.timeoutSeconds,
+      onIdle: record.onIdle.flatMap(IdleAction.init(rawValue:)), snapshotId: record.snapshotId)
+  }
+
+  static func status(_ record: SandboxRecord) -> SandboxStatus {
+    SandboxStatus(rawValue: record.status) ?? .error
   }
 
   static func runtime(_ record: SandboxRecord) -> SandboxRuntime {
@@ -71,9 +85,79 @@ public actor SandboxService {
 
   func runtimeDirectory(_ id: String) -> String { "\(config.sandboxesDir)/\(id)" }
 
+  // MARK: Writes, with events
+
+  /// Saves `row` and announces it (`sandbox.updated`, with the status it left).
+  @discardableResult
+  func save(_ row: SandboxRecord, from previous: SandboxStatus?) throws -> SandboxRecord {
+    var row = row
+    row.updatedAt = Date()
+    try database.update(row)
+    let event = SandboxEvent(sandbox: Self.info(row), previousStatus: previous?.rawValue)
+    events.publish("sandbox.updated", event)
+    return row
+  }
+
+  func setStatus(_ id: String, _ status: SandboxStatus, error: String? = nil) throws
+    -> SandboxRecord
+  {
+    var row = try record(id)
+    let previous = Self.status(row)
+    row.status = status.rawValue
+    row.error = error
+    return try save(row, from: previous)
+  }
+
+  func updateRuntime(_ id: String, _ change: (inout SandboxRuntime) -> Void) throws {
+    var row = try record(id)
+    var runtime = Self.runtime(row)
+    change(&runtime)
+    row.runtime = Self.encode(runtime)
+    try database.update(row)
+  }
+
+  /// Runs `body` holding the sandbox's operation lock.
+  func withSandboxLock<T>(_ id: String, _ body: () async throws -> T) async throws -> T {
+    await locks.acquire(id)
+    do {
+      let result = try await body()
+      await locks.release(id)
+      return result
+    } catch {
+      await locks.release(id)
+      throw error
+    }
+  }
+
+  // MARK: Activity
+
+  /// Records activity on a sandbox (API calls, agent traffic, terminals).
+  public func touch(_ id: String) {
+    lastActivity[id] = .now
+  }
+
+  public func connectionOpened(_ id: String) {
+    openConnections[id, default: 0] += 1
+    touch(id)
+  }
+
+  public func connectionClosed(_ id: String) {
+    openConnections[id, default: 1] -= 1
+    if openConnections[id] ?? 0 <= 0 { openConnections[id] = nil }
+    touch(id)
+  }
+
   // MARK: Create
 
   public func create(_ request: CreateSandboxRequest) async throws -> SandboxInfo {
+    let idle = try Self.validateIdle(timeoutSeconds: request.timeoutSeconds, onIdle: request.onIdle)
+    if let snapshotId = request.snapshot {
+      guard request.image == nil, request.vcpus == nil, request.memoryMb == nil else {
+        throw AtelierError.validation(
+          "a restore takes its image, vcpus and memory from the snapshot; give only snapshot")
+      }
+      return try await restore(snapshotId: snapshotId, idle: idle)
+    }
     let vcpus = request.vcpus ?? 1
     let memoryMb = request.memoryMb ?? 256
     guard CreateSandboxRequest.vcpuRange.contains(vcpus) else {
@@ -90,118 +174,184 @@ public actor SandboxService {
       throw AtelierError.notFound(
         "image \(imageName) is not built; run `atelier images build \(imageName)`")
     }
+    let row = try reserve(
+      image: imageName, vcpus: vcpus, memoryMb: memoryMb, idle: idle, snapshotId: nil,
+      runtime: SandboxRuntime(kernel: image.kernel, imageBuild: image.buildId))
+    return try await build(row.id) { undo in
+      let started = ContinuousClock.now
+      let volumeName = VolumeNames.sandbox(row.id)
+      let disk = try await drivers.volumes.clone(base: image.disk, to: volumeName)
+      undo.push { [drivers] in try? await drivers.volumes.remove(volumeName) }
+      try updateRuntime(row.id) {
+        $0.volume = volumeName
+        $0.disk = disk
+      }
+      let cloned = ContinuousClock.now
+      let (launched, ready) = try await bootVM(row.id, undo: &undo)
+      return SpawnTimings(
+        cloneMs: (cloned - started).wholeMilliseconds,
+        bootMs: (launched - cloned).wholeMilliseconds,
+        agentMs: (ready - launched).wholeMilliseconds, totalMs: (ready - started).wholeMilliseconds)
+    }
+  }
 
+  static func validateIdle(timeoutSeconds: Int?, onIdle: IdleAction?) throws -> (Int?, IdleAction?)
+  {
+    if let timeoutSeconds, !(0...31_536_000).contains(timeoutSeconds) {
+      throw AtelierError.validation("timeoutSeconds must be between 0 (never) and 31536000")
+    }
+    return (timeoutSeconds == 0 ? nil : timeoutSeconds, onIdle)
+  }
+
+  /// Inserts the `creating` row, refusing beyond the limit (one transaction, so concurrent
+  /// creates cannot both take the last place).
+  func reserve(
+    image: String, vcpus: Int, memoryMb: Int, idle: (Int?, IdleAction?), snapshotId: String?,
+    runtime: SandboxRuntime
+  ) throws -> SandboxRecord {
     let id = Identifier.make()
     let now = Date()
     let row = SandboxRecord(
-      id: id, status: SandboxStatus.creating.rawValue, image: imageName, vcpus: vcpus,
+      id: id, status: SandboxStatus.creating.rawValue, image: image, vcpus: vcpus,
       memoryMb: memoryMb, hostname: "sbx-\(id)", createdAt: now, updatedAt: now,
-      runtime: Self.encode(SandboxRuntime(kernel: image.kernel, imageBuild: image.buildId)))
+      runtime: Self.encode(runtime), timeoutSeconds: idle.0, onIdle: idle.1?.rawValue,
+      snapshotId: snapshotId)
     guard
-      try database.insert(row, ifCountOf: Self.countedStatuses, below: config.maxSandboxes)
+      try database.insert(
+        row, ifCountOf: Self.countedStatuses.map(\.rawValue), below: config.maxSandboxes)
     else {
       throw AtelierError(
-        .resourceExhausted, "sandbox limit reached (\(config.maxSandboxes)); delete one first")
+        .resourceExhausted,
+        "sandbox limit reached (\(config.maxSandboxes)); delete or stop one first")
     }
     inFlight.insert(id)
+    let event = SandboxEvent(sandbox: Self.info(row), previousStatus: nil)
+    events.publish("sandbox.created", event)
+    return row
+  }
+
+  /// Runs the steps of a create; on failure undoes them in reverse and removes the row, so
+  /// nothing is left behind.
+  func build(_ id: String, _ steps: (inout UndoStack) async throws -> SpawnTimings) async throws
+    -> SandboxInfo
+  {
     defer { inFlight.remove(id) }
-    var log = logger
-    log[metadataKey: "sandbox"] = .string(id)
-    log.info("creating sandbox", metadata: ["image": "\(imageName)", "build": "\(image.buildId)"])
-
     var undo = UndoStack()
-    let started = ContinuousClock.now
-    var runtime = Self.runtime(row)
     do {
-      let volumeName = VolumeNames.sandbox(id)
-      let disk = try await drivers.volumes.clone(base: image.disk, to: volumeName)
-      undo.push("remove volume") { [drivers] in try? await drivers.volumes.remove(volumeName) }
-      runtime.volume = volumeName
-      runtime.disk = disk
-      let cloned = ContinuousClock.now
-
-      let network = try await drivers.network.attach(sandboxId: id)
-      undo.push("release network") { [drivers] in
-        await drivers.network.release(sandboxId: id, attachment: network)
-      }
-      runtime.network = network
-
-      let directory = runtimeDirectory(id)
-      undo.push("remove runtime directory") {
-        try? FileManager.default.removeItem(atPath: directory)
-      }
-      let spec = VMSpec(
-        sandboxId: id, runtimeDirectory: directory, kernelPath: image.kernel.kernelPath,
-        initrdPath: image.kernel.initrdPath,
-        kernelArguments: GuestBootParameters(
-          sandboxId: id, hostname: row.hostname,
-          ipv4: "\(network.guestIPv4)/\(network.prefixLength)", gateway: network.gateway,
-          dns: network.dns
-        ).kernelArguments,
-        disk: disk, vcpus: vcpus, memoryMb: memoryMb, network: network)
-      let vm: VMHandle
-      do {
-        vm = try await drivers.vmm.boot(spec)
-      } catch let error as VMMError {
-        log.error("VM did not start: \(error.message)\n\(error.consoleTail)")
-        throw AtelierError(.bootFailed, "sandbox failed to boot: \(error.message)")
-      }
-      undo.push("kill VM") { [drivers] in await drivers.vmm.kill(vm) }
-      runtime.vm = vm
-      var saved = row
-      saved.runtime = Self.encode(runtime)
-      try database.update(saved)
-      let launched = ContinuousClock.now
-
-      let agent = AgentClient(endpoint: network.agent)
-      do {
-        try await agent.waitUntilReady(
-          sandboxId: id, timeout: .seconds(config.bootTimeoutSeconds),
-          stillBooting: { [drivers] in drivers.vmm.isRunning(vm) })
-      } catch let error as AgentCallError {
-        let tail = drivers.vmm.consoleTail(runtimeDirectory: directory)
-        log.error("sandbox did not become ready: \(error.message)\nconsole:\n\(tail)")
-        throw AtelierError(.bootFailed, "sandbox failed to boot: \(error.message)")
-      }
-      let ready = ContinuousClock.now
-
-      let timings = SpawnTimings(
-        cloneMs: (cloned - started).wholeMilliseconds,
-        bootMs: (launched - cloned).wholeMilliseconds,
-        agentMs: (ready - launched).wholeMilliseconds,
-        totalMs: (ready - started).wholeMilliseconds)
-      saved.status = SandboxStatus.running.rawValue
-      saved.timings = Self.encode(timings)
-      saved.updatedAt = Date()
-      try database.update(saved)
-      log.info("sandbox running", metadata: ["totalMs": "\(timings.totalMs)"])
-      return Self.info(saved)
+      let timings = try await steps(&undo)
+      var row = try record(id)
+      row.status = SandboxStatus.running.rawValue
+      row.timings = Self.encode(timings)
+      row = try save(row, from: .creating)
+      touch(id)
+      logger.info(
+        "sandbox running", metadata: ["sandbox": "\(id)", "totalMs": "\(timings.totalMs)"])
+      return Self.info(row)
     } catch {
-      log.warning("create failed, rolling back: \(error)")
+      logger.warning("create failed, rolling back: \(error)", metadata: ["sandbox": "\(id)"])
       await undo.run()
       _ = try? database.deleteSandbox(id: id)
+      let event = SandboxEvent(
+        sandbox: SandboxInfo(
+          id: id, status: .error, image: "", vcpus: 0, memoryMb: 0, hostname: "", createdAt: Date(),
+          updatedAt: Date(), error: "\(error)"), previousStatus: SandboxStatus.creating.rawValue)
+      events.publish("sandbox.deleted", event)
       if let error = error as? AtelierError { throw error }
       throw AtelierError(.bootFailed, "sandbox failed to boot: \(error)")
+    }
+  }
+
+  /// The VM spec of a sandbox whose disk and kernel are in its runtime.
+  func vmSpec(_ row: SandboxRecord, network: NetworkAttachment) throws -> VMSpec {
+    let runtime = Self.runtime(row)
+    guard let disk = runtime.disk, let kernel = runtime.kernel else {
+      throw AtelierError(.internal, "sandbox \(row.id) has no disk or kernel recorded")
+    }
+    return VMSpec(
+      sandboxId: row.id, runtimeDirectory: runtimeDirectory(row.id), kernelPath: kernel.kernelPath,
+      initrdPath: kernel.initrdPath,
+      kernelArguments: GuestBootParameters(
+        sandboxId: row.id, hostname: row.hostname,
+        ipv4: "\(network.guestIPv4)/\(network.prefixLength)", gateway: network.gateway,
+        dns: network.dns
+      ).kernelArguments,
+      disk: disk, vcpus: row.vcpus, memoryMb: row.memoryMb, network: network)
+  }
+
+  /// Attaches the network, boots the VM from the sandbox's disk, waits for the agent.
+  /// Returns when the VMM process started and when the agent answered.
+  func bootVM(_ id: String, undo: inout UndoStack) async throws -> (
+    ContinuousClock.Instant, ContinuousClock.Instant
+  ) {
+    let network = try await attachNetwork(id, undo: &undo)
+    let spec = try vmSpec(try record(id), network: network)
+    let directory = spec.runtimeDirectory
+    undo.push { try? FileManager.default.removeItem(atPath: directory) }
+    let vm: VMHandle
+    do {
+      vm = try await drivers.vmm.boot(spec)
+    } catch let error as VMMError {
+      logger.error(
+        "VM did not start: \(error.message)\n\(error.consoleTail)", metadata: ["sandbox": "\(id)"])
+      throw AtelierError(.bootFailed, "sandbox failed to boot: \(error.message)")
+    }
+    undo.push { [drivers] in await drivers.vmm.kill(vm) }
+    try updateRuntime(id) { $0.vm = vm }
+    let launched = ContinuousClock.now
+    try await waitForAgent(id, vm: vm, network: network)
+    return (launched, ContinuousClock.now)
+  }
+
+  func attachNetwork(_ id: String, undo: inout UndoStack) async throws -> NetworkAttachment {
+    let network = try await drivers.network.attach(sandboxId: id)
+    undo.push { [drivers] in await drivers.network.release(sandboxId: id, attachment: network) }
+    try updateRuntime(id) { $0.network = network }
+    return network
+  }
+
+  func waitForAgent(_ id: String, vm: VMHandle, network: NetworkAttachment) async throws {
+    let agent = AgentClient(endpoint: network.agent)
+    do {
+      try await agent.waitUntilReady(
+        sandboxId: id, timeout: .seconds(config.bootTimeoutSeconds),
+        stillBooting: { [drivers] in drivers.vmm.isRunning(vm) })
+    } catch let error as AgentCallError {
+      let tail = drivers.vmm.consoleTail(runtimeDirectory: vm.runtimeDirectory)
+      logger.error(
+        "sandbox did not become ready: \(error.message)\nconsole:\n\(tail)",
+        metadata: ["sandbox": "\(id)"])
+      throw AtelierError(.bootFailed, "sandbox failed to boot: \(error.message)")
     }
   }
 
   // MARK: Delete
 
   public func delete(_ id: String) async throws {
-    let row = try record(id)
-    if inFlight.contains(id) || row.status == SandboxStatus.creating.rawValue {
-      throw AtelierError.conflict("sandbox \(id) is still being created")
+    try await withSandboxLock(id) {
+      let row = try record(id)
+      if inFlight.contains(id) || Self.status(row) == .creating {
+        throw AtelierError.conflict("sandbox \(id) is still being created")
+      }
+      await releaseResources(id: id, runtime: Self.runtime(row))
+      try database.deleteSandbox(id: id)
+      lastActivity[id] = nil
+      let event = SandboxEvent(sandbox: Self.info(row), previousStatus: row.status)
+      events.publish("sandbox.deleted", event)
+      logger.info("sandbox deleted", metadata: ["sandbox": "\(id)"])
     }
-    await releaseResources(id: id, runtime: Self.runtime(row))
-    try database.deleteSandbox(id: id)
-    logger.info("sandbox deleted", metadata: ["sandbox": "\(id)"])
+    await collectVolumeGarbage()
   }
 
   /// Kills the VM and removes its disk, network and files. Safe on partial state.
   func releaseResources(id: String, runtime: SandboxRuntime) async {
-    if let vm = runtime.vm {
-      await drivers.vmm.kill(vm)
-    }
+    await stopVMProcess(id: id, runtime: runtime)
+    try? await drivers.volumes.remove(runtime.volume ?? VolumeNames.sandbox(id))
+    try? FileManager.default.removeItem(atPath: runtimeDirectory(id))
+  }
+
+  /// Kills the VM process(es) of a sandbox and releases its network.
+  func stopVMProcess(id: String, runtime: SandboxRuntime) async {
+    if let vm = runtime.vm { await drivers.vmm.kill(vm) }
     for observed in drivers.vmm.discover() where observed.sandboxId == id {
       await drivers.vmm.kill(
         VMHandle(sandboxId: id, pid: observed.pid, runtimeDirectory: runtimeDirectory(id)))
@@ -209,40 +359,35 @@ public actor SandboxService {
     if let network = runtime.network {
       await drivers.network.release(sandboxId: id, attachment: network)
     }
-    try? await drivers.volumes.remove(runtime.volume ?? VolumeNames.sandbox(id))
-    try? FileManager.default.removeItem(atPath: runtimeDirectory(id))
   }
 
-  // MARK: Exec
+  // MARK: Exec and agent access
 
   public func exec(_ id: String, _ request: ExecRequest) async throws -> ExecResult {
     if let problem = request.validationProblem { throw AtelierError.validation(problem) }
-    let agent = try runningAgent(id)
+    let agent = AgentClient(endpoint: try await agentEndpoint(id))
     do {
-      return try await agent.exec(request)
+      let result = try await agent.exec(request)
+      touch(id)
+      return result
     } catch let error as AgentCallError {
       throw Self.map(error, id: id)
     }
   }
 
-  /// Records activity on a sandbox (API calls, agent traffic, terminals).
-  public func touch(_ id: String) {
-    lastActivity[id] = .now
-  }
-
-  /// Where the agent of a running sandbox answers; 409 when it is not running.
-  public func agentEndpoint(_ id: String) throws -> AgentEndpoint {
-    try runningAgent(id).endpoint
-  }
-
-  func runningAgent(_ id: String) throws -> AgentClient {
-    let row = try record(id)
-    guard row.status == SandboxStatus.running.rawValue,
-      let network = Self.runtime(row).network
-    else {
+  /// Where the agent of a running sandbox answers. A paused sandbox is resumed first
+  /// (transparently); any other status is a 409.
+  public func agentEndpoint(_ id: String) async throws -> AgentEndpoint {
+    touch(id)
+    var row = try record(id)
+    if Self.status(row) == .paused {
+      _ = try await resume(id)
+      row = try record(id)
+    }
+    guard Self.status(row) == .running, let network = Self.runtime(row).network else {
       throw AtelierError(.sandboxNotRunning, "sandbox \(id) is \(row.status), not running")
     }
-    return AgentClient(endpoint: network.agent)
+    return network.agent
   }
 
   static func map(_ error: AgentCallError, id: String) -> AtelierError {
@@ -254,92 +399,15 @@ public actor SandboxService {
     default: AtelierError(.internal, "agent error \(error.code): \(error.message)")
     }
   }
-
-  // MARK: Reconcile
-
-  public struct ReconcileReport: Codable, Sendable {
-    public var adopted: [String] = []
-    public var markedError: [String] = []
-    public var abandonedCreates: [String] = []
-    public var killedProcesses: [Int32] = []
-    public var removedVolumes: [String] = []
-    public var removedDirectories: [String] = []
-  }
-
-  /// Makes the host match the database (see `ReconcilePlanner`).
-  @discardableResult
-  public func reconcile() async -> ReconcileReport {
-    var report = ReconcileReport()
-    let rows: [SandboxRecord]
-    do { rows = try database.sandboxes() } catch {
-      logger.error("reconcile: cannot read sandboxes: \(error)")
-      return report
-    }
-    var live: [String: Int32] = [:]
-    for vm in drivers.vmm.discover() { live[vm.sandboxId] = vm.pid }
-    let volumes = (try? await drivers.volumes.list()) ?? []
-    let directories =
-      ((try? FileManager.default.contentsOfDirectory(atPath: config.sandboxesDir)) ?? [])
-      .filter { Identifier.isValid($0) }
-    let actions = ReconcilePlanner.plan(
-      rows: rows.map { RowState(id: $0.id, status: $0.status) }, liveVMs: live, volumes: volumes,
-      runtimeDirectories: directories, inFlight: inFlight)
-    let byId = Dictionary(rows.map { ($0.id, $0) }, uniquingKeysWith: { first, _ in first })
-    for action in actions {
-      switch action {
-      case .adopt(let id):
-        guard var row = byId[id] else { continue }
-        var runtime = Self.runtime(row)
-        if let pid = live[id] {
-          runtime.vm = VMHandle(sandboxId: id, pid: pid, runtimeDirectory: runtimeDirectory(id))
-        }
-        if let network = runtime.network {
-          await drivers.network.adopt(sandboxId: id, attachment: network)
-        }
-        row.runtime = Self.encode(runtime)
-        try? database.update(row)
-        report.adopted.append(id)
-      case .markError(let id, let reason):
-        guard var row = byId[id] else { continue }
-        row.status = SandboxStatus.error.rawValue
-        row.error = reason
-        row.updatedAt = Date()
-        try? database.update(row)
-        if let network = Self.runtime(row).network {
-          await drivers.network.release(sandboxId: id, attachment: network)
-        }
-        report.markedError.append(id)
-      case .abandonCreate(let id):
-        guard let row = byId[id] else { continue }
-        await releaseResources(id: id, runtime: Self.runtime(row))
-        _ = try? database.deleteSandbox(id: id)
-        report.abandonedCreates.append(id)
-      case .killOrphanVM(let id, let pid):
-        await drivers.vmm.kill(
-          VMHandle(sandboxId: id, pid: pid, runtimeDirectory: runtimeDirectory(id)))
-        report.killedProcesses.append(pid)
-      case .removeOrphanVolume(let name):
-        try? await drivers.volumes.remove(name)
-        report.removedVolumes.append(name)
-      case .removeOrphanRuntimeDirectory(let id):
-        try? FileManager.default.removeItem(atPath: runtimeDirectory(id))
-        report.removedDirectories.append(id)
-      }
-    }
-    if !actions.isEmpty {
-      logger.info("reconciled", metadata: ["actions": "\(actions.count)"])
-    }
-    return report
-  }
 }
 
-/// Undo steps registered as a create goes; run in reverse when it fails.
+/// Undo steps registered as an operation goes; run in reverse when it fails.
 struct UndoStack {
-  private var steps: [(String, @Sendable () async -> Void)] = []
-  mutating func push(_ name: String, _ step: @escaping @Sendable () async -> Void) {
-    steps.append((name, step))
+  private var steps: [@Sendable () async -> Void] = []
+  mutating func push(_ step: @escaping @Sendable () async -> Void) {
+    steps.append(step)
   }
   func run() async {
-    for (_, step) in steps.reversed() { await step() }
+    for step in steps.reversed() { await step() }
   }
 }

@@ -159,6 +159,19 @@ public final class ProcessReaper: Sendable {
     throw SpawnError(executable: name, errno: ENOENT)
   }
 
+  /// Become the reaper of orphaned descendants too (daemonized VM processes), and start
+  /// reaping now rather than at the first spawn.
+  public func adoptOrphans() {
+    _ = atelier_set_child_subreaper()
+    state.withLock { state in
+      if !state.threadStarted {
+        state.threadStarted = true
+        startReaperThread()
+      }
+    }
+    childrenAppeared.signal()
+  }
+
   /// Waits until the child `pid` (started by `spawn`) exits.
   public func waitForExit(_ pid: Int32) async -> ExitStatus {
     await withCheckedContinuation { continuation in
@@ -191,7 +204,8 @@ public final class ProcessReaper: Sendable {
       if pid > 0 {
         deliver(pid: pid, status: ExitStatus(waitStatus: status))
       } else if errno == ECHILD {
-        childrenAppeared.wait()
+        // Adopted orphans appear without a spawn: look again at least every second.
+        _ = childrenAppeared.wait(timeout: .now() + 1)
       }
     }
   }

@@ -10,11 +10,12 @@ struct ManagerAPI: Sendable {
   let service: SandboxService
   let health: HealthChecker
   let proxy: AgentProxy
+  let heartbeat: Duration
   /// Filled once the route list exists: `/openapi.json` describes the list it belongs to.
   let document = DocumentBox()
 
   func makeRoutes() -> [APIRoute] {
-    let routes = routeList() + agentRoutes(proxy: proxy)
+    let routes = routeList() + lifecycleRoutes(heartbeat: heartbeat) + agentRoutes(proxy: proxy)
     document.set(ManagerServer.openAPIDocument(routes))
     return routes
   }

@@ -1,6 +1,7 @@
 import AtelierCore
 import AtelierHost
 import AtelierManager
+import AtelierProcess
 import AtelierStore
 import Foundation
 import Hummingbird
@@ -10,10 +11,11 @@ import Logging
 /// then serves until SIGTERM/SIGINT. VMs keep running when the manager stops.
 public enum ManagerBootstrap {
   public static func run(config: Config, logger: Logger) async throws {
+    ProcessReaper.shared.adoptOrphans()
     let fileManager = FileManager.default
     for directory in [
       config.dataDir, config.sandboxesDir, config.imagesDir, config.kernelsDir, config.logsDir,
-      config.cacheDir, volumesDirectory(config),
+      config.cacheDir, config.snapshotsDir, volumesDirectory(config),
     ] {
       try fileManager.createDirectory(atPath: directory, withIntermediateDirectories: true)
     }
@@ -51,6 +53,8 @@ public enum ManagerBootstrap {
         "abandoned": "\(report.abandonedCreates.count)",
         "killed": "\(report.killedProcesses.count)",
       ])
+    let loops = Task { await service.runBackgroundLoops() }
+    defer { loops.cancel() }
     let app = ManagerServer.makeApplication(
       config: config, service: service, database: database, drivers: drivers, qemuPath: qemuPath,
       logger: logger)

@@ -25,7 +25,7 @@ public enum ManagerServer {
     let proxy = AgentProxy(service: service, logger: logger)
     let api = ManagerAPI(
       service: service, health: HealthChecker(config: config, drivers: drivers, qemuPath: qemuPath),
-      proxy: proxy)
+      proxy: proxy, heartbeat: .seconds(config.eventsHeartbeatSeconds))
     let routes = api.makeRoutes()
     let router = Router()
     for route in routes {

@@ -61,14 +61,20 @@ enum Schemas {
         ],
         "image": string, "vcpus": integer, "memoryMb": integer, "hostname": string,
         "createdAt": dateTime, "updatedAt": dateTime, "timings": ref("Timings"), "error": string,
+        "timeoutSeconds": integer, "onIdle": ["type": "string", "enum": ["pause", "stop"]],
+        "snapshotId": string,
       ],
     ],
     "CreateSandbox": [
       "type": "object",
+      "description": "Boot an image, or restore a snapshot (give only snapshot).",
       "properties": [
         "image": ["type": "string", "default": "tiny"],
         "vcpus": ["type": "integer", "minimum": 1, "maximum": 8, "default": 1],
         "memoryMb": ["type": "integer", "minimum": 128, "maximum": 16384, "default": 256],
+        "snapshot": ["type": "string", "description": "restore this snapshot instead of booting"],
+        "timeoutSeconds": ["type": "integer", "minimum": 0],
+        "onIdle": ["type": "string", "enum": ["pause", "stop"]],
       ],
     ],
     "ExecRequest": [
@@ -102,8 +108,47 @@ enum Schemas {
     ]
   }
 
-  /// Bodies of the agent routes the manager proxies.
+  /// Bodies of the agent routes the manager proxies, and of lifecycle routes.
   static let agent: [String: JSONValue] = [
+    "UpdateSandbox": object([
+      "timeoutSeconds": [
+        "type": "integer", "minimum": 0,
+        "description": "idle seconds before onIdle; 0 turns it off",
+      ],
+      "onIdle": ["type": "string", "enum": ["pause", "stop"]],
+    ]),
+    "SnapshotRequest": object(["name": string]),
+    "Snapshot": object(
+      [
+        "id": string, "sandboxId": string, "name": string, "image": string, "vcpus": integer,
+        "memoryMb": integer, "createdAt": dateTime, "sizeBytes": integer,
+      ], required: ["id", "sandboxId", "name", "createdAt", "sizeBytes"]),
+    "ForkRequest": object(["count": ["type": "integer", "minimum": 1, "maximum": 16, "default": 1]]
+    ),
+    "CleanupReport": object(
+      [
+        "adopted": ["type": "array", "items": string],
+        "markedError": ["type": "array", "items": string],
+        "abandonedCreates": ["type": "array", "items": string],
+        "killedProcesses": ["type": "array", "items": integer],
+        "removedVolumes": ["type": "array", "items": string],
+        "removedDirectories": ["type": "array", "items": string],
+        "removedSnapshotFiles": ["type": "array", "items": string],
+      ]),
+    "SystemStats": object(
+      [
+        "host": object([
+          "cpuCount": integer, "cpuUsagePercent": number,
+          "load": ["type": "array", "items": number],
+          "memoryTotalBytes": integer, "memoryAvailableBytes": integer, "diskTotalBytes": integer,
+          "diskFreeBytes": integer,
+        ]),
+        "sandboxes": object([
+          "byStatus": ["type": "object", "additionalProperties": integer], "total": integer,
+          "counted": integer, "limit": integer,
+        ]),
+        "snapshots": integer, "acceleration": string,
+      ], required: ["host", "sandboxes"]),
     "ExecBatchRequest": object(
       ["commands": ["type": "array", "items": ref("ExecRequest")], "stopOnError": boolean],
       required: ["commands"]),

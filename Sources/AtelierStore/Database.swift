@@ -17,11 +17,17 @@ public struct SandboxRecord: Codable, Sendable, Equatable, FetchableRecord, Pers
   public var timings: String?
   public var error: String?
   public var runtime: String?
+  /// Idle time after which `onIdle` happens; nil never.
+  public var timeoutSeconds: Int?
+  public var onIdle: String?
+  /// The snapshot this sandbox was restored from, if any.
+  public var snapshotId: String?
 
   public init(
     id: String, status: String, image: String, vcpus: Int, memoryMb: Int, hostname: String,
     createdAt: Date, updatedAt: Date, timings: String? = nil, error: String? = nil,
-    runtime: String? = nil
+    runtime: String? = nil, timeoutSeconds: Int? = nil, onIdle: String? = nil,
+    snapshotId: String? = nil
   ) {
     self.id = id
     self.status = status
@@ -34,6 +40,42 @@ public struct SandboxRecord: Codable, Sendable, Equatable, FetchableRecord, Pers
     self.timings = timings
     self.error = error
     self.runtime = runtime
+    self.timeoutSeconds = timeoutSeconds
+    self.onIdle = onIdle
+    self.snapshotId = snapshotId
+  }
+}
+
+/// A memory + disk snapshot of a sandbox. `state` is the host drivers' part (disk, memory
+/// file, kernel, machine shape) as JSON, owned by the manager.
+public struct SnapshotRecord: Codable, Sendable, Equatable, FetchableRecord, PersistableRecord {
+  public static let databaseTableName = "snapshots"
+  public var id: String
+  public var sandboxId: String
+  public var name: String
+  public var image: String
+  public var vcpus: Int
+  public var memoryMb: Int
+  public var createdAt: Date
+  public var sizeBytes: Int64
+  /// `user` (made through the API) or `fork` (internal, removed once the forks exist).
+  public var kind: String
+  public var state: String
+
+  public init(
+    id: String, sandboxId: String, name: String, image: String, vcpus: Int, memoryMb: Int,
+    createdAt: Date, sizeBytes: Int64, kind: String, state: String
+  ) {
+    self.id = id
+    self.sandboxId = sandboxId
+    self.name = name
+    self.image = image
+    self.vcpus = vcpus
+    self.memoryMb = memoryMb
+    self.createdAt = createdAt
+    self.sizeBytes = sizeBytes
+    self.kind = kind
+    self.state = state
   }
 }
 
@@ -78,6 +120,25 @@ public final class AtelierDatabase: Sendable {
         table.column("name", .text).notNull()
         table.column("tokenHash", .text).notNull().unique()
         table.column("createdAt", .datetime).notNull()
+      }
+    }
+    migrator.registerMigration("v2-lifecycle") { db in
+      try db.alter(table: "sandboxes") { table in
+        table.add(column: "timeoutSeconds", .integer)
+        table.add(column: "onIdle", .text)
+        table.add(column: "snapshotId", .text)
+      }
+      try db.create(table: "snapshots") { table in
+        table.column("id", .text).primaryKey()
+        table.column("sandboxId", .text).notNull().indexed()
+        table.column("name", .text).notNull()
+        table.column("image", .text).notNull()
+        table.column("vcpus", .integer).notNull()
+        table.column("memoryMb", .integer).notNull()
+        table.column("createdAt", .datetime).notNull()
+        table.column("sizeBytes", .integer).notNull()
+        table.column("kind", .text).notNull()
+        table.column("state", .text).notNull()
       }
     }
     return migrator
@@ -125,6 +186,38 @@ public final class AtelierDatabase: Sendable {
   @discardableResult
   public func deleteSandbox(id: String) throws -> Bool {
     try pool.write { try SandboxRecord.deleteOne($0, key: id) }
+  }
+
+  // MARK: Snapshots
+
+  public func insert(_ snapshot: SnapshotRecord) throws {
+    try pool.write { try snapshot.insert($0) }
+  }
+
+  public func snapshot(id: String) throws -> SnapshotRecord? {
+    try pool.read { try SnapshotRecord.fetchOne($0, key: id) }
+  }
+
+  public func snapshots(kind: String? = nil) throws -> [SnapshotRecord] {
+    try pool.read { db in
+      var request = SnapshotRecord.order(Column("createdAt"))
+      if let kind { request = request.filter(Column("kind") == kind) }
+      return try request.fetchAll(db)
+    }
+  }
+
+  @discardableResult
+  public func deleteSnapshot(id: String) throws -> Bool {
+    try pool.write { try SnapshotRecord.deleteOne($0, key: id) }
+  }
+
+  /// Sandbox counts by status.
+  public func countsByStatus() throws -> [String: Int] {
+    try pool.read { db in
+      let rows = try Row.fetchAll(
+        db, sql: "SELECT status, COUNT(*) AS n FROM sandboxes GROUP BY status")
+      return Dictionary(uniqueKeysWithValues: rows.map { ($0["status"] as String, $0["n"] as Int) })
+    }
   }
 
   // MARK: API tokens

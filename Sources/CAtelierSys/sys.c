@@ -13,7 +13,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <linux/close_range.h>
+#include <linux/random.h>
 #include <sys/ioctl.h>
+#include <time.h>
+#include <sys/prctl.h>
 #include <sys/reboot.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
@@ -165,3 +168,31 @@ int atelier_power_off(void) {
   sync();
   return reboot(RB_POWER_OFF);
 }
+
+int atelier_add_entropy(const unsigned char *bytes, int count) {
+  if (count <= 0 || count > 4096) return -1;
+  int fd = open("/dev/urandom", O_WRONLY | O_CLOEXEC);
+  if (fd < 0) return -1;
+  struct rand_pool_info *info = malloc(sizeof(struct rand_pool_info) + (size_t)count);
+  if (!info) {
+    close(fd);
+    return -1;
+  }
+  info->entropy_count = count * 8;
+  info->buf_size = count;
+  memcpy(info->buf, bytes, (size_t)count);
+  int rc = ioctl(fd, RNDADDENTROPY, info);
+  if (rc == 0) rc = ioctl(fd, RNDRESEEDCRNG, 0);
+  int err = errno;
+  free(info);
+  close(fd);
+  errno = err;
+  return rc;
+}
+
+int atelier_set_realtime(long long seconds, long nanoseconds) {
+  struct timespec ts = {.tv_sec = (time_t)seconds, .tv_nsec = nanoseconds};
+  return clock_settime(CLOCK_REALTIME, &ts);
+}
+
+int atelier_set_child_subreaper(void) { return prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); }

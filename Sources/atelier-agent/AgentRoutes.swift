@@ -3,6 +3,7 @@ import AtelierHTTP
 import Hummingbird
 import HummingbirdWebSocket
 import Logging
+import Synchronization
 
 #if canImport(FoundationEssentials)
   import FoundationEssentials
@@ -13,11 +14,21 @@ import Logging
   import Glibc
 #endif
 
-/// Who this agent is; set at boot from the kernel command line.
-struct AgentIdentity: Sendable {
-  var sandboxId: String
-  var hostname: String?
+/// Who this agent is: set at boot from the kernel command line, changed after a restore.
+final class AgentIdentity: Sendable {
+  private let value: Mutex<(sandboxId: String, hostname: String?)>
   let startedAt = ContinuousClock.now
+
+  init(sandboxId: String, hostname: String?) {
+    value = Mutex((sandboxId, hostname))
+  }
+
+  var sandboxId: String { value.withLock { $0.sandboxId } }
+  var hostname: String? { value.withLock { $0.hostname } }
+
+  func change(sandboxId: String, hostname: String?) {
+    value.withLock { $0 = (sandboxId, hostname ?? $0.hostname) }
+  }
 }
 
 typealias AgentContext = BasicWebSocketRequestContext
@@ -37,6 +48,13 @@ struct AgentRoutes: Sendable {
         AgentHealth(
           status: "ok", sandboxId: identity.sandboxId, hostname: identity.hostname,
           uptime: Double(uptime.components.seconds) + Double(uptime.components.attoseconds) / 1e18))
+    }
+    router.post("/system/resume") { request, _ in
+      let body = try await request.decodeJSON(GuestResumeRequest.self)
+      GuestInit.resume(body, identity: identity, logger: logger)
+      return jsonResponse(
+        AgentHealth(
+          status: "ok", sandboxId: identity.sandboxId, hostname: identity.hostname, uptime: 0))
     }
     router.post("/system/poweroff") { _, _ in
       // Answer first, then power off: the caller waits for the VMM process to exit.

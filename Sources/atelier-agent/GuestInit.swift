@@ -2,6 +2,12 @@ import AtelierAgentAPI
 import CAtelierSys
 import Logging
 
+#if canImport(FoundationEssentials)
+  import FoundationEssentials
+#else
+  import Foundation
+#endif
+
 #if canImport(Glibc)
   import Glibc
 #endif
@@ -81,6 +87,26 @@ enum GuestInit {
     }
     if let dns = parameters.dns {
       writeFile("/etc/resolv.conf", "nameserver \(dns)\n")
+    }
+  }
+
+  /// After a restore or resume: the host's wall clock, fresh entropy, a new identity.
+  static func resume(_ request: GuestResumeRequest, identity: AgentIdentity, logger: Logger) {
+    let seconds = request.unixTimeNanos / 1_000_000_000
+    let nanoseconds = request.unixTimeNanos % 1_000_000_000
+    if getpid() == 1 && atelier_set_realtime(seconds, Int(nanoseconds)) != 0 {
+      logger.warning("cannot set the clock: \(String(cString: strerror(errno)))")
+    }
+    if let entropy = request.entropy, let bytes = Data(base64Encoded: entropy), getpid() == 1 {
+      let result = [UInt8](bytes).withUnsafeBufferPointer {
+        atelier_add_entropy($0.baseAddress, Int32($0.count))
+      }
+      if result != 0 { logger.warning("cannot add entropy: \(String(cString: strerror(errno)))") }
+    }
+    if let sandboxId = request.sandboxId, sandboxId != identity.sandboxId {
+      identity.change(sandboxId: sandboxId, hostname: request.hostname)
+      if getpid() == 1, let hostname = request.hostname { setHostname(hostname, logger: logger) }
+      logger.info("identity changed", metadata: ["sandbox": "\(sandboxId)"])
     }
   }
 

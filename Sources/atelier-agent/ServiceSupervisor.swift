@@ -34,15 +34,54 @@ actor ServiceSupervisor {
   }
 
   let logDirectory: String
+  /// Definitions and whether each should run, so they come back after a stop/start.
+  let definitionsDirectory: String
   let logger: Logger
   private var entries: [String: Entry] = [:]
   static let stopTimeout: Duration = .seconds(5)
 
   init(stateDirectory: String, logger: Logger) {
     logDirectory = "\(stateDirectory)/logs"
+    definitionsDirectory = "\(stateDirectory)/services"
     self.logger = logger
-    mkdir(stateDirectory, 0o755)
-    mkdir(logDirectory, 0o755)
+    for directory in [logDirectory, definitionsDirectory] {
+      try? FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+    }
+  }
+
+  struct Persisted: Codable {
+    var kind: String
+    var definition: ServiceDefinition
+    var wanted: Bool
+  }
+
+  private func persist(_ name: String) {
+    let path = "\(definitionsDirectory)/\(name).json"
+    guard let entry = entries[name] else {
+      unlink(path)
+      return
+    }
+    let record = Persisted(
+      kind: entry.kind.rawValue, definition: entry.definition,
+      wanted: !entry.stopRequested && entry.state != .stopped)
+    if let data = try? JSONEncoder().encode(record) {
+      _ = writeFile(path, String(decoding: data, as: UTF8.self))
+    }
+  }
+
+  /// Services and dev commands defined through the API before the last shutdown; those that
+  /// were running start again.
+  func loadPersisted() {
+    let files = (try? FileManager.default.contentsOfDirectory(atPath: definitionsDirectory)) ?? []
+    for file in files.sorted() where file.hasSuffix(".json") {
+      let name = String(file.dropLast(5))
+      guard let data = FileManager.default.contents(atPath: "\(definitionsDirectory)/\(file)"),
+        let record = try? JSONDecoder().decode(Persisted.self, from: data),
+        let kind = Kind(rawValue: record.kind)
+      else { continue }
+      entries[name] = Entry(name: name, kind: kind, definition: record.definition)
+      if record.wanted { try? start(name) }
+    }
   }
 
   static func checkName(_ name: String) throws {
@@ -82,6 +121,7 @@ actor ServiceSupervisor {
     var entry = entries[name] ?? Entry(name: name, kind: kind, definition: definition)
     entry.definition = definition
     entries[name] = entry
+    persist(name)
   }
 
   func list(kind: Kind) -> [ServiceStatus] {
@@ -120,6 +160,7 @@ actor ServiceSupervisor {
     entry.stopRequested = false
     entries[name] = entry
     try launch(name)
+    persist(name)
   }
 
   private func launch(_ name: String) throws {
@@ -201,6 +242,7 @@ actor ServiceSupervisor {
     entries[name] = entry
     guard entry.state == .running, let pid = entry.pid else {
       entries[name]?.state = .stopped
+      persist(name)
       return
     }
     kill(-pid, SIGTERM)
@@ -213,6 +255,7 @@ actor ServiceSupervisor {
       while entries[name]?.pid == pid { try? await Task.sleep(for: .milliseconds(20)) }
     }
     entries[name]?.state = .stopped
+    persist(name)
   }
 
   func restart(_ name: String) async throws {
@@ -224,6 +267,7 @@ actor ServiceSupervisor {
     _ = try entry(name, kind: kind)
     try await stop(name)
     entries[name] = nil
+    persist(name)
   }
 
   // MARK: Logs

@@ -47,7 +47,10 @@ logger[metadataKey: "sandbox"] = .string(identity.sandboxId)
 
 let supervisor = ServiceSupervisor(
   stateDirectory: option("--state") ?? "/var/lib/atelier-agent", logger: logger)
-if isInit { await supervisor.loadDeclared() }
+if isInit {
+  await supervisor.loadDeclared()
+  await supervisor.loadPersisted()
+}
 let router = Router(context: AgentContext.self)
 AgentRoutes(
   identity: identity, supervisor: supervisor, terminals: TerminalService(logger: logger),

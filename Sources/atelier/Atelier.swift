@@ -6,5 +6,8 @@ struct Atelier: AsyncParsableCommand {
     commandName: "atelier",
     abstract: "MicroVM sandboxes for development: server, host tool and client in one binary.",
     version: "0.1.0",
-    subcommands: [Serve.self, Images.self, SandboxCommand.self, Doctor.self, Bench.self])
+    subcommands: [
+      Serve.self, Images.self, SandboxCommand.self, Snapshots.self, Events.self, Doctor.self,
+      Bench.self,
+    ])
 }

@@ -8,6 +8,8 @@ struct SandboxCommand: AsyncParsableCommand {
     commandName: "sandbox", abstract: "Create, inspect, use and delete sandboxes.",
     subcommands: [
       Create.self, List.self, Get.self, Exec.self, Remove.self, Shell.self, Copy.self, Logs.self,
+      Stop.self, Start.self, Restart.self, Pause.self, Resume.self, Set.self, Snapshot.self,
+      Fork.self,
     ])
 
   struct Create: AsyncParsableCommand {
@@ -16,12 +18,19 @@ struct SandboxCommand: AsyncParsableCommand {
     @Option(help: "Image name.") var image: String?
     @Option(help: "Virtual CPUs (1–8).") var vcpus: Int?
     @Option(name: .customLong("memory"), help: "Memory in MiB (128–16384).") var memoryMb: Int?
+    @Option(help: "Restore this snapshot instead of booting an image.") var snapshot: String?
+    @Option(help: "Idle seconds before --on-idle happens.") var timeout: Int?
+    @Option(help: "pause or stop.") var onIdle: String?
     @Flag(help: "Print JSON.") var json = false
 
     func run() async throws {
       let client = try ManagerClient.make(config: try loadConfig())
       let sandbox = try await client.post(
-        "/api/sandboxes", CreateSandboxRequest(image: image, vcpus: vcpus, memoryMb: memoryMb),
+        "/api/sandboxes",
+        CreateSandboxRequest(
+          image: image, vcpus: vcpus, memoryMb: memoryMb, snapshot: snapshot,
+          timeoutSeconds: timeout,
+          onIdle: try onIdle.map(parseIdleAction)),
         as: SandboxInfo.self)
       if json { return try printJSON(sandbox) }
       let total = sandbox.timings.map { " in \($0.totalMs) ms" } ?? ""
@@ -128,6 +137,110 @@ struct SandboxCommand: AsyncParsableCommand {
         _ = try await client.send(.DELETE, "/api/sandboxes/\(id)")
         print("deleted \(id)")
       }
+    }
+  }
+}
+
+func parseIdleAction(_ text: String) throws -> IdleAction {
+  guard let action = IdleAction(rawValue: text) else {
+    throw CLIError("--on-idle takes pause or stop")
+  }
+  return action
+}
+
+/// `atelier sandbox stop|start|restart|pause|resume ID…`
+protocol TransitionCommand: AsyncParsableCommand {
+  static var action: String { get }
+  var ids: [String] { get }
+}
+
+extension TransitionCommand {
+  func run() async throws {
+    let client = try ManagerClient.make(config: try loadConfig())
+    for id in ids {
+      let sandbox = try await client.decode(
+        try await client.send(.POST, "/api/sandboxes/\(id)/\(Self.action)"), as: SandboxInfo.self)
+      print("\(sandbox.id) \(sandbox.status.rawValue)")
+    }
+  }
+}
+
+extension SandboxCommand {
+  struct Stop: TransitionCommand {
+    static let configuration = CommandConfiguration(
+      abstract: "Stop sandboxes (their disks are kept).")
+    static let action = "stop"
+    @Argument(help: "Sandbox ids.") var ids: [String]
+  }
+  struct Start: TransitionCommand {
+    static let configuration = CommandConfiguration(abstract: "Start stopped sandboxes.")
+    static let action = "start"
+    @Argument(help: "Sandbox ids.") var ids: [String]
+  }
+  struct Restart: TransitionCommand {
+    static let configuration = CommandConfiguration(abstract: "Stop, then start.")
+    static let action = "restart"
+    @Argument(help: "Sandbox ids.") var ids: [String]
+  }
+  struct Pause: TransitionCommand {
+    static let configuration = CommandConfiguration(abstract: "Freeze sandboxes in memory.")
+    static let action = "pause"
+    @Argument(help: "Sandbox ids.") var ids: [String]
+  }
+  struct Resume: TransitionCommand {
+    static let configuration = CommandConfiguration(abstract: "Thaw paused sandboxes.")
+    static let action = "resume"
+    @Argument(help: "Sandbox ids.") var ids: [String]
+  }
+
+  struct Set: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Change a sandbox's idle policy.")
+    @Argument(help: "Sandbox id.") var id: String
+    @Option(help: "Idle seconds before --on-idle happens (0: never).") var timeout: Int?
+    @Option(help: "pause or stop.") var onIdle: String?
+
+    func run() async throws {
+      let client = try ManagerClient.make(config: try loadConfig())
+      let body = UpdateSandboxRequest(
+        timeoutSeconds: timeout, onIdle: try onIdle.map(parseIdleAction))
+      let sandbox = try await client.decode(
+        try await client.send(.PATCH, "/api/sandboxes/\(id)", body: try JSONEncoder().encode(body)),
+        as: SandboxInfo.self)
+      print(
+        "\(sandbox.id) idle: \(sandbox.timeoutSeconds.map { "\($0) s then \(sandbox.onIdle?.rawValue ?? "pause")" } ?? "never")"
+      )
+    }
+  }
+
+  struct Snapshot: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+      abstract: "Snapshot a running sandbox's memory and disk (restore with create --snapshot).")
+    @Argument(help: "Sandbox id.") var id: String
+    @Option(help: "A name for the snapshot.") var name: String?
+    @Flag(help: "Print JSON.") var json = false
+
+    func run() async throws {
+      let client = try ManagerClient.make(config: try loadConfig())
+      let snapshot = try await client.post(
+        "/api/sandboxes/\(id)/snapshots", SnapshotRequest(name: name), as: SnapshotInfo.self)
+      if json { return try printJSON(snapshot) }
+      print("\(snapshot.id) \(snapshot.name) (\(snapshot.sizeBytes >> 20) MiB)")
+    }
+  }
+
+  struct Fork: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+      abstract: "Make running copies of a sandbox that continue from its current state.")
+    @Argument(help: "Sandbox id.") var id: String
+    @Option(help: "How many copies (1–16).") var count = 1
+    @Flag(help: "Print JSON.") var json = false
+
+    func run() async throws {
+      let client = try ManagerClient.make(config: try loadConfig())
+      let forks = try await client.post(
+        "/api/sandboxes/\(id)/fork", ForkRequest(count: count), as: ForkResponse.self)
+      if json { return try printJSON(forks) }
+      for sandbox in forks.sandboxes { print("\(sandbox.id) \(sandbox.status.rawValue)") }
     }
   }
 }

@@ -152,6 +152,10 @@ struct ManagerClient {
     try decode(try await send(.POST, path, body: try JSONEncoder().encode(body)))
   }
 
+  func decode<T: Decodable>(_ data: Data, as type: T.Type) throws -> T {
+    try decode(data)
+  }
+
   func decode<T: Decodable>(_ data: Data) throws -> T {
     do {
       return try JSONDecoder.atelier.decode(T.self, from: data)

@@ -2,284 +2,310 @@ import AtelierProcess
 import Foundation
 import Testing
 
-/// Real managers booting real VMs (QEMU microvm under TCG here). Serialized: the machine has
-/// two cores, and each test owns its manager and data folder.
-@Suite(.serialized, .timeLimit(.minutes(10)))
-struct SandboxTests {
-  /// The loopback port forwarded to a VM's agent, read from the QEMU command line.
-  func agentPort(ofQEMU pid: Int32) -> Int? {
-    guard let data = FileManager.default.contents(atPath: "/proc/\(pid)/cmdline") else {
-      return nil
-    }
-    let text = String(decoding: data.map { $0 == 0 ? 32 : $0 }, as: UTF8.self)
-    guard let range = text.range(of: "hostfwd=tcp:127.0.0.1:") else { return nil }
-    return Int(text[range.upperBound...].prefix { $0.isNumber })
-  }
-
-  @Test func badRequestsGetClearErrors() async throws {
-    try await withManager { manager in
-
-      let health = try await manager.request(.GET, "/health", authorized: false)
-      #expect(health.status == 200)
-      #expect(health.json["status"] as? String == "ok")
-      let checks = health.json["checks"] as? [String: Any]
-      #expect(Set(checks?.keys.map { $0 } ?? []) == ["vmm", "accel", "storage", "images"])
-
-      let missing = try await manager.request(.GET, "/api/sandboxes", authorized: false)
-      #expect(missing.status == 401)
-      #expect(missing.json["error"] as? String == "UNAUTHORIZED")
-      let wrong = try await manager.request(.GET, "/api/sandboxes", token: "atl_wrong")
-      #expect(wrong.status == 401)
-      let unknownRouteWithoutToken = try await manager.request(
-        .GET, "/api/nothing", authorized: false)
-      #expect(unknownRouteWithoutToken.status == 401)
-
-      for body in [
-        ["vcpus": 0], ["vcpus": 9], ["memoryMb": 64], ["memoryMb": 20000], ["vcpus": "two"],
-      ] {
-        let answer = try await manager.request(.POST, "/api/sandboxes", json: body)
-        #expect(answer.status == 400, "\(body)")
-        #expect(answer.json["error"] as? String == "VALIDATION_ERROR")
-        #expect((answer.json["message"] as? String)?.isEmpty == false)
+extension VMTests {
+  /// Real managers booting real VMs (QEMU microvm under TCG here). Serialized: the machine has
+  /// two cores, and each test owns its manager and data folder.
+  @Suite(.timeLimit(.minutes(10)))
+  struct SandboxTests {
+    func eventually(_ timeout: Duration = .seconds(10), _ check: () async throws -> Bool)
+      async rethrows -> Bool
+    {
+      let deadline = ContinuousClock.now + timeout
+      while ContinuousClock.now < deadline {
+        if try await check() { return true }
+        try? await Task.sleep(for: .milliseconds(100))
       }
-      let notJSON = try await manager.request(.POST, "/api/sandboxes", rawBody: "{nope")
-      #expect(notJSON.status == 400)
-      let unknownImage = try await manager.request(
-        .POST, "/api/sandboxes", json: ["image": "nosuchimage"])
-      #expect(unknownImage.status == 404)
-      #expect(unknownImage.json["error"] as? String == "NOT_FOUND")
-      let badImageName = try await manager.request(
-        .POST, "/api/sandboxes", json: ["image": "../etc"])
-      #expect(badImageName.status == 400)
-
-      for (method, path) in [
-        (HTTPMethodName.get, "/api/sandboxes/abcdefabcdef"),
-        (.delete, "/api/sandboxes/abcdefabcdef"),
-        (.post, "/api/sandboxes/abcdefabcdef/exec"),
-      ] {
-        let answer = try await manager.request(
-          method.nio, path, json: method == .post ? ["command": "true"] : nil)
-        #expect(answer.status == 404, "\(path)")
-        #expect(answer.json["error"] as? String == "NOT_FOUND")
-      }
-      let badFilter = try await manager.request(.GET, "/api/sandboxes?status=sleeping")
-      #expect(badFilter.status == 400)
-      let unknownRoute = try await manager.request(.GET, "/api/nothing")
-      #expect(unknownRoute.status == 404)
-
-      let images = try await manager.request(.GET, "/api/images")
-      #expect(images.status == 200)
-      #expect(images.jsonArray.map { $0["name"] as? String } == ["tiny"])
-      // Nothing was created by any of this.
-      #expect(manager.files(in: "volumes").isEmpty)
-      #expect(manager.qemuProcesses().isEmpty)
+      return try await check()
     }
-  }
 
-  @Test func openAPIDocumentMatchesTheRouter() async throws {
-    try await withManager { manager in
-      let document = try await manager.request(.GET, "/openapi.json", authorized: false)
-      #expect(document.status == 200)
-      #expect(document.json["openapi"] as? String == "3.1.0")
-      let paths = try #require(document.json["paths"] as? [String: [String: Any]])
-      var operations = 0
-      for (path, methods) in paths {
-        for method in methods.keys {
-          operations += 1
-          let concrete = path.replacingOccurrences(of: "{id}", with: "zzzzzzzzzzzz")
-          let answer = try await manager.request(
-            HTTPMethodName(rawValue: method)!.nio, concrete,
-            json: method == "post" ? ["vcpus": 0, "command": ""] : nil)
-          // Every documented operation is routed: whatever it answers, it is not "no route".
-          #expect(!answer.text.contains("no route"), "\(method) \(path): \(answer.text)")
-          #expect(answer.status != 405, "\(method) \(path)")
+    /// The loopback port forwarded to a VM's agent, read from the QEMU command line.
+    func agentPort(ofQEMU pid: Int32) -> Int? {
+      guard let data = FileManager.default.contents(atPath: "/proc/\(pid)/cmdline") else {
+        return nil
+      }
+      let text = String(decoding: data.map { $0 == 0 ? 32 : $0 }, as: UTF8.self)
+      guard let range = text.range(of: "hostfwd=tcp:127.0.0.1:") else { return nil }
+      return Int(text[range.upperBound...].prefix { $0.isNumber })
+    }
+
+    @Test func badRequestsGetClearErrors() async throws {
+      try await withManager { manager in
+
+        let health = try await manager.request(.GET, "/health", authorized: false)
+        #expect(health.status == 200)
+        #expect(health.json["status"] as? String == "ok")
+        let checks = health.json["checks"] as? [String: Any]
+        #expect(Set(checks?.keys.map { $0 } ?? []) == ["vmm", "accel", "storage", "images"])
+
+        let missing = try await manager.request(.GET, "/api/sandboxes", authorized: false)
+        #expect(missing.status == 401)
+        #expect(missing.json["error"] as? String == "UNAUTHORIZED")
+        let wrong = try await manager.request(.GET, "/api/sandboxes", token: "atl_wrong")
+        #expect(wrong.status == 401)
+        let unknownRouteWithoutToken = try await manager.request(
+          .GET, "/api/nothing", authorized: false)
+        #expect(unknownRouteWithoutToken.status == 401)
+
+        for body in [
+          ["vcpus": 0], ["vcpus": 9], ["memoryMb": 64], ["memoryMb": 20000], ["vcpus": "two"],
+        ] {
+          let answer = try await manager.request(.POST, "/api/sandboxes", json: body)
+          #expect(answer.status == 400, "\(body)")
+          #expect(answer.json["error"] as? String == "VALIDATION_ERROR")
+          #expect((answer.json["message"] as? String)?.isEmpty == false)
         }
+        let notJSON = try await manager.request(.POST, "/api/sandboxes", rawBody: "{nope")
+        #expect(notJSON.status == 400)
+        let unknownImage = try await manager.request(
+          .POST, "/api/sandboxes", json: ["image": "nosuchimage"])
+        #expect(unknownImage.status == 404)
+        #expect(unknownImage.json["error"] as? String == "NOT_FOUND")
+        let badImageName = try await manager.request(
+          .POST, "/api/sandboxes", json: ["image": "../etc"])
+        #expect(badImageName.status == 400)
+
+        for (method, path) in [
+          (HTTPMethodName.get, "/api/sandboxes/abcdefabcdef"),
+          (.delete, "/api/sandboxes/abcdefabcdef"),
+          (.post, "/api/sandboxes/abcdefabcdef/exec"),
+        ] {
+          let answer = try await manager.request(
+            method.nio, path, json: method == .post ? ["command": "true"] : nil)
+          #expect(answer.status == 404, "\(path)")
+          #expect(answer.json["error"] as? String == "NOT_FOUND")
+        }
+        let badFilter = try await manager.request(.GET, "/api/sandboxes?status=sleeping")
+        #expect(badFilter.status == 400)
+        let unknownRoute = try await manager.request(.GET, "/api/nothing")
+        #expect(unknownRoute.status == 404)
+
+        let images = try await manager.request(.GET, "/api/images")
+        #expect(images.status == 200)
+        #expect(images.jsonArray.map { $0["name"] as? String } == ["tiny"])
+        // Nothing was created by any of this.
+        #expect(manager.files(in: "volumes").isEmpty)
+        #expect(manager.qemuProcesses().isEmpty)
       }
-      #expect(operations >= 8)
-      // And an undocumented route is not served.
-      let undocumented = try await manager.request(.PUT, "/api/sandboxes")
-      #expect(undocumented.status == 404)
-      #expect(undocumented.text.contains("no route"))
     }
-  }
 
-  @Test func createExecDeleteLeavesNothingBehind() async throws {
-    try await withManager(environment: ["ATELIER_SERVER_MAX_SANDBOXES": "1"]) { manager in
-
-      let sandbox = try await manager.createSandbox(["image": "tiny", "vcpus": 1, "memoryMb": 256])
-      let id = try #require(sandbox["id"] as? String)
-      #expect(sandbox["status"] as? String == "running")
-      #expect(sandbox["image"] as? String == "tiny")
-      let timings = try #require(sandbox["timings"] as? [String: Int])
-      #expect((timings["totalMs"] ?? 0) > 0)
-      #expect((timings["totalMs"] ?? 0) >= (timings["agentMs"] ?? 0))
-
-      // The guest runs its own kernel, not the host's.
-      let uname = try await manager.exec(id, ["argv": ["uname", "-r"]])
-      #expect(uname.status == 200)
-      let guestKernel = (uname.json["stdout"] as? String ?? "").trimmingCharacters(
-        in: .whitespacesAndNewlines)
-      let hostKernel = try await ProcessRunner.run(
-        SpawnOptions(executable: "/bin/uname", arguments: ["-r"]))
-      #expect(guestKernel.hasSuffix("cloud-amd64"))
-      #expect(guestKernel != hostKernel.stdoutText.trimmingCharacters(in: .whitespacesAndNewlines))
-      let hostname = try await manager.exec(id, ["command": "hostname"])
-      #expect(hostname.json["stdout"] as? String == "sbx-\(id)\n")
-
-      let failing = try await manager.exec(id, ["command": "echo partial; echo oops >&2; exit 3"])
-      #expect(failing.status == 200)
-      #expect(failing.json["exitCode"] as? Int == 3)
-      #expect(failing.json["stdout"] as? String == "partial\n")
-      #expect(failing.json["stderr"] as? String == "oops\n")
-
-      let withInput = try await manager.exec(id, ["argv": ["cat"], "stdin": "hello from stdin"])
-      #expect(withInput.json["stdout"] as? String == "hello from stdin")
-      let timedOut = try await manager.exec(id, ["command": "sleep 30", "timeoutMs": 500])
-      #expect(timedOut.json["timedOut"] as? Bool == true)
-      #expect(timedOut.json["exitCode"] as? Int == 137)
-      let invalid = try await manager.exec(id, ["cwd": "/"])
-      #expect(invalid.status == 400)
-
-      // The limit is 1: a second create is refused.
-      let second = try await manager.request(.POST, "/api/sandboxes", json: [:])
-      #expect(second.status == 429)
-      #expect(second.json["error"] as? String == "RESOURCE_EXHAUSTED")
-
-      // The CLI against the same manager.
-      let listed = try await manager.cli(["sandbox", "list"])
-      #expect(listed.exitCode == 0)
-      #expect(listed.stdoutText.contains(id))
-      let cliExec = try await manager.cli([
-        "sandbox", "exec", id, "--", "sh", "-c", "echo via-cli; exit 5",
-      ])
-      #expect(cliExec.exitCode == 5)
-      #expect(cliExec.stdoutText == "via-cli\n")
-      let cliGet = try await manager.cli(["sandbox", "get", id, "--json"])
-      #expect(cliGet.exitCode == 0)
-      #expect(cliGet.stdoutText.contains("\"status\" : \"running\""))
-      let cliMissing = try await manager.cli(["sandbox", "get", "zzzzzzzzzzzz"])
-      #expect(cliMissing.exitCode != 0)
-      #expect(cliMissing.stderrText.contains("not found"))
-
-      let qemu = manager.qemuProcesses()
-      #expect(qemu.count == 1)
-      let port = try #require(agentPort(ofQEMU: qemu[0]))
-      #expect(isListening(port: port))
-      #expect(manager.files(in: "volumes") == ["sandbox-\(id).qcow2"])
-
-      let deleted = try await manager.request(.DELETE, "/api/sandboxes/\(id)")
-      #expect(deleted.status == 204)
-      #expect(manager.qemuProcesses().isEmpty)
-      #expect(manager.files(in: "volumes").isEmpty)
-      #expect(manager.files(in: "sandboxes").isEmpty)
-      #expect(!isListening(port: port))
-      #expect(try await manager.request(.GET, "/api/sandboxes/\(id)").status == 404)
-      #expect(try await manager.request(.GET, "/api/sandboxes").jsonArray.isEmpty)
+    @Test func openAPIDocumentMatchesTheRouter() async throws {
+      try await withManager { manager in
+        let document = try await manager.request(.GET, "/openapi.json", authorized: false)
+        #expect(document.status == 200)
+        #expect(document.json["openapi"] as? String == "3.1.0")
+        let paths = try #require(document.json["paths"] as? [String: [String: Any]])
+        var operations = 0
+        for (path, methods) in paths {
+          for method in methods.keys {
+            operations += 1
+            let concrete = path.replacingOccurrences(
+              of: #"\{[a-zA-Z]+\}"#, with: "zzzzzzzzzzzz", options: .regularExpression)
+            if path == "/api/events" {
+              // An endless stream: that it answers with an event stream is enough.
+              let events = EventRecorder(manager: manager)
+              #expect(await eventually { events.raw.contains(": connected") })
+              events.stop()
+              continue
+            }
+            let answer = try await manager.request(
+              HTTPMethodName(rawValue: method)!.nio, concrete,
+              json: method == "post" ? ["vcpus": 0, "command": ""] : nil, timeout: .seconds(60))
+            // Every documented operation is routed: whatever it answers, it is not "no route".
+            #expect(!answer.text.contains("no route"), "\(method) \(path): \(answer.text)")
+            #expect(answer.status != 405, "\(method) \(path)")
+          }
+        }
+        #expect(operations >= 8)
+        // And an undocumented route is not served.
+        let undocumented = try await manager.request(.PUT, "/api/sandboxes")
+        #expect(undocumented.status == 404)
+        #expect(undocumented.text.contains("no route"))
+      }
     }
-  }
 
-  @Test func failedCreatesRollBackCompletely() async throws {
-    try await withManager { manager in
-      let shared = try await TestEnvironment.sharedImage.ensure()
-      let good = try #require(
-        try JSONSerialization.jsonObject(
-          with: Data(contentsOf: URL(fileURLWithPath: "\(shared)/images/tiny/current/image.json")))
-          as? [String: Any])
+    @Test func createExecDeleteLeavesNothingBehind() async throws {
+      try await withManager(environment: ["ATELIER_SERVER_MAX_SANDBOXES": "1"]) { manager in
 
-      // An image whose initramfs is garbage: QEMU starts, the kernel panics, the VM exits.
-      let garbage = "\(manager.dataDirectory)/garbage-initrd"
-      try Data((0..<4096).map { _ in UInt8.random(in: 0...255) }).write(
-        to: URL(fileURLWithPath: garbage))
-      var broken = good
-      var kernel = try #require(good["kernel"] as? [String: Any])
-      kernel["initrdPath"] = garbage
-      broken["kernel"] = kernel
-      broken["name"] = "panics"
-      try install(image: broken, as: "panics", in: manager)
-      // An image whose kernel does not exist: QEMU itself refuses to start.
-      var missingKernel = good
-      kernel["kernelPath"] = "/nonexistent/vmlinuz"
-      missingKernel["kernel"] = kernel
-      missingKernel["name"] = "nokernel"
-      try install(image: missingKernel, as: "nokernel", in: manager)
+        let sandbox = try await manager.createSandbox([
+          "image": "tiny", "vcpus": 1, "memoryMb": 256,
+        ])
+        let id = try #require(sandbox["id"] as? String)
+        #expect(sandbox["status"] as? String == "running")
+        #expect(sandbox["image"] as? String == "tiny")
+        let timings = try #require(sandbox["timings"] as? [String: Int])
+        #expect((timings["totalMs"] ?? 0) > 0)
+        #expect((timings["totalMs"] ?? 0) >= (timings["agentMs"] ?? 0))
 
-      for image in ["panics", "nokernel"] {
-        let answer = try await manager.request(.POST, "/api/sandboxes", json: ["image": image])
-        #expect(answer.status == 503, "\(image): \(answer.text)")
-        #expect(answer.json["error"] as? String == "BOOT_FAILED")
-        #expect((answer.json["message"] as? String)?.contains("failed to boot") == true)
-        #expect(manager.qemuProcesses().isEmpty, "\(image)")
-        #expect(manager.files(in: "volumes").isEmpty, "\(image)")
-        #expect(manager.files(in: "sandboxes").isEmpty, "\(image)")
-        #expect(try await manager.request(.GET, "/api/sandboxes").jsonArray.isEmpty, "\(image)")
+        // The guest runs its own kernel, not the host's.
+        let uname = try await manager.exec(id, ["argv": ["uname", "-r"]])
+        #expect(uname.status == 200)
+        let guestKernel = (uname.json["stdout"] as? String ?? "").trimmingCharacters(
+          in: .whitespacesAndNewlines)
+        let hostKernel = try await ProcessRunner.run(
+          SpawnOptions(executable: "/bin/uname", arguments: ["-r"]))
+        #expect(guestKernel.hasSuffix("cloud-amd64"))
+        #expect(
+          guestKernel != hostKernel.stdoutText.trimmingCharacters(in: .whitespacesAndNewlines))
+        let hostname = try await manager.exec(id, ["command": "hostname"])
+        #expect(hostname.json["stdout"] as? String == "sbx-\(id)\n")
+
+        let failing = try await manager.exec(id, ["command": "echo partial; echo oops >&2; exit 3"])
+        #expect(failing.status == 200)
+        #expect(failing.json["exitCode"] as? Int == 3)
+        #expect(failing.json["stdout"] as? String == "partial\n")
+        #expect(failing.json["stderr"] as? String == "oops\n")
+
+        let withInput = try await manager.exec(id, ["argv": ["cat"], "stdin": "hello from stdin"])
+        #expect(withInput.json["stdout"] as? String == "hello from stdin")
+        let timedOut = try await manager.exec(id, ["command": "sleep 30", "timeoutMs": 500])
+        #expect(timedOut.json["timedOut"] as? Bool == true)
+        #expect(timedOut.json["exitCode"] as? Int == 137)
+        let invalid = try await manager.exec(id, ["cwd": "/"])
+        #expect(invalid.status == 400)
+
+        // The limit is 1: a second create is refused.
+        let second = try await manager.request(.POST, "/api/sandboxes", json: [:])
+        #expect(second.status == 429)
+        #expect(second.json["error"] as? String == "RESOURCE_EXHAUSTED")
+
+        // The CLI against the same manager.
+        let listed = try await manager.cli(["sandbox", "list"])
+        #expect(listed.exitCode == 0)
+        #expect(listed.stdoutText.contains(id))
+        let cliExec = try await manager.cli([
+          "sandbox", "exec", id, "--", "sh", "-c", "echo via-cli; exit 5",
+        ])
+        #expect(cliExec.exitCode == 5)
+        #expect(cliExec.stdoutText == "via-cli\n")
+        let cliGet = try await manager.cli(["sandbox", "get", id, "--json"])
+        #expect(cliGet.exitCode == 0)
+        #expect(cliGet.stdoutText.contains("\"status\" : \"running\""))
+        let cliMissing = try await manager.cli(["sandbox", "get", "zzzzzzzzzzzz"])
+        #expect(cliMissing.exitCode != 0)
+        #expect(cliMissing.stderrText.contains("not found"))
+
+        let qemu = manager.qemuProcesses()
+        #expect(qemu.count == 1)
+        let port = try #require(agentPort(ofQEMU: qemu[0]))
+        #expect(isListening(port: port))
+        #expect(manager.files(in: "volumes") == ["sandbox-\(id).qcow2"])
+
+        let deleted = try await manager.request(.DELETE, "/api/sandboxes/\(id)")
+        #expect(deleted.status == 204)
+        #expect(manager.qemuProcesses().isEmpty)
+        #expect(manager.files(in: "volumes").isEmpty)
+        #expect(manager.files(in: "sandboxes").isEmpty)
+        // (The kernel may take a moment to tear down the dead VM's listening socket.)
+        #expect(await eventually(.seconds(3)) { !isListening(port: port) })
+        #expect(try await manager.request(.GET, "/api/sandboxes/\(id)").status == 404)
+        #expect(try await manager.request(.GET, "/api/sandboxes").jsonArray.isEmpty)
       }
-      // The console's last words went to the log.
-      #expect(
-        manager.log(lines: 400).contains("Kernel panic")
-          || manager.log(lines: 400).contains("initramfs"))
-      // And the manager still creates good sandboxes afterwards (ports and limits were released).
-      let sandbox = try await manager.createSandbox()
-      let id = try #require(sandbox["id"] as? String)
-      #expect(try await manager.request(.DELETE, "/api/sandboxes/\(id)").status == 204)
     }
-  }
 
-  func install(image: [String: Any], as name: String, in manager: ManagerProcess) throws {
-    let directory = "\(manager.dataDirectory)/images/\(name)/builds/x"
-    try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-    try JSONSerialization.data(withJSONObject: image).write(
-      to: URL(fileURLWithPath: "\(directory)/image.json"))
-    try FileManager.default.createSymbolicLink(
-      atPath: "\(manager.dataDirectory)/images/\(name)/current", withDestinationPath: "builds/x")
-  }
+    @Test func failedCreatesRollBackCompletely() async throws {
+      try await withManager { manager in
+        let shared = try await TestEnvironment.sharedImage.ensure()
+        let good = try #require(
+          try JSONSerialization.jsonObject(
+            with: Data(contentsOf: URL(fileURLWithPath: "\(shared)/images/tiny/current/image.json"))
+          )
+            as? [String: Any])
 
-  @Test func managerRestartsAdoptLiveVMsAndReconcileDeadOnes() async throws {
-    try await withManager { manager in
-      let sandbox = try await manager.createSandbox()
-      let id = try #require(sandbox["id"] as? String)
-      #expect(try await manager.exec(id, ["command": "echo kept > /root/marker"]).status == 200)
+        // An image whose initramfs is garbage: QEMU starts, the kernel panics, the VM exits.
+        let garbage = "\(manager.dataDirectory)/garbage-initrd"
+        try Data((0..<4096).map { _ in UInt8.random(in: 0...255) }).write(
+          to: URL(fileURLWithPath: garbage))
+        var broken = good
+        var kernel = try #require(good["kernel"] as? [String: Any])
+        kernel["initrdPath"] = garbage
+        broken["kernel"] = kernel
+        broken["name"] = "panics"
+        try install(image: broken, as: "panics", in: manager)
+        // An image whose kernel does not exist: QEMU itself refuses to start.
+        var missingKernel = good
+        kernel["kernelPath"] = "/nonexistent/vmlinuz"
+        missingKernel["kernel"] = kernel
+        missingKernel["name"] = "nokernel"
+        try install(image: missingKernel, as: "nokernel", in: manager)
 
-      // SIGKILL the manager: the VM survives and the next manager adopts it.
-      await manager.kill()
-      #expect(manager.qemuProcesses().count == 1)
-      try await manager.restart()
-      let afterRestart = try await manager.exec(id, ["command": "cat /root/marker"])
-      #expect(afterRestart.status == 200)
-      #expect(afterRestart.json["stdout"] as? String == "kept\n")
-
-      // SIGKILL the manager in the middle of a create: the next start removes what it made.
-      let pending = Task {
-        try? await manager.request(.POST, "/api/sandboxes", json: [:], timeout: .seconds(120))
+        for image in ["panics", "nokernel"] {
+          let answer = try await manager.request(.POST, "/api/sandboxes", json: ["image": image])
+          #expect(answer.status == 503, "\(image): \(answer.text)")
+          #expect(answer.json["error"] as? String == "BOOT_FAILED")
+          #expect((answer.json["message"] as? String)?.contains("failed to boot") == true)
+          #expect(manager.qemuProcesses().isEmpty, "\(image)")
+          #expect(manager.files(in: "volumes").isEmpty, "\(image)")
+          #expect(manager.files(in: "sandboxes").isEmpty, "\(image)")
+          #expect(try await manager.request(.GET, "/api/sandboxes").jsonArray.isEmpty, "\(image)")
+        }
+        // The console's last words went to the log.
+        #expect(
+          manager.log(lines: 400).contains("Kernel panic")
+            || manager.log(lines: 400).contains("initramfs"))
+        // And the manager still creates good sandboxes afterwards (ports and limits were released).
+        let sandbox = try await manager.createSandbox()
+        let id = try #require(sandbox["id"] as? String)
+        #expect(try await manager.request(.DELETE, "/api/sandboxes/\(id)").status == 204)
       }
-      let deadline = ContinuousClock.now + .seconds(60)
-      while manager.qemuProcesses().count < 2 && ContinuousClock.now < deadline {
-        try await Task.sleep(for: .milliseconds(20))
-      }
-      // (Two or three: QEMU's daemonizing parent may still be there.)
-      #expect(manager.qemuProcesses().count >= 2)
-      await manager.kill()
-      _ = await pending.value
-      try await manager.restart()
-      #expect(manager.qemuProcesses().count == 1)
-      #expect(manager.files(in: "volumes") == ["sandbox-\(id).qcow2"])
-      #expect(manager.files(in: "sandboxes") == [id])
-      let list = try await manager.request(.GET, "/api/sandboxes")
-      #expect(list.jsonArray.compactMap { $0["id"] as? String } == [id])
+    }
 
-      // SIGKILL the VM while the manager is down: the next start marks the sandbox as error.
-      await manager.kill()
-      for pid in manager.qemuProcesses() { kill(pid, SIGKILL) }
-      try await Task.sleep(for: .milliseconds(300))
-      try await manager.restart()
-      let after = try await manager.request(.GET, "/api/sandboxes/\(id)")
-      #expect(after.json["status"] as? String == "error")
-      #expect((after.json["error"] as? String)?.isEmpty == false)
-      let refused = try await manager.exec(id, ["command": "true"])
-      #expect(refused.status == 409)
-      #expect(refused.json["error"] as? String == "SANDBOX_NOT_RUNNING")
-      #expect(try await manager.request(.DELETE, "/api/sandboxes/\(id)").status == 204)
-      #expect(manager.files(in: "volumes").isEmpty)
-      #expect(manager.files(in: "sandboxes").isEmpty)
+    func install(image: [String: Any], as name: String, in manager: ManagerProcess) throws {
+      let directory = "\(manager.dataDirectory)/images/\(name)/builds/x"
+      try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+      try JSONSerialization.data(withJSONObject: image).write(
+        to: URL(fileURLWithPath: "\(directory)/image.json"))
+      try FileManager.default.createSymbolicLink(
+        atPath: "\(manager.dataDirectory)/images/\(name)/current", withDestinationPath: "builds/x")
+    }
+
+    @Test func managerRestartsAdoptLiveVMsAndReconcileDeadOnes() async throws {
+      try await withManager { manager in
+        let sandbox = try await manager.createSandbox()
+        let id = try #require(sandbox["id"] as? String)
+        #expect(try await manager.exec(id, ["command": "echo kept > /root/marker"]).status == 200)
+
+        // SIGKILL the manager: the VM survives and the next manager adopts it.
+        await manager.kill()
+        #expect(manager.qemuProcesses().count == 1)
+        try await manager.restart()
+        let afterRestart = try await manager.exec(id, ["command": "cat /root/marker"])
+        #expect(afterRestart.status == 200)
+        #expect(afterRestart.json["stdout"] as? String == "kept\n")
+
+        // SIGKILL the manager in the middle of a create: the next start removes what it made.
+        let pending = Task {
+          try? await manager.request(.POST, "/api/sandboxes", json: [:], timeout: .seconds(120))
+        }
+        let deadline = ContinuousClock.now + .seconds(60)
+        while manager.qemuProcesses().count < 2 && ContinuousClock.now < deadline {
+          try await Task.sleep(for: .milliseconds(20))
+        }
+        // (Two or three: QEMU's daemonizing parent may still be there.)
+        #expect(manager.qemuProcesses().count >= 2)
+        await manager.kill()
+        _ = await pending.value
+        try await manager.restart()
+        #expect(manager.qemuProcesses().count == 1)
+        #expect(manager.files(in: "volumes") == ["sandbox-\(id).qcow2"])
+        #expect(manager.files(in: "sandboxes") == [id])
+        let list = try await manager.request(.GET, "/api/sandboxes")
+        #expect(list.jsonArray.compactMap { $0["id"] as? String } == [id])
+
+        // SIGKILL the VM while the manager is down: the next start marks the sandbox as error.
+        await manager.kill()
+        for pid in manager.qemuProcesses() { kill(pid, SIGKILL) }
+        try await Task.sleep(for: .milliseconds(300))
+        try await manager.restart()
+        let after = try await manager.request(.GET, "/api/sandboxes/\(id)")
+        #expect(after.json["status"] as? String == "error")
+        #expect((after.json["error"] as? String)?.isEmpty == false)
+        let refused = try await manager.exec(id, ["command": "true"])
+        #expect(refused.status == 409)
+        #expect(refused.json["error"] as? String == "SANDBOX_NOT_RUNNING")
+        #expect(try await manager.request(.DELETE, "/api/sandboxes/\(id)").status == 204)
+        #expect(manager.files(in: "volumes").isEmpty)
+        #expect(manager.files(in: "sandboxes").isEmpty)
+      }
     }
   }
 }

@@ -40,14 +40,18 @@ public struct AgentClient: Sendable {
     return try await call(.POST, "/exec", body: request, timeout: timeout)
   }
 
+  public func resumeGuest(_ request: GuestResumeRequest) async throws -> AgentHealth {
+    try await call(.POST, "/system/resume", body: request, timeout: .seconds(10))
+  }
+
   public func powerOff() async throws {
     _ = try await raw(.POST, "/system/poweroff", body: nil, timeout: .seconds(5))
   }
 
-  /// Polls `/health` until the agent answers as `sandboxId`. Stops early with the reason when
-  /// `stillBooting` says the VM is gone.
+  /// Polls `/health` until the agent answers as `sandboxId` (any id when nil). Stops early with
+  /// the reason when `stillBooting` says the VM is gone.
   public func waitUntilReady(
-    sandboxId: String, timeout: Duration, stillBooting: @Sendable () -> Bool
+    sandboxId: String?, timeout: Duration, stillBooting: @Sendable () -> Bool
   ) async throws {
     let deadline = ContinuousClock.now + timeout
     var lastError = "no answer"
@@ -57,8 +61,8 @@ public struct AgentClient: Sendable {
       }
       do {
         let health = try await health(timeout: .seconds(2))
-        if health.sandboxId == sandboxId { return }
-        lastError = "agent answered as \(health.sandboxId), expected \(sandboxId)"
+        if sandboxId == nil || health.sandboxId == sandboxId { return }
+        lastError = "agent answered as \(health.sandboxId), expected \(sandboxId ?? "")"
       } catch {
         lastError = "\(error)"
       }

@@ -87,13 +87,19 @@ public struct QEMUMicroVM: VirtualMachineManager {
   }
 
   public func boot(_ spec: VMSpec) async throws -> VMHandle {
+    try await launch(spec, extraArguments: [])
+  }
+
+  /// Starts QEMU (daemonized) with `spec`; returns once its pid file is written.
+  func launch(_ spec: VMSpec, extraArguments: [String]) async throws -> VMHandle {
     let dir = spec.runtimeDirectory
     try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
     for stale in [Self.pidFile(dir), Self.qmpSocket(dir), Self.consoleLog(dir)] {
       try? FileManager.default.removeItem(atPath: stale)
     }
     do {
-      try await runner.run(Command(binary, arguments(for: spec), timeout: .seconds(60)))
+      try await runner.run(
+        Command(binary, arguments(for: spec) + extraArguments, timeout: .seconds(60)))
     } catch let failure as CommandFailure {
       throw VMMError(
         "qemu did not start: \(failure.stderr.trimmingCharacters(in: .whitespacesAndNewlines))",
@@ -137,6 +143,51 @@ public struct QEMUMicroVM: VirtualMachineManager {
       found.append(ObservedVM(sandboxId: id, pid: pid))
     }
     return found
+  }
+
+  func qmp(_ handle: VMHandle) -> QMPClient {
+    QMPClient(socketPath: Self.qmpSocket(handle.runtimeDirectory))
+  }
+
+  public func pause(_ handle: VMHandle) async throws {
+    try await qmp(handle).execute("stop")
+  }
+
+  public func resume(_ handle: VMHandle) async throws {
+    try await qmp(handle).execute("cont")
+  }
+
+  public func switchDisk(_ handle: VMHandle, to newTop: DiskAttachment) async throws {
+    // "existing": QEMU opens our overlay and puts the current disk under it as its backing.
+    try await qmp(handle).execute(
+      "blockdev-snapshot-sync",
+      arguments: [
+        "device": "root", "snapshot-file": newTop.path, "format": newTop.format.rawValue,
+        "mode": "existing",
+      ])
+  }
+
+  public func saveState(_ handle: VMHandle, to path: String) async throws {
+    guard !path.contains("'") else { throw VMMError("unsupported state path \(path)") }
+    let client = qmp(handle)
+    try await client.execute("migrate", arguments: ["uri": "exec:cat > '\(path)'"])
+    try await client.waitForMigration()
+  }
+
+  public func restore(_ spec: VMSpec, statePath: String) async throws -> VMHandle {
+    guard !statePath.contains("'") else { throw VMMError("unsupported state path \(statePath)") }
+    let handle = try await launch(spec, extraArguments: ["-incoming", "defer"])
+    do {
+      let client = qmp(handle)
+      try await client.execute("migrate-incoming", arguments: ["uri": "exec:cat '\(statePath)'"])
+      try await client.waitForMigration()
+    } catch {
+      await kill(handle)
+      throw VMMError(
+        "restore failed: \(error)",
+        consoleTail: consoleTail(runtimeDirectory: spec.runtimeDirectory))
+    }
+    return handle
   }
 
   public func consoleTail(runtimeDirectory: String, lines: Int) -> String {

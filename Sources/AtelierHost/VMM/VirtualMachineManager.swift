@@ -119,6 +119,10 @@ public struct VMMError: Error, CustomStringConvertible, Sendable {
     self.consoleTail = consoleTail
   }
   public var description: String { message }
+
+  static func unsupported(_ what: String, _ backend: String) -> VMMError {
+    VMMError("\(what) is not supported by the \(backend) backend")
+  }
 }
 
 /// A virtual machine monitor backend (QEMU microvm, Firecracker). VM processes outlive the
@@ -135,9 +139,34 @@ public protocol VirtualMachineManager: Sendable {
   func discover() -> [ObservedVM]
   /// The last lines of the guest console.
   func consoleTail(runtimeDirectory: String, lines: Int) -> String
+
+  // Lifecycle beyond boot and kill; backends that cannot throw `VMMError.unsupported`.
+
+  /// Freezes the vCPUs (memory stays allocated).
+  func pause(_ handle: VMHandle) async throws
+  func resume(_ handle: VMHandle) async throws
+  /// Makes `newTop` (a qcow2 overlay whose backing is the current disk, frozen from now on)
+  /// the running VM's disk. The VM should be paused.
+  func switchDisk(_ handle: VMHandle, to newTop: DiskAttachment) async throws
+  /// Writes the paused VM's memory and device state to `path`; the VM stays paused.
+  func saveState(_ handle: VMHandle, to path: String) async throws
+  /// Starts a VM from a saved state instead of booting it; it is left paused.
+  func restore(_ spec: VMSpec, statePath: String) async throws -> VMHandle
 }
 
 extension VirtualMachineManager {
+  public func pause(_ handle: VMHandle) async throws { throw VMMError.unsupported("pause", name) }
+  public func resume(_ handle: VMHandle) async throws { throw VMMError.unsupported("resume", name) }
+  public func switchDisk(_ handle: VMHandle, to newTop: DiskAttachment) async throws {
+    throw VMMError.unsupported("disk snapshots", name)
+  }
+  public func saveState(_ handle: VMHandle, to path: String) async throws {
+    throw VMMError.unsupported("memory snapshots", name)
+  }
+  public func restore(_ spec: VMSpec, statePath: String) async throws -> VMHandle {
+    throw VMMError.unsupported("restoring snapshots", name)
+  }
+
   public func consoleTail(runtimeDirectory: String) -> String {
     consoleTail(runtimeDirectory: runtimeDirectory, lines: 25)
   }

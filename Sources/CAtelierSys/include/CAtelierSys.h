@@ -38,6 +38,17 @@ int atelier_route_add_default(const char *gateway);
 /// pipe2(O_CLOEXEC), which Swift's Glibc module does not export.
 int atelier_pipe_cloexec(int fds[2]);
 
+/// Mixes `count` bytes into the kernel's entropy pool (crediting them) and reseeds the
+/// CRNG, so VMs restored from one snapshot stop sharing random state. Needs root.
+int atelier_add_entropy(const unsigned char *bytes, int count);
+
+/// prctl(PR_SET_CHILD_SUBREAPER): orphaned descendants (daemonized VMMs) are re-parented to
+/// this process, so it can reap them instead of leaving zombies to an init that may not.
+int atelier_set_child_subreaper(void);
+
+/// Sets the wall clock (CLOCK_REALTIME).
+int atelier_set_realtime(long long seconds, long nanoseconds);
+
 /// sync + reboot(RB_POWER_OFF): ends the VM when called by PID 1.
 int atelier_power_off(void);
 

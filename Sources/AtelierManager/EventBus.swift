@@ -1,0 +1,72 @@
+import AtelierCore
+import Foundation
+import Synchronization
+
+/// Sandbox and snapshot events for `GET /api/events`: numbered, kept in a bounded buffer so a
+/// client that reconnects with `Last-Event-ID` gets what it missed. Publishing is synchronous,
+/// so events leave in the order the changes happened.
+public final class EventBus: Sendable {
+  public struct Event: Sendable {
+    public var id: Int
+    public var type: String
+    /// The JSON `data` of the event.
+    public var data: Data
+  }
+
+  struct State {
+    var buffer: [Event] = []
+    var nextId = 1
+    var subscribers: [Int: AsyncStream<Event>.Continuation] = [:]
+    var nextSubscriber = 0
+  }
+
+  private let state = Mutex(State())
+  let capacity: Int
+
+  public init(capacity: Int = 1000) {
+    self.capacity = capacity
+  }
+
+  public func publish<T: Encodable>(_ type: String, _ payload: T) {
+    let data = (try? JSONEncoder.atelier.encode(payload)) ?? Data("{}".utf8)
+    state.withLock { state in
+      let event = Event(id: state.nextId, type: type, data: data)
+      state.nextId += 1
+      state.buffer.append(event)
+      if state.buffer.count > capacity { state.buffer.removeFirst(state.buffer.count - capacity) }
+      for subscriber in state.subscribers.values { subscriber.yield(event) }
+    }
+  }
+
+  /// Events after `lastId` still in the buffer, then every new one. Finish by cancelling.
+  public func subscribe(after lastId: Int?) -> AsyncStream<Event> {
+    let (stream, continuation) = AsyncStream.makeStream(
+      of: Event.self, bufferingPolicy: .bufferingNewest(capacity))
+    let key = state.withLock { state in
+      if let lastId {
+        for event in state.buffer where event.id > lastId { continuation.yield(event) }
+      }
+      let key = state.nextSubscriber
+      state.nextSubscriber += 1
+      state.subscribers[key] = continuation
+      return key
+    }
+    continuation.onTermination = { [weak self] _ in
+      _ = self?.state.withLock { $0.subscribers.removeValue(forKey: key) }
+    }
+    return stream
+  }
+
+  public var subscriberCount: Int { state.withLock { $0.subscribers.count } }
+}
+
+/// The payload of `sandbox.*` events.
+public struct SandboxEvent: Codable, Sendable {
+  public var sandbox: SandboxInfo
+  public var previousStatus: String?
+}
+
+/// The payload of `snapshot.*` events.
+public struct SnapshotEvent: Codable, Sendable {
+  public var snapshot: SnapshotInfo
+}

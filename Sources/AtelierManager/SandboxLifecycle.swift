@@ -1,0 +1,213 @@
+import AtelierAgentAPI
+import AtelierCore
+import AtelierHost
+import AtelierProcess
+import AtelierStore
+import Foundation
+
+/// Stop, start, restart, pause, resume; idle policy and the loops that apply it.
+extension SandboxService {
+  func requireStatus(_ row: SandboxRecord, _ allowed: Set<SandboxStatus>, for operation: String)
+    throws
+  {
+    let status = Self.status(row)
+    guard allowed.contains(status) else {
+      throw AtelierError.conflict("cannot \(operation) sandbox \(row.id): it is \(status.rawValue)")
+    }
+  }
+
+  /// Graceful: the agent syncs and powers off; the VM is killed if it lingers. Disk kept.
+  public func stop(_ id: String) async throws -> SandboxInfo {
+    try await withSandboxLock(id) {
+      let row = try record(id)
+      try requireStatus(row, [.running, .paused], for: "stop")
+      return try await stopLocked(row)
+    }
+  }
+
+  func stopLocked(_ row: SandboxRecord) async throws -> SandboxInfo {
+    let id = row.id
+    let wasPaused = Self.status(row) == .paused
+    _ = try setStatus(id, .stopping)
+    let runtime = Self.runtime(row)
+    if let vm = runtime.vm, let network = runtime.network {
+      if wasPaused { try? await drivers.vmm.resume(vm) }
+      try? await AgentClient(endpoint: network.agent).powerOff()
+      let deadline = ContinuousClock.now + .seconds(15)
+      while drivers.vmm.isRunning(vm) && ContinuousClock.now < deadline {
+        try? await Task.sleep(for: .milliseconds(50))
+      }
+      if drivers.vmm.isRunning(vm) {
+        logger.warning("VM did not power off; killing it", metadata: ["sandbox": "\(id)"])
+      }
+    }
+    await stopVMProcess(id: id, runtime: runtime)
+    if let volume = runtime.volume { await drivers.volumes.compact(volume) }
+    try updateRuntime(id) {
+      $0.vm = nil
+      $0.network = nil
+    }
+    let stopped = try setStatus(id, .stopped)
+    logger.info("sandbox stopped", metadata: ["sandbox": "\(id)"])
+    return Self.info(stopped)
+  }
+
+  /// Boots again from the kept disk: same hostname, services restart, a new port forward.
+  public func start(_ id: String) async throws -> SandboxInfo {
+    try await withSandboxLock(id) {
+      let row = try record(id)
+      try requireStatus(row, [.stopped, .error], for: "start")
+      return try await startLocked(row)
+    }
+  }
+
+  func startLocked(_ row: SandboxRecord) async throws -> SandboxInfo {
+    let id = row.id
+    guard Self.runtime(row).disk.map({ FileManager.default.fileExists(atPath: $0.path) }) == true
+    else {
+      throw AtelierError.conflict("sandbox \(id) has no disk left to start from")
+    }
+    // Counts against the limit again (it did not while stopped).
+    let counted = try database.count(statuses: Self.countedStatuses.map(\.rawValue))
+    guard counted < config.maxSandboxes else {
+      throw AtelierError(.resourceExhausted, "sandbox limit reached (\(config.maxSandboxes))")
+    }
+    var undo = UndoStack()
+    do {
+      let runtime = Self.runtime(row)
+      await stopVMProcess(id: id, runtime: runtime)
+      if let volume = runtime.volume {
+        await drivers.volumes.compact(volume)
+        if let disk = drivers.volumes.disk(of: volume) { try updateRuntime(id) { $0.disk = disk } }
+      }
+      _ = try await bootVM(id, undo: &undo)
+    } catch {
+      await undo.run()
+      try? updateRuntime(id) {
+        $0.vm = nil
+        $0.network = nil
+      }
+      _ = try? setStatus(id, .stopped, error: "start failed: \(error)")
+      throw error
+    }
+    let started = try setStatus(id, .running)
+    touch(id)
+    logger.info("sandbox started", metadata: ["sandbox": "\(id)"])
+    return Self.info(started)
+  }
+
+  public func restart(_ id: String) async throws -> SandboxInfo {
+    try await withSandboxLock(id) {
+      let row = try record(id)
+      try requireStatus(row, [.running, .paused], for: "restart")
+      _ = try await stopLocked(row)
+      return try await startLocked(try record(id))
+    }
+  }
+
+  /// Freezes the VM in memory.
+  public func pause(_ id: String) async throws -> SandboxInfo {
+    try await withSandboxLock(id) {
+      let row = try record(id)
+      try requireStatus(row, [.running], for: "pause")
+      guard let vm = Self.runtime(row).vm else { throw AtelierError(.internal, "no VM recorded") }
+      do { try await drivers.vmm.pause(vm) } catch {
+        throw AtelierError(.unavailable, "cannot pause sandbox \(id): \(error)")
+      }
+      return Self.info(try setStatus(id, .paused))
+    }
+  }
+
+  /// Thaws the VM and re-syncs the guest's clock.
+  public func resume(_ id: String) async throws -> SandboxInfo {
+    try await withSandboxLock(id) {
+      let row = try record(id)
+      if Self.status(row) == .running { return Self.info(row) }
+      try requireStatus(row, [.paused], for: "resume")
+      let runtime = Self.runtime(row)
+      guard let vm = runtime.vm, let network = runtime.network else {
+        throw AtelierError(.internal, "no VM recorded")
+      }
+      do { try await drivers.vmm.resume(vm) } catch {
+        throw AtelierError(.unavailable, "cannot resume sandbox \(id): \(error)")
+      }
+      try? await syncGuest(network.agent, identity: nil)
+      touch(id)
+      return Self.info(try setStatus(id, .running))
+    }
+  }
+
+  /// Tells the guest the time (and, after a restore, its identity and fresh entropy).
+  func syncGuest(_ endpoint: AgentEndpoint, identity: (id: String, hostname: String)?) async throws
+  {
+    var entropy: String?
+    if identity != nil {
+      var generator = SystemRandomNumberGenerator()
+      entropy = Data((0..<64).map { _ in UInt8.random(in: 0...255, using: &generator) })
+        .base64EncodedString()
+    }
+    let now = Date().timeIntervalSince1970
+    let request = GuestResumeRequest(
+      unixTimeNanos: Int64(now * 1_000_000_000), entropy: entropy, sandboxId: identity?.id,
+      hostname: identity?.hostname)
+    _ = try await AgentClient(endpoint: endpoint).resumeGuest(request)
+  }
+
+  /// `PATCH`: the idle policy.
+  public func update(_ id: String, _ request: UpdateSandboxRequest) async throws -> SandboxInfo {
+    let idle = try Self.validateIdle(timeoutSeconds: request.timeoutSeconds, onIdle: request.onIdle)
+    return try await withSandboxLock(id) {
+      var row = try record(id)
+      if request.timeoutSeconds != nil { row.timeoutSeconds = idle.0 }
+      if let onIdle = idle.1 { row.onIdle = onIdle.rawValue }
+      touch(id)
+      return Self.info(try save(row, from: Self.status(row)))
+    }
+  }
+
+  // MARK: Idle
+
+  /// Pauses or stops running sandboxes idle past their timeout.
+  func reapIdle() async {
+    guard let rows = try? database.sandboxes(status: SandboxStatus.running.rawValue) else { return }
+    let now = ContinuousClock.now
+    for row in rows {
+      guard let timeout = row.timeoutSeconds, timeout > 0, openConnections[row.id] == nil else {
+        continue
+      }
+      let last = lastActivity[row.id] ?? now
+      if lastActivity[row.id] == nil { lastActivity[row.id] = now }
+      guard now - last >= .seconds(timeout) else { continue }
+      let action = row.onIdle.flatMap(IdleAction.init(rawValue:)) ?? .pause
+      logger.info(
+        "sandbox idle for \(timeout) s: \(action.rawValue)", metadata: ["sandbox": "\(row.id)"])
+      do {
+        switch action {
+        case .pause: _ = try await pause(row.id)
+        case .stop: _ = try await stop(row.id)
+        }
+      } catch {
+        logger.warning(
+          "idle \(action.rawValue) failed: \(error)", metadata: ["sandbox": "\(row.id)"])
+      }
+    }
+  }
+
+  /// The idle reaper and the periodic reconciler, until the task is cancelled.
+  public func runBackgroundLoops() async {
+    await withTaskGroup(of: Void.self) { group in
+      group.addTask {
+        while !Task.isCancelled {
+          try? await Task.sleep(for: .seconds(self.config.idleCheckSeconds))
+          await self.reapIdle()
+        }
+      }
+      group.addTask {
+        while !Task.isCancelled {
+          try? await Task.sleep(for: .seconds(self.config.reconcileIntervalSeconds))
+          await self.reconcile()
+        }
+      }
+    }
+  }
+}
