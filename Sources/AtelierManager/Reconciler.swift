@@ -169,7 +169,7 @@ extension SandboxService {
 
   /// Snapshot folders (memory files) with no snapshot row.
   func removeOrphanSnapshotFiles() -> [String] {
-    let known = Set(((try? database.snapshots()) ?? []).map(\.id))
+    let known = Set(((try? database.snapshots()) ?? []).map(\.id)).union(snapshotsInProgress)
     let folders = (try? FileManager.default.contentsOfDirectory(atPath: config.snapshotsDir)) ?? []
     var removed: [String] = []
     for folder in folders where Identifier.isValid(folder) && !known.contains(folder) {

@@ -18,6 +18,8 @@ public actor SandboxService {
   let locks = KeyedLock()
   /// Sandboxes whose create is running in this process (the reconciler leaves them alone).
   var inFlight: Set<String> = []
+  /// Snapshots being written (their files exist before their rows; clean-up leaves them be).
+  var snapshotsInProgress: Set<String> = []
   /// When each sandbox last saw API, agent or terminal traffic.
   var lastActivity: [String: ContinuousClock.Instant] = [:]
   /// Open WebSocket sessions per sandbox (a sandbox with one is never idle).

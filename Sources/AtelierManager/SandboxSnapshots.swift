@@ -53,6 +53,8 @@ extension SandboxService {
       let network = runtime.network
     else { throw AtelierError(.internal, "sandbox \(row.id) has no VM recorded") }
     let snapshotId = Identifier.make()
+    snapshotsInProgress.insert(snapshotId)
+    defer { snapshotsInProgress.remove(snapshotId) }
     let directory = "\(config.snapshotsDir)/\(snapshotId)"
     try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
     let wasPaused = Self.status(row) == .paused
@@ -230,7 +232,8 @@ extension SandboxService {
   /// Removes frozen disks that no snapshot and no sandbox disk needs any more.
   @discardableResult
   func collectVolumeGarbage() async -> [String] {
-    let keep = Set(((try? database.snapshots()) ?? []).map { VolumeNames.snapshot($0.id) })
+    let ids = ((try? database.snapshots()) ?? []).map(\.id) + snapshotsInProgress
+    let keep = Set(ids.map { VolumeNames.snapshot($0) })
     let removed = await drivers.volumes.collectGarbage(keep: keep)
     if !removed.isEmpty {
       logger.info("removed unused snapshot disks: \(removed.joined(separator: ", "))")

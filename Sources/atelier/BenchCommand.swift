@@ -12,7 +12,7 @@ import NIOHTTP1
 struct Bench: AsyncParsableCommand {
   static let configuration = CommandConfiguration(
     abstract: "Benchmarks (ratios against a baseline measured in the same run).",
-    subcommands: [Spawn.self, Agent.self])
+    subcommands: [Spawn.self, Agent.self, Snapshot.self])
 
   struct Spawn: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -235,6 +235,121 @@ struct Bench: AsyncParsableCommand {
   }
 }
 
+extension Bench {
+  struct Snapshot: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+      abstract:
+        "Cold create vs create-from-snapshot vs resume; snapshot time per GiB; fork latency.")
+    @Option(help: "Runs of each measurement.") var runs = 5
+
+    func run() async throws {
+      let config = try loadConfig()
+      bootstrapLogging(level: "warning")
+      let scratch = "/tmp/atelier-bench-\(Identifier.make(length: 6))"
+      try FileManager.default.createDirectory(atPath: scratch, withIntermediateDirectories: true)
+      defer { try? FileManager.default.removeItem(atPath: scratch) }
+      let manager = try await BenchManager.start(config: config, scratch: scratch)
+      defer { manager.stop() }
+
+      func timed(_ body: () async throws -> Void) async throws -> Double {
+        let started = ContinuousClock.now
+        try await body()
+        return milliseconds(since: started)
+      }
+      func post(_ path: String, _ body: String = "{}", expect: Int = 200) async throws -> Data {
+        let (status, data) = try await manager.send(.POST, path, body: Data(body.utf8))
+        guard status == expect else {
+          throw CLIError("\(path) answered \(status): \(String(decoding: data, as: UTF8.self))")
+        }
+        return data
+      }
+      func delete(_ id: String) async throws {
+        _ = try await manager.send(.DELETE, "/api/sandboxes/\(id)")
+      }
+
+      var cold: [Double] = []
+      for _ in 0..<runs {
+        var id = ""
+        cold.append(try await timed { id = try await manager.createSandbox(image: "tiny").id })
+        try await delete(id)
+      }
+      let parent = try await manager.createSandbox(image: "tiny")
+      var snapshotTimes: [Double] = []
+      var snapshotId = ""
+      snapshotTimes.append(
+        try await timed {
+          let data = try await post("/api/sandboxes/\(parent.id)/snapshots", expect: 201)
+          snapshotId = try JSONDecoder.atelier.decode(SnapshotInfo.self, from: data).id
+        })
+      var restored: [Double] = []
+      for _ in 0..<runs {
+        var id = ""
+        restored.append(
+          try await timed {
+            let data = try await post(
+              "/api/sandboxes", #"{"snapshot":"\#(snapshotId)"}"#, expect: 201)
+            id = try JSONDecoder.atelier.decode(SandboxInfo.self, from: data).id
+          })
+        try await delete(id)
+      }
+      var resumes: [Double] = []
+      for _ in 0..<runs {
+        _ = try await post("/api/sandboxes/\(parent.id)/pause")
+        resumes.append(try await timed { _ = try await post("/api/sandboxes/\(parent.id)/resume") })
+      }
+      print("== \(runs) runs each, tiny image, 256 MiB guests")
+      print(String(format: "cold create:          median %.0f ms  (%@)", median(cold), list(cold)))
+      print(
+        String(
+          format: "create from snapshot: median %.0f ms  (%@)", median(restored), list(restored)))
+      print(
+        String(format: "resume:               median %.0f ms  (%@)", median(resumes), list(resumes))
+      )
+      print(
+        String(
+          format: "from-snapshot speed-up: %.2fx (goal >= 4x)", median(cold) / median(restored)))
+
+      for memory in [256, 1024] {
+        let sandbox = try await manager.createSandbox(image: "tiny", memoryMb: memory)
+        // Touch most of the memory, so the snapshot writes it rather than skipping zero pages.
+        _ = try await post(
+          "/api/sandboxes/\(sandbox.id)/exec",
+          #"{"command":"head -c \#(memory * 6 / 10)m /dev/urandom > /dev/shm/fill"}"#)
+        var times: [Double] = []
+        for _ in 0..<runs {
+          times.append(
+            try await timed {
+              _ = try await post("/api/sandboxes/\(sandbox.id)/snapshots", expect: 201)
+            })
+        }
+        print(
+          String(
+            format: "snapshot of a %d MiB guest (60%% filled): median %.0f ms = %.0f ms per GiB",
+            memory,
+            median(times), median(times) * 1024 / Double(memory)))
+        try await delete(sandbox.id)
+      }
+
+      for count in [1, 4] {
+        var times: [Double] = []
+        for _ in 0..<runs {
+          var ids: [String] = []
+          times.append(
+            try await timed {
+              let data = try await post(
+                "/api/sandboxes/\(parent.id)/fork", #"{"count":\#(count)}"#, expect: 201)
+              ids = try JSONDecoder.atelier.decode(ForkResponse.self, from: data).sandboxes.map(
+                \.id)
+            })
+          for id in ids { try await delete(id) }
+        }
+        print(String(format: "fork N=%d: median %.0f ms  (%@)", count, median(times), list(times)))
+      }
+      try await delete(parent.id)
+    }
+  }
+}
+
 /// A manager started by a benchmark on a scratch data folder that shares this one's images.
 struct BenchManager {
   let baseURL: String
@@ -286,9 +401,9 @@ struct BenchManager {
     try await atelier.send(method, baseURL + path, token: token, body: body)
   }
 
-  func createSandbox(image: String) async throws -> SandboxInfo {
+  func createSandbox(image: String, memoryMb: Int = 256) async throws -> SandboxInfo {
     let (status, body) = try await send(
-      .POST, "/api/sandboxes", body: Data(#"{"image":"\#(image)"}"#.utf8))
+      .POST, "/api/sandboxes", body: Data(#"{"image":"\#(image)","memoryMb":\#(memoryMb)}"#.utf8))
     guard status == 201 else {
       throw CLIError("create answered \(status): \(String(decoding: body, as: UTF8.self))")
     }
