@@ -1,0 +1,370 @@
+import AtelierProcess
+import Foundation
+import Logging
+
+#if canImport(Glibc)
+  import Glibc
+#endif
+
+/// The Firecracker backend: one `firecracker` process per VM, configured through its API
+/// socket, a TAP device for the network and a hybrid vsock for the agent. The process runs in
+/// its own session, so it survives a manager restart.
+///
+/// The process's working directory is the runtime directory, and the disk and the vsock socket
+/// are given to Firecracker by relative names (`rootfs`, a symlink to the disk, and
+/// `vsock.sock`). A snapshot records those names as given, so a restore started in another
+/// runtime directory opens its own disk and binds its own socket: two restores of one snapshot
+/// never collide, on any Firecracker version (`vsock_override` exists only from 1.16, and
+/// drives have no override at all).
+public struct FirecrackerVMM: VirtualMachineManager {
+  public let name = "firecracker"
+  let binary: String
+  /// Root of all runtime directories; how `discover` recognises our processes.
+  let sandboxesDirectory: String
+  let environment: [String: String]
+  let startTimeout: Duration
+  let logger: Logger
+
+  /// The guest's vsock CID (0–2 are reserved; each VM has its own device, so all use 3).
+  public static let guestCID = 3
+  static let driveId = "rootfs"
+  static let interfaceId = "eth0"
+  static let diskLinkName = "rootfs"
+  static let vsockSocketName = "vsock.sock"
+
+  public init(
+    binary: String = "firecracker", sandboxesDirectory: String,
+    environment: [String: String] = ProcessInfo.processInfo.environment,
+    startTimeout: Duration = .seconds(10),
+    logger: Logger = Logger(label: "atelier.vmm.firecracker")
+  ) {
+    self.binary = binary
+    self.sandboxesDirectory = sandboxesDirectory
+    self.environment = environment
+    self.startTimeout = startTimeout
+    self.logger = logger
+  }
+
+  public static func apiSocket(_ runtimeDirectory: String) -> String {
+    "\(runtimeDirectory)/firecracker.sock"
+  }
+  static func pidFile(_ runtimeDirectory: String) -> String {
+    "\(runtimeDirectory)/firecracker.pid"
+  }
+  static func consoleLog(_ runtimeDirectory: String) -> String {
+    "\(runtimeDirectory)/console.log"
+  }
+  static func diskLink(_ runtimeDirectory: String) -> String {
+    "\(runtimeDirectory)/\(diskLinkName)"
+  }
+  /// The host end of the VM's hybrid vsock (what `AgentEndpoint.hybridVsock` names).
+  public static func vsockSocket(_ runtimeDirectory: String) -> String {
+    "\(runtimeDirectory)/\(vsockSocketName)"
+  }
+  /// The guest state file written next to the memory file `memoryPath` by `saveState`.
+  public static func stateFile(forMemory memoryPath: String) -> String {
+    memoryPath + ".vmstate"
+  }
+
+  /// `endpoint` with the socket path filled in for this VM: the network provider cannot know
+  /// it (`.hybridVsock(path: "", …)`), it is the runtime directory's `vsock.sock`.
+  public static func agentEndpoint(_ endpoint: AgentEndpoint, runtimeDirectory: String)
+    -> AgentEndpoint
+  {
+    guard case .hybridVsock(_, let port) = endpoint else { return endpoint }
+    return .hybridVsock(path: vsockSocket(runtimeDirectory), port: port)
+  }
+
+  /// Serial console, quiet boot, and a reboot or panic that ends the process (`reboot=k`:
+  /// Firecracker exits on the keyboard controller reset). The i8042 options skip probing what
+  /// Firecracker does not emulate; it adds `pci=off` itself.
+  public func kernelCommandLine(_ spec: VMSpec) -> String {
+    let arguments = [
+      "console=ttyS0", "quiet", "loglevel=3", "reboot=k", "panic=-1", "i8042.noaux",
+      "i8042.nomux", "i8042.dumbkbd", "swiotlb=noforce", "random.trust_cpu=on",
+    ]
+    return (arguments + spec.kernelArguments).joined(separator: " ")
+  }
+
+  // MARK: Boot
+
+  public func boot(_ spec: VMSpec) async throws -> VMHandle {
+    let tap = try Self.tapDevice(spec)
+    try Self.checkDisk(spec.disk)
+    let handle = try await launch(spec)
+    do {
+      try await configure(spec, tap: tap, api: api(spec.runtimeDirectory))
+    } catch {
+      await terminate(handle)
+      throw VMMError(
+        "firecracker did not boot: \(error)",
+        consoleTail: consoleTail(runtimeDirectory: spec.runtimeDirectory, lines: 25))
+    }
+    logger.info(
+      "firecracker started", metadata: ["sandbox": "\(spec.sandboxId)", "pid": "\(handle.pid)"])
+    return handle
+  }
+
+  /// The TAP device of `spec`: Firecracker has no user-mode networking.
+  static func tapDevice(_ spec: VMSpec) throws -> (device: String, mac: String) {
+    switch spec.network.backend {
+    case .tap(let device, let mac): return (device, mac)
+    case .userMode:
+      throw VMMError(
+        "the firecracker backend needs a TAP device (bridge networking): Firecracker has no "
+          + "user-mode networking")
+    }
+  }
+
+  /// Firecracker reads raw disks only (a file or a block device).
+  static func checkDisk(_ disk: DiskAttachment) throws {
+    guard disk.format == .raw else {
+      throw VMMError(
+        "the firecracker backend needs a raw disk, not \(disk.format.rawValue) (\(disk.path))")
+    }
+  }
+
+  /// Configures a fresh Firecracker process listening on `api` to boot `spec`, then starts it.
+  /// The disk and vsock paths are relative to the process's working directory.
+  func configure(_ spec: VMSpec, tap: (device: String, mac: String), api: FirecrackerAPI)
+    async throws
+  {
+    try await call(api) {
+      try await $0.put(
+        "/machine-config",
+        FirecrackerMachineConfig(vcpuCount: spec.vcpus, memSizeMib: spec.memoryMb))
+    }
+    try await call(api) {
+      try await $0.put(
+        "/boot-source",
+        FirecrackerBootSource(
+          kernelImagePath: spec.kernelPath,
+          initrdPath: spec.initrdPath.isEmpty ? nil : spec.initrdPath,
+          bootArgs: kernelCommandLine(spec)))
+    }
+    try await call(api) {
+      try await $0.put(
+        "/drives/\(Self.driveId)",
+        FirecrackerDrive(
+          driveId: Self.driveId, pathOnHost: Self.diskLinkName, isRootDevice: true,
+          isReadOnly: false))
+    }
+    try await call(api) {
+      try await $0.put(
+        "/network-interfaces/\(Self.interfaceId)",
+        FirecrackerNetworkInterface(
+          ifaceId: Self.interfaceId, hostDevName: tap.device, guestMac: tap.mac))
+    }
+    try await call(api) {
+      try await $0.put(
+        "/vsock", FirecrackerVsock(guestCid: Self.guestCID, udsPath: Self.vsockSocketName))
+    }
+    try await call(api) {
+      try await $0.put("/actions", FirecrackerAction(actionType: .instanceStart))
+    }
+  }
+
+  /// Starts `firecracker` in the runtime directory, writes its pid file and waits for its API
+  /// socket. Throws (leaving no process) when it exits or never listens.
+  func launch(_ spec: VMSpec) async throws -> VMHandle {
+    let dir = spec.runtimeDirectory
+    let files = FileManager.default
+    try files.createDirectory(atPath: dir, withIntermediateDirectories: true)
+    for stale in [
+      Self.pidFile(dir), Self.apiSocket(dir), Self.vsockSocket(dir), Self.consoleLog(dir),
+      Self.diskLink(dir),
+    ] {
+      try? files.removeItem(atPath: stale)
+    }
+    try files.createSymbolicLink(atPath: Self.diskLink(dir), withDestinationPath: spec.disk.path)
+    let console = open(Self.consoleLog(dir), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o644)
+    guard console >= 0 else {
+      throw VMMError("cannot create \(Self.consoleLog(dir)): \(String(cString: strerror(errno)))")
+    }
+    let pid: Int32
+    do {
+      defer { close(console) }
+      pid = try ProcessReaper.shared.spawn(
+        SpawnOptions(
+          executable: binary,
+          arguments: ["--api-sock", Self.apiSocket(dir), "--id", spec.sandboxId],
+          environment: environment, workingDirectory: dir, stdout: console, stderr: console,
+          newSession: true))
+    } catch {
+      throw VMMError("firecracker did not start: \(error)")
+    }
+    // Collect its exit status while this manager runs, so it never lingers as a zombie.
+    Task.detached { _ = await ProcessReaper.shared.waitForExit(pid) }
+    let handle = VMHandle(sandboxId: spec.sandboxId, pid: pid, runtimeDirectory: dir)
+    do {
+      try "\(pid)\n".write(toFile: Self.pidFile(dir), atomically: true, encoding: .utf8)
+    } catch {
+      await terminate(handle)
+      throw VMMError("cannot write \(Self.pidFile(dir)): \(error)")
+    }
+    let deadline = ContinuousClock.now + startTimeout
+    while !FirecrackerAPI.isListening(Self.apiSocket(dir)) {
+      if !ProcessReaper.shared.isRunning(pid) {
+        throw VMMError(
+          "firecracker exited before it listened on its API socket",
+          consoleTail: consoleTail(runtimeDirectory: dir, lines: 25))
+      }
+      if ContinuousClock.now > deadline {
+        await terminate(handle)
+        throw VMMError(
+          "firecracker did not listen on \(Self.apiSocket(dir)) within \(startTimeout)",
+          consoleTail: consoleTail(runtimeDirectory: dir, lines: 25))
+      }
+      try? await Task.sleep(for: .milliseconds(5))
+    }
+    return handle
+  }
+
+  func api(_ runtimeDirectory: String, timeout: Duration = .seconds(30)) -> FirecrackerAPI {
+    FirecrackerAPI(socketPath: Self.apiSocket(runtimeDirectory), timeout: timeout)
+  }
+
+  /// Runs one API call; Firecracker's refusal becomes a `VMMError` carrying its fault message.
+  func call(_ api: FirecrackerAPI, _ body: (FirecrackerAPI) async throws -> Void) async throws {
+    do {
+      try await body(api)
+    } catch let error as FirecrackerAPIError {
+      throw VMMError(error.description)
+    }
+  }
+
+  /// `call` on a running VM, with its console's last lines in the error.
+  func call(
+    _ handle: VMHandle, timeout: Duration = .seconds(30),
+    _ body: (FirecrackerAPI) async throws -> Void
+  ) async throws {
+    do {
+      try await call(api(handle.runtimeDirectory, timeout: timeout), body)
+    } catch let error as VMMError {
+      throw VMMError(
+        error.message, consoleTail: consoleTail(runtimeDirectory: handle.runtimeDirectory))
+    }
+  }
+
+  // MARK: Processes
+
+  public func isRunning(_ handle: VMHandle) -> Bool {
+    guard HostProcesses.isAlive(handle.pid),
+      let commandLine = HostProcesses.commandLine(of: handle.pid),
+      let flag = commandLine.firstIndex(of: "--api-sock"), flag + 1 < commandLine.count
+    else { return false }
+    return commandLine[flag + 1] == Self.apiSocket(handle.runtimeDirectory)
+  }
+
+  public func kill(_ handle: VMHandle) async {
+    HybridVsockForwarders.shared.stopAll(path: Self.vsockSocket(handle.runtimeDirectory))
+    guard isRunning(handle) else { return }
+    logger.info(
+      "killing firecracker", metadata: ["sandbox": "\(handle.sandboxId)", "pid": "\(handle.pid)"])
+    await Self.killGroupAndWait(handle.pid)
+  }
+
+  /// Kills a process this manager started (whatever its command line), e.g. a failed boot.
+  func terminate(_ handle: VMHandle) async {
+    if ProcessReaper.shared.isRunning(handle.pid) || isRunning(handle) {
+      await Self.killGroupAndWait(handle.pid)
+    }
+  }
+
+  /// We start Firecracker as a session leader; its whole group goes (nothing of it lingers).
+  static func killGroupAndWait(_ pid: Int32) async {
+    if getpgid(pid) == pid { Glibc.kill(-pid, SIGKILL) }
+    await HostProcesses.killAndWait(pid)
+  }
+
+  public func discover() -> [ObservedVM] {
+    let prefix = sandboxesDirectory.hasSuffix("/") ? sandboxesDirectory : sandboxesDirectory + "/"
+    var found: [ObservedVM] = []
+    for pid in HostProcesses.allPids() {
+      guard let commandLine = HostProcesses.commandLine(of: pid),
+        let flag = commandLine.firstIndex(of: "--api-sock"), flag + 1 < commandLine.count
+      else { continue }
+      let socket = commandLine[flag + 1]
+      guard socket.hasPrefix(prefix), socket.hasSuffix("/firecracker.sock"),
+        HostProcesses.isAlive(pid)
+      else { continue }
+      let id = socket.dropFirst(prefix.count).split(separator: "/").first.map(String.init) ?? ""
+      found.append(ObservedVM(sandboxId: id, pid: pid))
+    }
+    return found
+  }
+
+  public func consoleTail(runtimeDirectory: String, lines: Int) -> String {
+    HostProcesses.tail(of: Self.consoleLog(runtimeDirectory), lines: lines)
+  }
+
+  /// Handle for a runtime directory whose pid file names a live VM of this sandbox.
+  public func adopt(sandboxId: String, runtimeDirectory: String) -> VMHandle? {
+    guard let text = try? String(contentsOfFile: Self.pidFile(runtimeDirectory), encoding: .utf8),
+      let pid = Int32(text.trimmingCharacters(in: .whitespacesAndNewlines))
+    else { return nil }
+    let handle = VMHandle(sandboxId: sandboxId, pid: pid, runtimeDirectory: runtimeDirectory)
+    return isRunning(handle) ? handle : nil
+  }
+
+  // MARK: Lifecycle
+
+  public func pause(_ handle: VMHandle) async throws {
+    try await call(handle) { try await $0.patch("/vm", FirecrackerVMState(state: .paused)) }
+  }
+
+  public func resume(_ handle: VMHandle) async throws {
+    try await call(handle) { try await $0.patch("/vm", FirecrackerVMState(state: .resumed)) }
+  }
+
+  /// Firecracker has no qcow2 and cannot change a drive under a running VM; the volume store
+  /// must freeze disks without switching (LVM thin snapshots).
+  public func switchDisk(_ handle: VMHandle, to newTop: DiskAttachment) async throws {
+    throw VMMError.unsupported("switching the disk of a running VM", name)
+  }
+
+  /// A full snapshot of the paused VM: memory to `path`, device state to `stateFile(forMemory:)`.
+  public func saveState(_ handle: VMHandle, to path: String) async throws {
+    let request = FirecrackerSnapshotCreate(
+      snapshotType: .full, snapshotPath: Self.stateFile(forMemory: path), memFilePath: path)
+    // Writing the memory takes seconds per GiB.
+    try await call(handle, timeout: .seconds(1800)) {
+      try await $0.put("/snapshot/create", request)
+    }
+  }
+
+  /// A new Firecracker process in `spec`'s runtime directory loads the snapshot (memory is
+  /// mapped from `statePath`, which must stay unchanged while the VM lives), on `spec`'s TAP.
+  /// Left paused: the manager resumes it.
+  public func restore(_ spec: VMSpec, statePath: String) async throws -> VMHandle {
+    let tap = try Self.tapDevice(spec)
+    try Self.checkDisk(spec.disk)
+    let handle = try await launch(spec)
+    do {
+      try await loadSnapshot(statePath: statePath, tap: tap, api: api(spec.runtimeDirectory))
+    } catch {
+      // Firecracker ends itself after a failed load; make sure.
+      await terminate(handle)
+      throw VMMError(
+        "restore failed: \(error)",
+        consoleTail: consoleTail(runtimeDirectory: spec.runtimeDirectory, lines: 25))
+    }
+    logger.info(
+      "firecracker restored",
+      metadata: ["sandbox": "\(spec.sandboxId)", "pid": "\(handle.pid)", "state": "\(statePath)"])
+    return handle
+  }
+
+  /// `PUT /snapshot/load` on a fresh process. The snapshot's disk and vsock names are
+  /// relative, so they resolve in this process's own directory; only the TAP is overridden.
+  func loadSnapshot(statePath: String, tap: (device: String, mac: String), api: FirecrackerAPI)
+    async throws
+  {
+    let request = FirecrackerSnapshotLoad(
+      snapshotPath: Self.stateFile(forMemory: statePath),
+      memBackend: .init(backendPath: statePath, backendType: .file), resumeVm: false,
+      networkOverrides: [.init(ifaceId: Self.interfaceId, hostDevName: tap.device)],
+      vsockOverride: nil)
+    try await call(api) { try await $0.put("/snapshot/load", request, timeout: .seconds(600)) }
+  }
+}
