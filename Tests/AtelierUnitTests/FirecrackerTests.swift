@@ -1,0 +1,800 @@
+import AsyncHTTPClient
+import AtelierAgentAPI
+import AtelierProcess
+import Foundation
+import NIOCore
+import Synchronization
+import Testing
+
+@testable import AtelierHost
+
+#if canImport(Glibc)
+  import Glibc
+#endif
+
+/// The Firecracker backend against a fake API server on its Unix socket (Firecracker cannot run
+/// here), the hybrid vsock forwarder against a fake vsock socket, and one end-to-end boot that
+/// runs only where Firecracker can.
+@Suite struct FirecrackerTests {
+  // MARK: Fixtures
+
+  /// Short, because Unix socket paths are limited to 107 bytes.
+  func temporaryDirectory() throws -> String {
+    let path = "/tmp/atelier-fc-\(UUID().uuidString.prefix(8).lowercased())"
+    try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+    return path
+  }
+
+  func spec(
+    runtimeDirectory: String,
+    backend: NetworkAttachment.Backend = .tap(
+      device: "tap-abc", mac: "06:00:0a:00:09:02"),
+    disk: DiskAttachment = DiskAttachment(path: "/dev/atelier/sandbox-abc", format: .raw)
+  ) -> VMSpec {
+    VMSpec(
+      sandboxId: "abcdefghijkl", runtimeDirectory: runtimeDirectory,
+      kernelPath: "/images/kernel/vmlinux", initrdPath: "/images/kernel/initrd.img",
+      kernelArguments: ["atelier.id=abcdefghijkl", "atelier.vsock=9998"], disk: disk, vcpus: 2,
+      memoryMb: 256,
+      network: NetworkAttachment(
+        backend: backend, guestIPv4: "10.0.9.2", prefixLength: 24, gateway: "10.0.9.1",
+        dns: "10.0.9.1", agent: .hybridVsock(path: "", port: 9998)))
+  }
+
+  /// A stand-in `firecracker`: prints its arguments to the console and stays alive (its
+  /// arguments stay visible in /proc, as Firecracker's do).
+  func fakeFirecracker(in dir: String, script: String? = nil) throws -> String {
+    let path = "\(dir)/fake-firecracker"
+    let body = script ?? "echo \"fake firecracker $*\"\nwhile :; do sleep 1; done\n"
+    try ("#!/bin/sh\n" + body).write(toFile: path, atomically: true, encoding: .utf8)
+    chmod(path, 0o755)
+    return path
+  }
+
+  /// Serves the API on the runtime directory's socket once the backend has started the
+  /// process (its pid file is written after stale sockets are removed).
+  func serveAPIWhenLaunched(runtimeDirectory: String, failures: [String: String] = [:])
+    -> Task<FakeFirecrackerAPI, any Error>
+  {
+    Task {
+      let deadline = ContinuousClock.now + .seconds(10)
+      while !FileManager.default.fileExists(atPath: "\(runtimeDirectory)/firecracker.pid") {
+        guard ContinuousClock.now < deadline else { throw HybridVsockError("never launched") }
+        try await Task.sleep(for: .milliseconds(2))
+      }
+      return try FakeFirecrackerAPI(
+        socketPath: FirecrackerVMM.apiSocket(runtimeDirectory), failures: failures)
+    }
+  }
+
+  func vmm(_ dir: String, binary: String = "firecracker") -> FirecrackerVMM {
+    FirecrackerVMM(binary: binary, sandboxesDirectory: "\(dir)/sandboxes")
+  }
+
+  /// The exact calls that configure and start `spec` (tap-abc, 2 vCPUs, 256 MiB).
+  func expectedBootRequests(_ vmm: FirecrackerVMM, _ spec: VMSpec) -> [RecordedRequest] {
+    [
+      RecordedRequest("PUT", "/machine-config", #"{"vcpu_count": 2, "mem_size_mib": 256}"#),
+      RecordedRequest(
+        "PUT", "/boot-source",
+        """
+        {"kernel_image_path": "/images/kernel/vmlinux",
+         "initrd_path": "/images/kernel/initrd.img",
+         "boot_args": "console=ttyS0 quiet loglevel=3 reboot=k panic=-1 i8042.noaux i8042.nomux \
+        i8042.dumbkbd swiotlb=noforce random.trust_cpu=on atelier.id=abcdefghijkl atelier.vsock=9998"}
+        """),
+      RecordedRequest(
+        "PUT", "/drives/rootfs",
+        #"{"drive_id": "rootfs", "path_on_host": "rootfs", "is_root_device": true, "is_read_only": false}"#
+      ),
+      RecordedRequest(
+        "PUT", "/network-interfaces/eth0",
+        #"{"iface_id": "eth0", "host_dev_name": "tap-abc", "guest_mac": "06:00:0a:00:09:02"}"#),
+      RecordedRequest("PUT", "/vsock", #"{"guest_cid": 3, "uds_path": "vsock.sock"}"#),
+      RecordedRequest("PUT", "/actions", #"{"action_type": "InstanceStart"}"#),
+    ]
+  }
+
+  // MARK: API client
+
+  @Test func apiClientSendsJSONAndReadsAnswers() async throws {
+    let dir = try temporaryDirectory()
+    defer { try? FileManager.default.removeItem(atPath: dir) }
+    let server = try FakeFirecrackerAPI(
+      socketPath: "\(dir)/api.sock", failures: ["PUT /boot-source": "Invalid kernel path"])
+    defer { server.stop() }
+    let api = FirecrackerAPI(socketPath: "\(dir)/api.sock")
+
+    try await api.put("/vsock", FirecrackerVsock(guestCid: 3, udsPath: "/a/b.sock"))
+    #expect(try await api.version() == "1.16.0")
+    let error = await #expect(throws: FirecrackerAPIError.self) {
+      try await api.put(
+        "/boot-source", FirecrackerBootSource(kernelImagePath: "/k", initrdPath: nil, bootArgs: ""))
+    }
+    #expect(error?.status == 400)
+    #expect(error?.faultMessage == "Invalid kernel path")
+    #expect(
+      server.requests == [
+        RecordedRequest("PUT", "/vsock", #"{"guest_cid": 3, "uds_path": "/a/b.sock"}"#),
+        RecordedRequest("GET", "/version", nil),
+        // No initrd: the field is left out, not sent as null.
+        RecordedRequest("PUT", "/boot-source", #"{"kernel_image_path": "/k", "boot_args": ""}"#),
+      ])
+    // The raw request: HTTP/1.1 with a Host and an exact Content-Length.
+    let head = server.rawHeads.first ?? ""
+    #expect(head.hasPrefix("PUT /vsock HTTP/1.1\r\n"))
+    #expect(head.contains("\r\nHost: localhost\r\n"))
+    #expect(head.contains("\r\nContent-Length: 38\r\n"))
+  }
+
+  @Test func apiClientReportsAMissingSocket() async throws {
+    let api = FirecrackerAPI(socketPath: "/tmp/atelier-fc-missing-\(UUID().uuidString.prefix(8))")
+    let error = await #expect(throws: FirecrackerAPIError.self) {
+      try await api.send(.GET, "/")
+    }
+    #expect(error?.status == nil)
+    #expect(error?.faultMessage.contains("cannot connect") == true)
+  }
+
+  // MARK: Configuration and lifecycle bodies
+
+  @Test func bootConfigurationIsTheExactSequenceOfCalls() async throws {
+    let dir = try temporaryDirectory()
+    defer { try? FileManager.default.removeItem(atPath: dir) }
+    let server = try FakeFirecrackerAPI(socketPath: "\(dir)/api.sock")
+    defer { server.stop() }
+    let vmm = vmm(dir)
+    let spec = spec(runtimeDirectory: "\(dir)/sandboxes/abcdefghijkl")
+    try await vmm.configure(
+      spec, tap: try FirecrackerVMM.tapDevice(spec),
+      api: FirecrackerAPI(socketPath: "\(dir)/api.sock"))
+    #expect(server.requests == expectedBootRequests(vmm, spec))
+  }
+
+  @Test func pauseResumeAndSnapshotCreateBodies() async throws {
+    let dir = try temporaryDirectory()
+    defer { try? FileManager.default.removeItem(atPath: dir) }
+    let server = try FakeFirecrackerAPI(socketPath: FirecrackerVMM.apiSocket(dir))
+    defer { server.stop() }
+    let vmm = vmm(dir)
+    let handle = VMHandle(sandboxId: "abcdefghijkl", pid: 1, runtimeDirectory: dir)
+
+    try await vmm.pause(handle)
+    try await vmm.saveState(handle, to: "/data/snapshots/s1/memory")
+    try await vmm.resume(handle)
+    #expect(
+      server.requests == [
+        RecordedRequest("PATCH", "/vm", #"{"state": "Paused"}"#),
+        RecordedRequest(
+          "PUT", "/snapshot/create",
+          """
+          {"snapshot_type": "Full", "snapshot_path": "/data/snapshots/s1/memory.vmstate",
+           "mem_file_path": "/data/snapshots/s1/memory"}
+          """),
+        RecordedRequest("PATCH", "/vm", #"{"state": "Resumed"}"#),
+      ])
+    #expect(FirecrackerVMM.stateFile(forMemory: "/m") == "/m.vmstate")
+  }
+
+  @Test func snapshotLoadOverridesTheTapAndLeavesTheVMPaused() async throws {
+    let dir = try temporaryDirectory()
+    defer { try? FileManager.default.removeItem(atPath: dir) }
+    let server = try FakeFirecrackerAPI(socketPath: "\(dir)/api.sock")
+    defer { server.stop() }
+    try await vmm(dir).loadSnapshot(
+      statePath: "/data/snapshots/s1/memory", tap: (device: "tap-newone", mac: "06:00:0a:00:09:07"),
+      api: FirecrackerAPI(socketPath: "\(dir)/api.sock"))
+    // No vsock_override: the snapshot's relative `vsock.sock` resolves in the new process's
+    // own directory (and Firecracker before 1.16 rejects the field).
+    #expect(
+      server.requests == [
+        RecordedRequest(
+          "PUT", "/snapshot/load",
+          """
+          {"snapshot_path": "/data/snapshots/s1/memory.vmstate",
+           "mem_backend": {"backend_path": "/data/snapshots/s1/memory", "backend_type": "File"},
+           "resume_vm": false,
+           "network_overrides": [{"iface_id": "eth0", "host_dev_name": "tap-newone"}]}
+          """)
+      ])
+  }
+
+  @Test func apiErrorSurfacesAsVMMErrorWithTheFaultMessage() async throws {
+    let dir = try temporaryDirectory()
+    defer { try? FileManager.default.removeItem(atPath: dir) }
+    let fault = "The requested operation is not supported before starting the microVM."
+    let server = try FakeFirecrackerAPI(
+      socketPath: FirecrackerVMM.apiSocket(dir), failures: ["PATCH /vm": fault])
+    defer { server.stop() }
+    let handle = VMHandle(sandboxId: "abcdefghijkl", pid: 1, runtimeDirectory: dir)
+    try "guest said goodbye\n".write(
+      toFile: "\(dir)/console.log", atomically: true, encoding: .utf8)
+    let error = await #expect(throws: VMMError.self) { try await vmm(dir).pause(handle) }
+    #expect(error?.message.contains(fault) == true)
+    #expect(error?.message.contains("PATCH /vm") == true)
+    #expect(error?.consoleTail.contains("guest said goodbye") == true)
+  }
+
+  @Test func userModeNetworkQcow2AndDiskSwitchingAreRefused() async throws {
+    let dir = try temporaryDirectory()
+    defer { try? FileManager.default.removeItem(atPath: dir) }
+    let vmm = vmm(dir, binary: "/nonexistent/firecracker")
+    let userMode = spec(runtimeDirectory: "\(dir)/r", backend: .userMode(forwards: []))
+    let network = await #expect(throws: VMMError.self) { _ = try await vmm.boot(userMode) }
+    #expect(network?.message.contains("TAP") == true)
+    let qcow2 = spec(runtimeDirectory: "\(dir)/r", disk: DiskAttachment(path: "/d", format: .qcow2))
+    let disk = await #expect(throws: VMMError.self) {
+      _ = try await vmm.restore(qcow2, statePath: "/s")
+    }
+    #expect(disk?.message.contains("raw") == true)
+    // Refused before anything was started or created.
+    #expect(!FileManager.default.fileExists(atPath: "\(dir)/r"))
+    let handle = VMHandle(sandboxId: "abcdefghijkl", pid: 1, runtimeDirectory: dir)
+    await #expect(throws: VMMError.self) {
+      try await vmm.switchDisk(handle, to: DiskAttachment(path: "/x", format: .qcow2))
+    }
+  }
+
+  // MARK: The process
+
+  @Test func bootStartsTheProcessConfiguresItAndFindsItAgain() async throws {
+    let dir = try temporaryDirectory()
+    defer { try? FileManager.default.removeItem(atPath: dir) }
+    let vmm = vmm(dir, binary: try fakeFirecracker(in: dir))
+    let runtime = "\(dir)/sandboxes/abcdefghijkl"
+    let spec = spec(runtimeDirectory: runtime)
+    let serving = serveAPIWhenLaunched(runtimeDirectory: runtime)
+
+    let handle = try await vmm.boot(spec)
+    let server = try await serving.value
+    defer { server.stop() }
+    #expect(server.requests == expectedBootRequests(vmm, spec))
+    #expect(
+      try String(contentsOfFile: "\(runtime)/firecracker.pid", encoding: .utf8)
+        == "\(handle.pid)\n")
+    #expect(
+      try FileManager.default.destinationOfSymbolicLink(atPath: "\(runtime)/rootfs")
+        == spec.disk.path)
+    #expect(vmm.isRunning(handle))
+    #expect(vmm.discover().contains(ObservedVM(sandboxId: "abcdefghijkl", pid: handle.pid)))
+    #expect(vmm.adopt(sandboxId: "abcdefghijkl", runtimeDirectory: runtime) == handle)
+    // Started in its runtime directory (where the relative disk and vsock names resolve),
+    // with our socket and id; its output is the console log.
+    #expect(
+      (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(handle.pid)/cwd"))
+        == runtime)
+    #expect(
+      HostProcesses.commandLine(of: handle.pid)?.suffix(4)
+        == ["--api-sock", "\(runtime)/firecracker.sock", "--id", "abcdefghijkl"])
+    try await waitFor { vmm.consoleTail(runtimeDirectory: runtime).contains("fake firecracker") }
+    #expect(
+      FirecrackerVMM.agentEndpoint(.hybridVsock(path: "", port: 9998), runtimeDirectory: runtime)
+        == .hybridVsock(path: "\(runtime)/vsock.sock", port: 9998))
+
+    await vmm.kill(handle)
+    #expect(!vmm.isRunning(handle))
+    #expect(!HostProcesses.isAlive(handle.pid))
+    #expect(vmm.discover().isEmpty)
+    #expect(vmm.adopt(sandboxId: "abcdefghijkl", runtimeDirectory: runtime) == nil)
+  }
+
+  @Test func bootRefusedByTheAPIThrowsWithTheConsoleAndLeavesNoProcess() async throws {
+    let dir = try temporaryDirectory()
+    defer { try? FileManager.default.removeItem(atPath: dir) }
+    let vmm = vmm(dir, binary: try fakeFirecracker(in: dir))
+    let runtime = "\(dir)/sandboxes/abcdefghijkl"
+    let fault = "Unable to create the block device: No such file or directory (os error 2)"
+    let serving = serveAPIWhenLaunched(
+      runtimeDirectory: runtime, failures: ["PUT /drives/rootfs": fault])
+
+    let error = await #expect(throws: VMMError.self) {
+      _ = try await vmm.boot(spec(runtimeDirectory: runtime))
+    }
+    let server = try await serving.value
+    defer { server.stop() }
+    #expect(error?.message.contains(fault) == true)
+    #expect(error?.consoleTail.contains("fake firecracker --api-sock") == true)
+    #expect(server.requests.map(\.path) == ["/machine-config", "/boot-source", "/drives/rootfs"])
+    let pid = Int32(
+      try String(contentsOfFile: "\(runtime)/firecracker.pid", encoding: .utf8)
+        .trimmingCharacters(in: .whitespacesAndNewlines))!
+    #expect(!HostProcesses.isAlive(pid))
+    #expect(vmm.discover().isEmpty)
+  }
+
+  @Test func bootThrowsWithTheConsoleWhenFirecrackerExits() async throws {
+    let dir = try temporaryDirectory()
+    defer { try? FileManager.default.removeItem(atPath: dir) }
+    let binary = try fakeFirecracker(
+      in: dir, script: "echo 'Error: Kvm(Error opening /dev/kvm: Permission denied)' >&2\nexit 1\n")
+    let runtime = "\(dir)/sandboxes/abcdefghijkl"
+    let error = await #expect(throws: VMMError.self) {
+      _ = try await vmm(dir, binary: binary).boot(spec(runtimeDirectory: runtime))
+    }
+    #expect(error?.message.contains("exited") == true)
+    #expect(error?.consoleTail.contains("Error opening /dev/kvm") == true)
+  }
+
+  @Test func restoreStartsAFreshProcessThatLoadsTheSnapshot() async throws {
+    let dir = try temporaryDirectory()
+    defer { try? FileManager.default.removeItem(atPath: dir) }
+    let vmm = vmm(dir, binary: try fakeFirecracker(in: dir))
+    let runtime = "\(dir)/sandboxes/restoredone1"
+    var spec = spec(
+      runtimeDirectory: runtime, backend: .tap(device: "tap-restored", mac: "06:00:0a:00:09:03"),
+      disk: DiskAttachment(path: "/dev/atelier/sandbox-restoredone1", format: .raw))
+    spec.sandboxId = "restoredone1"
+    let serving = serveAPIWhenLaunched(runtimeDirectory: runtime)
+
+    let handle = try await vmm.restore(spec, statePath: "/data/snapshots/s1/memory")
+    let server = try await serving.value
+    defer { server.stop() }
+    #expect(server.requests.map(\.path) == ["/snapshot/load"])
+    #expect(server.requests.first?.body?.contains(#""host_dev_name":"tap-restored""#) == true)
+    // The restored VM's own disk and vsock socket, by the names the snapshot recorded.
+    #expect(
+      try FileManager.default.destinationOfSymbolicLink(atPath: "\(runtime)/rootfs")
+        == "/dev/atelier/sandbox-restoredone1")
+    #expect(FirecrackerVMM.vsockSocket(runtime) == "\(runtime)/vsock.sock")
+    #expect(vmm.isRunning(handle))
+    await vmm.kill(handle)
+    #expect(!HostProcesses.isAlive(handle.pid))
+  }
+
+  // MARK: Hybrid vsock
+
+  @Test func forwarderRelaysHTTPThroughTheHybridVsockHandshake() async throws {
+    let dir = try temporaryDirectory()
+    defer { try? FileManager.default.removeItem(atPath: dir) }
+    let vsock = try FakeVsockServer(socketPath: "\(dir)/vsock.sock", answer: "OK 1073741824\n")
+    defer { vsock.stop() }
+    let registry = HybridVsockForwarders()
+    let (host, port) = try AgentEndpoint.hybridVsock(path: "\(dir)/vsock.sock", port: 9998)
+      .tcpAddress(using: registry)
+    defer { registry.stopAll(path: "\(dir)/vsock.sock") }
+    #expect(host == "127.0.0.1")
+
+    // Two requests on one kept-alive connection, a third that closes it, a fourth on a new
+    // connection (a second handshake).
+    for attempt in 1...4 {
+      var request = HTTPClientRequest(url: "http://\(host):\(port)/health?n=\(attempt)")
+      if attempt == 3 { request.headers.add(name: "connection", value: "close") }
+      let response = try await HTTPClient.shared.execute(request, timeout: .seconds(10))
+      let body = try await response.body.collect(upTo: 1 << 20)
+      #expect(response.status.code == 200)
+      #expect(String(buffer: body) == #"{"status":"ok","via":"vsock"}"#)
+    }
+    #expect(vsock.connectLines == ["CONNECT 9998", "CONNECT 9998"])
+    #expect(vsock.requestLines == (1...4).map { "GET /health?n=\($0) HTTP/1.1" })
+  }
+
+  @Test func forwarderFailsTheConnectionWhenTheVsockAnswerIsNotOK() async throws {
+    let dir = try temporaryDirectory()
+    defer { try? FileManager.default.removeItem(atPath: dir) }
+    let vsock = try FakeVsockServer(socketPath: "\(dir)/vsock.sock", answer: "ERR no listener\n")
+    defer { vsock.stop() }
+    let forwarder = try HybridVsockForwarder(udsPath: "\(dir)/vsock.sock", vsockPort: 9998)
+    defer { forwarder.stop() }
+
+    let request = HTTPClientRequest(url: "http://127.0.0.1:\(forwarder.port)/health")
+    await #expect(throws: (any Error).self) {
+      let response = try await HTTPClient.shared.execute(request, timeout: .seconds(10))
+      _ = try await response.body.collect(upTo: 1 << 20)
+    }
+    #expect(vsock.connectLines.first == "CONNECT 9998")
+    #expect(vsock.requestLines.isEmpty)
+
+    // No vsock socket at all (the VM is gone): the connection fails the same way. (Another
+    // forwarder, so no pooled connection can answer.)
+    let gone = try HybridVsockForwarder(udsPath: "\(dir)/missing.sock", vsockPort: 9998)
+    defer { gone.stop() }
+    await #expect(throws: (any Error).self) {
+      let response = try await HTTPClient.shared.execute(
+        HTTPClientRequest(url: "http://127.0.0.1:\(gone.port)/health"), timeout: .seconds(10))
+      _ = try await response.body.collect(upTo: 1 << 20)
+    }
+  }
+
+  @Test func registryHandsOutOneForwarderPerSocketAndPort() async throws {
+    let registry = HybridVsockForwarders()
+    let first = try registry.forwarder(path: "/tmp/vm-a/vsock.sock", port: 9998)
+    #expect(try registry.forwarder(path: "/tmp/vm-a/vsock.sock", port: 9998) === first)
+    let otherPort = try registry.forwarder(path: "/tmp/vm-a/vsock.sock", port: 22)
+    let otherVM = try registry.forwarder(path: "/tmp/vm-b/vsock.sock", port: 9998)
+    #expect(Set([first.port, otherPort.port, otherVM.port]).count == 3)
+    #expect(registry.count == 3)
+    #expect(
+      try AgentEndpoint.tcp(host: "127.0.0.1", port: 4242).overTCP(using: registry)
+        == .tcp(
+          host: "127.0.0.1", port: 4242))
+    #expect(
+      try AgentEndpoint.hybridVsock(path: "/tmp/vm-b/vsock.sock", port: 9998).overTCP(
+        using: registry) == .tcp(host: "127.0.0.1", port: otherVM.port))
+    #expect(throws: HybridVsockError.self) {
+      try AgentEndpoint.hybridVsock(path: "", port: 9998).tcpAddress(using: registry)
+    }
+
+    registry.stopAll(path: "/tmp/vm-a/vsock.sock")
+    #expect(first.isStopped && otherPort.isStopped && !otherVM.isStopped)
+    #expect(registry.count == 1)
+    // A stopped forwarder no longer listens; asking again starts a new one.
+    try await waitFor { !canConnect(port: first.port) }
+    let again = try registry.forwarder(path: "/tmp/vm-a/vsock.sock", port: 9998)
+    #expect(again !== first)
+    registry.stop(path: "/tmp/vm-b/vsock.sock", port: 9998)
+    registry.stop(path: "/tmp/vm-a/vsock.sock", port: 9998)
+    #expect(registry.count == 0)
+    #expect(otherVM.isStopped && again.isStopped)
+  }
+
+  // MARK: End to end
+
+  @Test(
+    .disabled(
+      if: FirecrackerHost.unavailableReason != nil,
+      Comment(rawValue: FirecrackerHost.unavailableReason ?? "")))
+  func bootsPausesSnapshotsAndRestoresARealFirecrackerVM() async throws {
+    let kernel = FirecrackerHost.kernel!
+    let dir = try temporaryDirectory()
+    defer { try? FileManager.default.removeItem(atPath: dir) }
+    let runner = SystemCommandRunner()
+    let vmm = FirecrackerVMM(sandboxesDirectory: "\(dir)/sandboxes")
+    let suffix = String(UUID().uuidString.prefix(6).lowercased())
+    let taps = ["fct\(suffix)a", "fct\(suffix)b"]
+    var handles: [VMHandle] = []
+    // Awaited (not deferred): the test process may exit right after the test.
+    func cleanUp() async {
+      for handle in handles { await vmm.kill(handle) }
+      for tap in taps { _ = await runner.probe(Command("ip", ["link", "del", "dev", tap])) }
+    }
+    do {
+      for tap in taps {
+        try await runner.run("ip", "tuntap", "add", "dev", tap, "mode", "tap")
+        try await runner.run("ip", "link", "set", "dev", tap, "up")
+      }
+      try await bootPauseSnapshotRestore(
+        vmm: vmm, kernel: kernel, dir: dir, taps: taps, runner: runner
+      ) { handles.append($0) }
+    } catch {
+      await cleanUp()
+      throw error
+    }
+    await cleanUp()
+    #expect(handles.count == 2 && handles.allSatisfy { !vmm.isRunning($0) })
+  }
+
+  func bootPauseSnapshotRestore(
+    vmm: FirecrackerVMM, kernel: FirecrackerHost.Kernel, dir: String, taps: [String],
+    runner: SystemCommandRunner, started: (VMHandle) -> Void
+  ) async throws {
+    func makeSpec(_ id: String, tap: String) async throws -> VMSpec {
+      let disk = "\(dir)/\(id).raw"
+      try await runner.run("cp", "--sparse=always", kernel.rootfs, disk)
+      // The agent listens on loopback and relays AF_VSOCK port 9998 to it.
+      let arguments = [
+        "atelier.id=\(id)", "atelier.hostname=\(id)", "atelier.ip=10.0.9.2/24",
+        "atelier.gw=10.0.9.1", "atelier.dns=10.0.9.1", "atelier.listen=127.0.0.1",
+        "atelier.vsock=9998",
+      ]
+      return VMSpec(
+        sandboxId: id, runtimeDirectory: "\(dir)/sandboxes/\(id)", kernelPath: kernel.vmlinux,
+        initrdPath: kernel.initrd, kernelArguments: arguments,
+        disk: DiskAttachment(path: disk, format: .raw), vcpus: 1, memoryMb: 256,
+        network: NetworkAttachment(
+          backend: .tap(device: tap, mac: "06:00:0a:00:09:02"), guestIPv4: "10.0.9.2",
+          prefixLength: 24, gateway: "10.0.9.1", dns: "10.0.9.1",
+          agent: .hybridVsock(path: "", port: 9998)))
+    }
+    func agent(_ spec: VMSpec) throws -> AgentClient {
+      let endpoint = FirecrackerVMM.agentEndpoint(
+        spec.network.agent, runtimeDirectory: spec.runtimeDirectory)
+      return AgentClient(endpoint: try endpoint.overTCP())
+    }
+
+    let original = try await makeSpec("fcoriginal01", tap: taps[0])
+    let handle = try await vmm.boot(original)
+    started(handle)
+    try await agent(original).waitUntilReady(
+      sandboxId: original.sandboxId, timeout: .seconds(60), stillBooting: { vmm.isRunning(handle) })
+    let uname = try await agent(original).exec(ExecRequest(command: "uname -r"))
+    #expect(uname.exitCode == 0)
+
+    try await vmm.pause(handle)
+    let memory = "\(dir)/memory"
+    try await vmm.saveState(handle, to: memory)
+    #expect(FileManager.default.fileExists(atPath: FirecrackerVMM.stateFile(forMemory: memory)))
+    try await vmm.resume(handle)
+    try await agent(original).waitUntilReady(
+      sandboxId: original.sandboxId, timeout: .seconds(10), stillBooting: { vmm.isRunning(handle) })
+
+    // Restored next to the still running original: its own disk, TAP and vsock socket.
+    let copy = try await makeSpec("fcrestored01", tap: taps[1])
+    let restored = try await vmm.restore(copy, statePath: memory)
+    started(restored)
+    try await vmm.resume(restored)
+    try await agent(copy).waitUntilReady(
+      sandboxId: original.sandboxId, timeout: .seconds(10),
+      stillBooting: { vmm.isRunning(restored) })
+    #expect(
+      FileManager.default.fileExists(atPath: FirecrackerVMM.vsockSocket(copy.runtimeDirectory)))
+    #expect(Set(vmm.discover().map(\.pid)) == [handle.pid, restored.pid])
+  }
+}
+
+// MARK: - Helpers
+
+func waitFor(
+  timeout: Duration = .seconds(5), _ condition: @Sendable () -> Bool
+) async throws {
+  let deadline = ContinuousClock.now + timeout
+  while !condition() {
+    guard ContinuousClock.now < deadline else {
+      Issue.record("condition not met within \(timeout)")
+      return
+    }
+    try await Task.sleep(for: .milliseconds(10))
+  }
+}
+
+func canConnect(port: Int) -> Bool {
+  let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+  defer { close(fd) }
+  var address = sockaddr_in()
+  address.sin_family = sa_family_t(AF_INET)
+  address.sin_port = UInt16(port).bigEndian
+  address.sin_addr = in_addr(s_addr: UInt32(0x7f00_0001).bigEndian)
+  return withUnsafePointer(to: &address) {
+    $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+      connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0
+    }
+  }
+}
+
+/// JSON text in a form that compares equal whatever the key order and spacing.
+func canonicalJSON(_ data: Data) -> String {
+  guard let object = try? JSONSerialization.jsonObject(with: data, options: [.fragmentsAllowed]),
+    let canonical = try? JSONSerialization.data(
+      withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes, .fragmentsAllowed])
+  else { return "not JSON: " + String(decoding: data, as: UTF8.self) }
+  return String(decoding: canonical, as: UTF8.self)
+}
+
+/// One request as the fake API server saw it.
+struct RecordedRequest: Sendable, Equatable, CustomStringConvertible {
+  var method: String
+  var path: String
+  /// Canonical JSON, or nil without a body.
+  var body: String?
+
+  init(_ method: String, _ path: String, _ json: String?) {
+    self.method = method
+    self.path = path
+    self.body = json.map { canonicalJSON(Data($0.utf8)) }
+  }
+
+  init(method: String, path: String, body: Data?) {
+    self.method = method
+    self.path = path
+    self.body = body.map(canonicalJSON)
+  }
+
+  var description: String { "\(method) \(path) \(body ?? "")" }
+}
+
+/// Reads one HTTP/1.1 request (head, then Content-Length bytes) from a blocking socket.
+struct HTTPRequestReader {
+  let fd: Int32
+  var buffer: [UInt8] = []
+
+  mutating func next() -> (head: String, body: Data?)? {
+    let separator: [UInt8] = [13, 10, 13, 10]
+    while buffer.firstRange(of: separator) == nil {
+      guard let chunk = UnixSocket.receive(fd), !chunk.isEmpty else { return nil }
+      buffer += chunk
+    }
+    let end = buffer.firstRange(of: separator)!.lowerBound
+    let head = String(decoding: buffer[..<end], as: UTF8.self)
+    buffer.removeSubrange(..<(end + 4))
+    var length = 0
+    for line in head.components(separatedBy: "\r\n").dropFirst() {
+      let parts = line.split(separator: ":", maxSplits: 1)
+      if parts.count == 2, parts[0].lowercased() == "content-length" {
+        length = Int(parts[1].trimmingCharacters(in: .whitespaces)) ?? 0
+      }
+    }
+    while buffer.count < length {
+      guard let chunk = UnixSocket.receive(fd), !chunk.isEmpty else { return nil }
+      buffer += chunk
+    }
+    let body = length > 0 ? Data(buffer[..<length]) : nil
+    buffer.removeSubrange(..<length)
+    return (head, body)
+  }
+}
+
+/// A stand-in for Firecracker's API: HTTP/1.1 on a Unix socket, each request recorded; 204 for
+/// every PUT/PATCH, the version for `GET /version`, and a 400 with `fault_message` for the
+/// requests named in `failures` ("METHOD /path").
+final class FakeFirecrackerAPI: Sendable {
+  let socketPath: String
+  private let listener: Int32
+  private let failures: [String: String]
+  private struct State {
+    var requests: [RecordedRequest] = []
+    var rawHeads: [String] = []
+    var stopped = false
+  }
+  private let state = Mutex(State())
+
+  init(socketPath: String, failures: [String: String] = [:]) throws {
+    self.socketPath = socketPath
+    self.failures = failures
+    listener = try UnixSocket.listen(socketPath)
+    OSThread { [self] in self.acceptLoop() }.start()
+  }
+
+  var requests: [RecordedRequest] { state.withLock { $0.requests } }
+  var rawHeads: [String] { state.withLock { $0.rawHeads } }
+
+  func stop() {
+    state.withLock { state in
+      guard !state.stopped else { return }
+      state.stopped = true
+      shutdown(listener, Int32(SHUT_RDWR))
+    }
+  }
+
+  private func acceptLoop() {
+    defer { close(listener) }
+    while true {
+      let fd = accept(listener, nil, nil)
+      if fd < 0 {
+        if state.withLock({ $0.stopped }) { return }
+        continue
+      }
+      OSThread { [self] in self.serve(fd) }.start()
+    }
+  }
+
+  /// Keeps the connection open for more requests, as Firecracker does.
+  private func serve(_ fd: Int32) {
+    defer { close(fd) }
+    var reader = HTTPRequestReader(fd: fd)
+    while let (head, body) = reader.next() {
+      let requestLine = head.components(separatedBy: "\r\n").first ?? ""
+      let parts = requestLine.split(separator: " ").map(String.init)
+      guard parts.count == 3 else { return }
+      state.withLock { state in
+        state.rawHeads.append(head + "\r\n\r\n")
+        state.requests.append(RecordedRequest(method: parts[0], path: parts[1], body: body))
+      }
+      let answer: String
+      if let fault = failures["\(parts[0]) \(parts[1])"] {
+        let json = String(
+          decoding: try! JSONEncoder().encode(FirecrackerFault(faultMessage: fault)), as: UTF8.self)
+        answer =
+          "HTTP/1.1 400 \r\nServer: Firecracker API\r\nConnection: keep-alive\r\n"
+          + "Content-Type: application/json\r\nContent-Length: \(json.utf8.count)\r\n\r\n\(json)"
+      } else if parts[0] == "GET" && parts[1] == "/version" {
+        let json = #"{"firecracker_version":"1.16.0"}"#
+        answer =
+          "HTTP/1.1 200 \r\nServer: Firecracker API\r\nConnection: keep-alive\r\n"
+          + "Content-Type: application/json\r\nContent-Length: \(json.utf8.count)\r\n\r\n\(json)"
+      } else {
+        answer = "HTTP/1.1 204 \r\nServer: Firecracker API\r\nConnection: keep-alive\r\n\r\n"
+      }
+      guard UnixSocket.sendAll(fd, Array(answer.utf8)) else { return }
+    }
+  }
+}
+
+/// A stand-in for Firecracker's hybrid vsock socket with a guest agent behind it: reads the
+/// `CONNECT` line, sends `answer`, then serves HTTP requests.
+final class FakeVsockServer: Sendable {
+  private let listener: Int32
+  private let answer: String
+  private struct State {
+    var connectLines: [String] = []
+    var requestLines: [String] = []
+    var stopped = false
+  }
+  private let state = Mutex(State())
+
+  init(socketPath: String, answer: String) throws {
+    self.answer = answer
+    listener = try UnixSocket.listen(socketPath)
+    OSThread { [self] in self.acceptLoop() }.start()
+  }
+
+  var connectLines: [String] { state.withLock { $0.connectLines } }
+  var requestLines: [String] { state.withLock { $0.requestLines } }
+
+  func stop() {
+    state.withLock { state in
+      guard !state.stopped else { return }
+      state.stopped = true
+      shutdown(listener, Int32(SHUT_RDWR))
+    }
+  }
+
+  private func acceptLoop() {
+    defer { close(listener) }
+    while true {
+      let fd = accept(listener, nil, nil)
+      if fd < 0 {
+        if state.withLock({ $0.stopped }) { return }
+        continue
+      }
+      OSThread { [self] in self.serve(fd) }.start()
+    }
+  }
+
+  private func serve(_ fd: Int32) {
+    defer { close(fd) }
+    var line: [UInt8] = []
+    while let byte = UnixSocket.receive(fd, size: 1), byte.count == 1, byte[0] != 10 {
+      line += byte
+    }
+    state.withLock { $0.connectLines.append(String(decoding: line, as: UTF8.self)) }
+    // Serves HTTP even after a refusal: only the forwarder's check can make the client fail.
+    guard UnixSocket.sendAll(fd, Array(answer.utf8)) else { return }
+    var reader = HTTPRequestReader(fd: fd)
+    while let (head, _) = reader.next() {
+      state.withLock {
+        $0.requestLines.append(head.components(separatedBy: "\r\n").first ?? "")
+      }
+      let body = #"{"status":"ok","via":"vsock"}"#
+      let response =
+        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+        + "Content-Length: \(body.utf8.count)\r\n\r\n\(body)"
+      guard UnixSocket.sendAll(fd, Array(response.utf8)),
+        !head.lowercased().contains("\r\nconnection: close")
+      else { return }
+    }
+  }
+}
+
+/// What the end-to-end test needs, or why it cannot run here.
+enum FirecrackerHost {
+  struct Kernel {
+    var vmlinux: String
+    var initrd: String
+    var rootfs: String
+  }
+
+  static let repositoryRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
+    .deletingLastPathComponent().deletingLastPathComponent().path
+
+  /// An uncompressed kernel next to the shared test image's `vmlinuz`, and the tiny image.
+  static let kernel: Kernel? = {
+    let data = "\(repositoryRoot)/.build/atelier-test-data"
+    let kernels = (try? FileManager.default.contentsOfDirectory(atPath: "\(data)/kernels")) ?? []
+    let rootfs = "\(data)/images/tiny/current/rootfs.ext4"
+    for version in kernels.sorted().reversed() {
+      let dir = "\(data)/kernels/\(version)"
+      if FileManager.default.fileExists(atPath: "\(dir)/vmlinux"),
+        FileManager.default.fileExists(atPath: rootfs)
+      {
+        return Kernel(vmlinux: "\(dir)/vmlinux", initrd: "\(dir)/initrd.img", rootfs: rootfs)
+      }
+    }
+    return nil
+  }()
+
+  static let unavailableReason: String? = {
+    let path = ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin"
+    guard path.split(separator: ":").contains(where: { access("\($0)/firecracker", X_OK) == 0 })
+    else { return "needs Firecracker: no `firecracker` binary in PATH" }
+    let kvm = open("/dev/kvm", O_RDWR | O_CLOEXEC)
+    guard kvm >= 0 else {
+      return "needs KVM: /dev/kvm cannot be opened (\(String(cString: strerror(errno))))"
+    }
+    close(kvm)
+    guard getuid() == 0 else { return "needs root to create TAP devices" }
+    guard kernel != nil else {
+      return "needs an uncompressed vmlinux next to vmlinuz in .build/atelier-test-data/kernels "
+        + "and the tiny image (scripts/test builds them)"
+    }
+    return nil
+  }()
+}
