@@ -104,16 +104,26 @@ public struct GuestBootParameters: Sendable, Equatable {
   public var ipv4: String?
   public var gateway: String?
   public var dns: String?
+  /// The agent's private channel when it is not eth0: `eth1:10.0.3.15/24`.
+  public var agentInterface: String?
+  /// The address the agent's TCP listener binds (default all; only the private channel's
+  /// address when the guest also sits on a shared network).
+  public var listen: String?
+  /// Also accept the agent protocol on this AF_VSOCK port (Firecracker).
+  public var vsockPort: Int?
 
   public init(
     sandboxId: String, hostname: String, ipv4: String? = nil, gateway: String? = nil,
-    dns: String? = nil
+    dns: String? = nil, agentInterface: String? = nil, listen: String? = nil, vsockPort: Int? = nil
   ) {
     self.sandboxId = sandboxId
     self.hostname = hostname
     self.ipv4 = ipv4
     self.gateway = gateway
     self.dns = dns
+    self.agentInterface = agentInterface
+    self.listen = listen
+    self.vsockPort = vsockPort
   }
 
   public var kernelArguments: [String] {
@@ -121,6 +131,9 @@ public struct GuestBootParameters: Sendable, Equatable {
     if let ipv4 { arguments.append("atelier.ip=\(ipv4)") }
     if let gateway { arguments.append("atelier.gw=\(gateway)") }
     if let dns { arguments.append("atelier.dns=\(dns)") }
+    if let agentInterface { arguments.append("atelier.agentif=\(agentInterface)") }
+    if let listen { arguments.append("atelier.listen=\(listen)") }
+    if let vsockPort { arguments.append("atelier.vsock=\(vsockPort)") }
     return arguments
   }
 
@@ -135,7 +148,8 @@ public struct GuestBootParameters: Sendable, Equatable {
     self.init(
       sandboxId: String(id), hostname: String(values["hostname"] ?? id),
       ipv4: values["ip"].map(String.init), gateway: values["gw"].map(String.init),
-      dns: values["dns"].map(String.init))
+      dns: values["dns"].map(String.init), agentInterface: values["agentif"].map(String.init),
+      listen: values["listen"].map(String.init), vsockPort: values["vsock"].flatMap { Int($0) })
   }
 }
 
@@ -147,13 +161,21 @@ public struct GuestResumeRequest: Codable, Sendable, Equatable {
   public var entropy: String?
   public var sandboxId: String?
   public var hostname: String?
+  /// A restore onto a shared network gets its own address and MAC on eth0.
+  public var ipv4: String?
+  public var gateway: String?
+  public var mac: String?
 
   public init(
-    unixTimeNanos: Int64, entropy: String? = nil, sandboxId: String? = nil, hostname: String? = nil
+    unixTimeNanos: Int64, entropy: String? = nil, sandboxId: String? = nil, hostname: String? = nil,
+    ipv4: String? = nil, gateway: String? = nil, mac: String? = nil
   ) {
     self.unixTimeNanos = unixTimeNanos
     self.entropy = entropy
     self.sandboxId = sandboxId
     self.hostname = hostname
+    self.ipv4 = ipv4
+    self.gateway = gateway
+    self.mac = mac
   }
 }

@@ -18,6 +18,20 @@ public struct Config: Sendable, Equatable {
   public var storage: StorageKind
   public var network: NetworkKind
   public var qemuBinary: String
+  public var firecrackerBin: String
+  /// Bridge networking: the bridge, its address (a /24), the first guest address.
+  public var bridgeName: String
+  public var bridgeIp: String
+  public var guestIpStart: Int
+  /// Host TCP ports guests on the bridge may reach (everything else on the host is closed
+  /// to them: the manager API and SSH above all).
+  public var bridgeAllowedPorts: [Int]
+  /// DNS server written into guests on the bridge.
+  public var guestDns: String
+  public var lvmVg: String
+  public var lvmPool: String
+  /// Size a sandbox's LVM volume is grown to (the guest grows its file system).
+  public var lvmVolumeSizeGb: Int
   /// The guest agent binary put into images; empty means "next to the atelier binary".
   public var agentPath: String
   /// Where image recipes (`<name>/manifest.json`) are; empty means "find them" (see CLI).
@@ -40,8 +54,10 @@ public struct Config: Sendable, Equatable {
     return Config(
       dataDir: isRoot ? "/var/lib/atelier" : "\(home)/.local/share/atelier",
       serverHost: "127.0.0.1", serverPort: 4000, maxSandboxes: 20, accel: .auto, vmm: .qemu,
-      storage: .file, network: .user, qemuBinary: "qemu-system-x86_64", agentPath: "",
-      recipesDir: "",
+      storage: .file, network: .user, qemuBinary: "qemu-system-x86_64",
+      firecrackerBin: "firecracker", bridgeName: "br0", bridgeIp: "172.16.0.1", guestIpStart: 10,
+      bridgeAllowedPorts: [], guestDns: hostNameserver(), lvmVg: "sandbox-vg", lvmPool: "thin-pool",
+      lvmVolumeSizeGb: 10, agentPath: "", recipesDir: "",
       bootTimeoutSeconds: 90, reconcileIntervalSeconds: 30, idleCheckSeconds: 2,
       eventsHeartbeatSeconds: 15,
       defaultImage: "tiny", logLevel: "info")
@@ -86,6 +102,41 @@ public struct Config: Sendable, Equatable {
       guard !value.isEmpty else { throw ConfigProblem("expected a program name or path") }
       config.qemuBinary = value
     },
+    Key(path: "firecrackerBin") { config, value in
+      guard !value.isEmpty else { throw ConfigProblem("expected a program name or path") }
+      config.firecrackerBin = value
+    },
+    Key(path: "bridgeName") { config, value in
+      guard (1...15).contains(value.count),
+        value.allSatisfy({ $0.isLetter || $0.isNumber || $0 == "-" })
+      else {
+        throw ConfigProblem("expected an interface name of 1–15 letters, digits or -")
+      }
+      config.bridgeName = value
+    },
+    Key(path: "bridgeIp") { config, value in
+      let parts = value.split(separator: ".").compactMap { Int($0) }
+      guard parts.count == 4, parts.allSatisfy({ (0...255).contains($0) }), parts[3] != 0,
+        parts[3] != 255
+      else {
+        throw ConfigProblem("expected an IPv4 address such as 172.16.0.1 (its /24 is the guests')")
+      }
+      config.bridgeIp = value
+    },
+    Key(path: "guestIpStart") { $0.guestIpStart = try integer($1, in: 2...250) },
+    Key(path: "bridgeAllowedPorts") { config, value in
+      let ports = value.split(whereSeparator: { $0 == "," || $0 == " " || $0 == "[" || $0 == "]" })
+      config.bridgeAllowedPorts = try ports.map { try integer(String($0), in: 1...65535) }
+    },
+    Key(path: "guestDns") { config, value in
+      guard value.split(separator: ".").count == 4 else {
+        throw ConfigProblem("expected an IPv4 address")
+      }
+      config.guestDns = value
+    },
+    Key(path: "lvmVg") { $0.lvmVg = try nonEmpty($1) },
+    Key(path: "lvmPool") { $0.lvmPool = try nonEmpty($1) },
+    Key(path: "lvmVolumeSizeGb") { $0.lvmVolumeSizeGb = try integer($1, in: 1...16384) },
     Key(path: "agentPath") { $0.agentPath = $1 },
     Key(path: "recipesDir") { $0.recipesDir = $1 },
     Key(path: "bootTimeoutSeconds") { $0.bootTimeoutSeconds = try integer($1, in: 5...3600) },
@@ -148,6 +199,8 @@ public struct Config: Sendable, Equatable {
         let path = prefix.isEmpty ? key : "\(prefix).\(key)"
         if let nested = value as? [String: Any] {
           flatten(nested, prefix: path)
+        } else if let list = value as? [Any] {
+          result.append((path, list.map { "\($0)" }.joined(separator: ",")))
         } else if let number = value as? NSNumber, !(value is Bool) {
           result.append((path, number.stringValue))
         } else {
@@ -157,6 +210,32 @@ public struct Config: Sendable, Equatable {
     }
     flatten(object, prefix: "")
     return result
+  }
+
+  static func nonEmpty(_ value: String) throws -> String {
+    guard !value.isEmpty, !value.contains(" "), !value.contains("/") else {
+      throw ConfigProblem("expected a name")
+    }
+    return value
+  }
+
+  /// The first non-loopback nameserver of this host, for guests on the bridge.
+  static func hostNameserver() -> String {
+    let text = (try? String(contentsOfFile: "/etc/resolv.conf", encoding: .utf8)) ?? ""
+    for line in text.split(separator: "\n") {
+      let words = line.split(separator: " ")
+      if words.count >= 2, words[0] == "nameserver", !words[1].hasPrefix("127."),
+        words[1].contains(".")
+      {
+        return String(words[1])
+      }
+    }
+    return "1.1.1.1"
+  }
+
+  /// The bridge's /24 as three octets, e.g. "172.16.0".
+  public var bridgeSubnetPrefix: String {
+    bridgeIp.split(separator: ".").prefix(3).joined(separator: ".")
   }
 
   static func integer(_ value: String, in range: ClosedRange<Int>) throws -> Int {
@@ -200,6 +279,11 @@ public struct ConfigError: Error, CustomStringConvertible, Sendable {
   public let key: String
   public let source: String?
   public let message: String
+  public init(key: String, source: String?, message: String) {
+    self.key = key
+    self.source = source
+    self.message = message
+  }
   public var description: String {
     if let source { return "invalid config \(key) in \(source): \(message)" }
     return "invalid config \(key): \(message)"

@@ -39,12 +39,14 @@ public struct SandboxInfo: Codable, Sendable, Equatable {
   public var onIdle: IdleAction?
   /// Set when the sandbox was restored from a snapshot (or forked).
   public var snapshotId: String?
+  /// The guest's address on the host bridge (bridge networking only).
+  public var ipAddress: String?
 
   public init(
     id: String, status: SandboxStatus, image: String, vcpus: Int, memoryMb: Int,
     hostname: String, createdAt: Date, updatedAt: Date, timings: SpawnTimings? = nil,
     error: String? = nil, timeoutSeconds: Int? = nil, onIdle: IdleAction? = nil,
-    snapshotId: String? = nil
+    snapshotId: String? = nil, ipAddress: String? = nil
   ) {
     self.id = id
     self.status = status
@@ -59,6 +61,7 @@ public struct SandboxInfo: Codable, Sendable, Equatable {
     self.timeoutSeconds = timeoutSeconds
     self.onIdle = onIdle
     self.snapshotId = snapshotId
+    self.ipAddress = ipAddress
   }
 }
 

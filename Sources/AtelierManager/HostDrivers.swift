@@ -1,5 +1,6 @@
 import AtelierCore
 import AtelierHost
+import AtelierStore
 
 /// The host backends a manager drives, chosen by configuration.
 public struct HostDrivers: Sendable {
@@ -8,16 +9,29 @@ public struct HostDrivers: Sendable {
   public var network: any NetworkProvider
   public var images: ImageCatalog
   public var acceleration: AccelerationProbe.Verdict
+  /// The disk a sandbox of this image is cloned from (the image file, or its copy on a thin
+  /// volume for LVM).
+  public var imageDisk: @Sendable (ImageRecord) async throws -> DiskAttachment
+  /// Firecracker boots the uncompressed `vmlinux`.
+  public var usesUncompressedKernel: Bool
+  /// Thin pool data and metadata usage in percent, for stores that have a pool.
+  public var poolUsage: @Sendable () async -> (data: Double, metadata: Double)?
 
   public init(
     vmm: any VirtualMachineManager, volumes: any VolumeStore, network: any NetworkProvider,
-    images: ImageCatalog, acceleration: AccelerationProbe.Verdict
+    images: ImageCatalog, acceleration: AccelerationProbe.Verdict,
+    imageDisk: @escaping @Sendable (ImageRecord) async throws -> DiskAttachment = { $0.disk },
+    usesUncompressedKernel: Bool = false,
+    poolUsage: @escaping @Sendable () async -> (data: Double, metadata: Double)? = { nil }
   ) {
     self.vmm = vmm
     self.volumes = volumes
     self.network = network
     self.images = images
     self.acceleration = acceleration
+    self.imageDisk = imageDisk
+    self.usesUncompressedKernel = usesUncompressedKernel
+    self.poolUsage = poolUsage
   }
 }
 
@@ -36,5 +50,18 @@ enum VolumeNames {
   static func snapshot(_ id: String) -> String { "snapshot-\(id)" }
   static func sandboxId(fromVolume name: String) -> String? {
     name.hasPrefix("sandbox-") ? String(name.dropFirst("sandbox-".count)) : nil
+  }
+}
+
+extension AtelierDatabase: AddressLeases {
+  public func lease(sandboxId: String, range: ClosedRange<Int>) async throws -> Int {
+    guard let octet = try leaseOctet(sandboxId: sandboxId, range: range) else {
+      throw AtelierError(.resourceExhausted, "no free address left on the bridge")
+    }
+    return octet
+  }
+
+  public func releaseLease(sandboxId: String) async {
+    try? deleteLease(sandboxId: sandboxId)
   }
 }

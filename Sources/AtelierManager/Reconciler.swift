@@ -198,10 +198,16 @@ extension SandboxService {
       public var counted: Int
       public var limit: Int
     }
+    public struct Storage: Codable, Sendable {
+      public var kind: String
+      public var poolDataPercent: Double?
+      public var poolMetadataPercent: Double?
+    }
     public var host: Host
     public var sandboxes: Sandboxes
     public var snapshots: Int
     public var acceleration: String
+    public var storage: Storage
   }
 
   public func stats() async throws -> SystemStats {
@@ -217,7 +223,13 @@ extension SandboxService {
         byStatus: complete, total: complete.values.reduce(0, +), counted: counted,
         limit: config.maxSandboxes),
       snapshots: try database.snapshots(kind: "user").count,
-      acceleration: drivers.acceleration.acceleration.rawValue)
+      acceleration: drivers.acceleration.acceleration.rawValue,
+      storage: await {
+        let usage = await drivers.poolUsage()
+        return .init(
+          kind: drivers.volumes.name, poolDataPercent: usage?.data,
+          poolMetadataPercent: usage?.metadata)
+      }())
   }
 }
 

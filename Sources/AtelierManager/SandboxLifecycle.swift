@@ -131,14 +131,16 @@ extension SandboxService {
       do { try await drivers.vmm.resume(vm) } catch {
         throw AtelierError(.unavailable, "cannot resume sandbox \(id): \(error)")
       }
-      try? await syncGuest(network.agent, identity: nil)
+      try? await syncGuest(network, identity: nil)
       touch(id)
       return Self.info(try setStatus(id, .running))
     }
   }
 
-  /// Tells the guest the time (and, after a restore, its identity and fresh entropy).
-  func syncGuest(_ endpoint: AgentEndpoint, identity: (id: String, hostname: String)?) async throws
+  /// Tells the guest the time (and, after a restore, its identity, its own address and MAC on
+  /// a shared network, and fresh entropy).
+  func syncGuest(_ network: NetworkAttachment, identity: (id: String, hostname: String)?)
+    async throws
   {
     var entropy: String?
     if identity != nil {
@@ -147,10 +149,15 @@ extension SandboxService {
         .base64EncodedString()
     }
     let now = Date().timeIntervalSince1970
-    let request = GuestResumeRequest(
+    var request = GuestResumeRequest(
       unixTimeNanos: Int64(now * 1_000_000_000), entropy: entropy, sandboxId: identity?.id,
       hostname: identity?.hostname)
-    _ = try await AgentClient(endpoint: endpoint).resumeGuest(request)
+    if identity != nil, let mac = network.mac {
+      request.mac = mac
+      request.ipv4 = "\(network.guestIPv4)/\(network.prefixLength)"
+      request.gateway = network.gateway
+    }
+    _ = try await AgentClient(endpoint: network.agent).resumeGuest(request)
   }
 
   /// `PATCH`: the idle policy.

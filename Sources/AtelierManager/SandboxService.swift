@@ -69,7 +69,8 @@ public actor SandboxService {
         try? JSONDecoder().decode(SpawnTimings.self, from: Data($0.utf8))
       },
       error: record.error, timeoutSeconds: record.timeoutSeconds,
-      onIdle: record.onIdle.flatMap(IdleAction.init(rawValue:)), snapshotId: record.snapshotId)
+      onIdle: record.onIdle.flatMap(IdleAction.init(rawValue:)), snapshotId: record.snapshotId,
+      ipAddress: runtime(record).network.flatMap { $0.mac == nil ? nil : $0.guestIPv4 })
   }
 
   static func status(_ record: SandboxRecord) -> SandboxStatus {
@@ -182,7 +183,13 @@ public actor SandboxService {
     return try await build(row.id) { undo in
       let started = ContinuousClock.now
       let volumeName = VolumeNames.sandbox(row.id)
-      let disk = try await drivers.volumes.clone(base: image.disk, to: volumeName)
+      let disk: DiskAttachment
+      do {
+        disk = try await drivers.volumes.clone(
+          base: try await drivers.imageDisk(image), to: volumeName)
+      } catch let full as ThinPoolNearlyFull {
+        throw AtelierError(.resourceExhausted, "\(full)")
+      }
       undo.push { [drivers] in try? await drivers.volumes.remove(volumeName) }
       try updateRuntime(row.id) {
         $0.volume = volumeName
@@ -270,13 +277,11 @@ public actor SandboxService {
       throw AtelierError(.internal, "sandbox \(row.id) has no disk or kernel recorded")
     }
     return VMSpec(
-      sandboxId: row.id, runtimeDirectory: runtimeDirectory(row.id), kernelPath: kernel.kernelPath,
+      sandboxId: row.id, runtimeDirectory: runtimeDirectory(row.id),
+      kernelPath: drivers.usesUncompressedKernel ? kernel.vmlinuxPath : kernel.kernelPath,
       initrdPath: kernel.initrdPath,
-      kernelArguments: GuestBootParameters(
-        sandboxId: row.id, hostname: row.hostname,
-        ipv4: "\(network.guestIPv4)/\(network.prefixLength)", gateway: network.gateway,
-        dns: network.dns
-      ).kernelArguments,
+      kernelArguments: network.bootParameters(sandboxId: row.id, hostname: row.hostname)
+        .kernelArguments,
       disk: disk, vcpus: row.vcpus, memoryMb: row.memoryMb, network: network)
   }
 
@@ -305,8 +310,13 @@ public actor SandboxService {
   }
 
   func attachNetwork(_ id: String, undo: inout UndoStack) async throws -> NetworkAttachment {
-    let network = try await drivers.network.attach(sandboxId: id)
-    undo.push { [drivers] in await drivers.network.release(sandboxId: id, attachment: network) }
+    var network = try await drivers.network.attach(sandboxId: id)
+    if case .hybridVsock(let path, let port) = network.agent, path.isEmpty {
+      // The VMM creates the vsock socket in the sandbox's runtime folder.
+      network.agent = .hybridVsock(path: "\(runtimeDirectory(id))/vsock.sock", port: port)
+    }
+    let attached = network
+    undo.push { [drivers] in await drivers.network.release(sandboxId: id, attachment: attached) }
     try updateRuntime(id) { $0.network = network }
     return network
   }
@@ -349,6 +359,7 @@ public actor SandboxService {
     await stopVMProcess(id: id, runtime: runtime)
     try? await drivers.volumes.remove(runtime.volume ?? VolumeNames.sandbox(id))
     try? FileManager.default.removeItem(atPath: runtimeDirectory(id))
+    await drivers.network.forget(sandboxId: id)
   }
 
   /// Kills the VM process(es) of a sandbox and releases its network.
@@ -360,6 +371,9 @@ public actor SandboxService {
     }
     if let network = runtime.network {
       await drivers.network.release(sandboxId: id, attachment: network)
+      if case .hybridVsock(let path, _) = network.agent {
+        HybridVsockForwarders.shared.stopAll(path: path)
+      }
     }
   }
 

@@ -76,7 +76,7 @@ extension SandboxService {
       try await drivers.vmm.saveState(vm, to: memoryPath)
       if !wasPaused {
         try await drivers.vmm.resume(vm)
-        try? await syncGuest(network.agent, identity: nil)
+        try? await syncGuest(network, identity: nil)
       }
       let state = SnapshotState(
         volume: VolumeNames.snapshot(snapshotId), disk: plan.frozen, memoryPath: memoryPath,
@@ -84,7 +84,8 @@ extension SandboxService {
       let record = SnapshotRecord(
         id: snapshotId, sandboxId: row.id, name: name ?? "\(row.id)-\(ISO8601.format(Date()))",
         image: row.image, vcpus: row.vcpus, memoryMb: row.memoryMb, createdAt: Date(),
-        sizeBytes: Self.allocatedBytes(memoryPath) + Self.allocatedBytes(plan.frozen.path),
+        sizeBytes: Self.allocatedBytes(memoryPath) + Self.allocatedBytes("\(memoryPath).vmstate")
+          + Self.allocatedBytes(plan.frozen.path),
         kind: kind, state: Self.encode(state))
       try database.insert(record)
       logger.info(
@@ -129,7 +130,12 @@ extension SandboxService {
     return try await build(row.id) { undo in
       let started = ContinuousClock.now
       let volumeName = VolumeNames.sandbox(row.id)
-      let disk = try await drivers.volumes.clone(base: state.disk, to: volumeName)
+      let disk: DiskAttachment
+      do {
+        disk = try await drivers.volumes.clone(base: state.disk, to: volumeName)
+      } catch let full as ThinPoolNearlyFull {
+        throw AtelierError(.resourceExhausted, "\(full)")
+      }
       undo.push { [drivers] in try? await drivers.volumes.remove(volumeName) }
       try updateRuntime(row.id) {
         $0.volume = volumeName
@@ -159,7 +165,7 @@ extension SandboxService {
         try await agent.waitUntilReady(
           sandboxId: nil, timeout: .seconds(config.bootTimeoutSeconds),
           stillBooting: { [drivers] in drivers.vmm.isRunning(vm) })
-        try await syncGuest(network.agent, identity: (row.id, row.hostname))
+        try await syncGuest(network, identity: (row.id, row.hostname))
       } catch {
         throw AtelierError(.bootFailed, "restored sandbox did not answer: \(error)")
       }

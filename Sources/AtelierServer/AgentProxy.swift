@@ -18,11 +18,11 @@ struct AgentProxy: Sendable {
   let logger: Logger
 
   func baseURL(_ id: String, scheme: String = "http") async throws -> String {
-    switch try await service.agentEndpoint(id) {
-    case .tcp(let host, let port): return "\(scheme)://\(host):\(port)"
-    case .hybridVsock:
-      throw AtelierError(.unavailable, "this manager cannot proxy to a vsock agent yet")
+    let endpoint = try await service.agentEndpoint(id)
+    guard let (host, port) = try? endpoint.tcpAddress() else {
+      throw AtelierError(.unavailable, "the agent of sandbox \(id) is unreachable")
     }
+    return "\(scheme)://\(host):\(port)"
   }
 
   func forward(_ request: Request, sandboxId id: String, agentPath: String) async throws -> Response

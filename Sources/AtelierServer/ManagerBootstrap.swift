@@ -34,14 +34,10 @@ public enum ManagerBootstrap {
       cachePath: "\(config.dataDir)/accel-probe.json", qemuBinary: config.qemuBinary
     ).resolve(config.accel, kernel: kernel)
     logger.info("acceleration \(acceleration.acceleration.rawValue): \(acceleration.reason)")
-    let drivers = HostDrivers(
-      vmm: QEMUMicroVM(
-        binary: config.qemuBinary, acceleration: acceleration.acceleration,
-        sandboxesDirectory: config.sandboxesDir, runner: runner),
-      volumes: FileVolumeStore(directory: volumesDirectory(config)),
-      network: UserModeNetwork(),
-      images: ImageCatalog(directory: config.imagesDir),
-      acceleration: acceleration)
+    let drivers = try await makeDrivers(
+      config: config, database: database, runner: runner, acceleration: acceleration,
+      kernel: kernel,
+      logger: logger)
     let service = SandboxService(
       config: config, database: database, drivers: drivers,
       logger: Logger(label: "atelier.sandboxes"))
@@ -64,6 +60,73 @@ public enum ManagerBootstrap {
   }
 
   public static func volumesDirectory(_ config: Config) -> String { "\(config.dataDir)/volumes" }
+
+  /// The backends the configuration asks for (`ATELIER_VMM`, `ATELIER_STORAGE`,
+  /// `ATELIER_NETWORK`), with the host prepared for them.
+  static func makeDrivers(
+    config: Config, database: AtelierDatabase, runner: any CommandRunning,
+    acceleration: AccelerationProbe.Verdict, kernel: GuestKernel?, logger: Logger
+  ) async throws -> HostDrivers {
+    if config.vmm == .firecracker && config.network == .user {
+      throw ConfigError(
+        key: "ATELIER_NETWORK", source: nil,
+        message: "user: Firecracker has no user-mode networking; use bridge")
+    }
+    let vmm: any VirtualMachineManager
+    switch config.vmm {
+    case .qemu:
+      vmm = QEMUMicroVM(
+        binary: config.qemuBinary, acceleration: acceleration.acceleration,
+        sandboxesDirectory: config.sandboxesDir, runner: runner)
+    case .firecracker:
+      vmm = FirecrackerVMM(binary: config.firecrackerBin, sandboxesDirectory: config.sandboxesDir)
+      if let kernel {
+        _ = try await KernelProvider(
+          kernelsDirectory: config.kernelsDir, cacheDirectory: config.cacheDir, runner: runner
+        ).ensureVmlinux(kernel)
+      }
+    }
+    let network: any NetworkProvider
+    switch config.network {
+    case .user:
+      network = UserModeNetwork()
+    case .bridge:
+      try await BridgeSetup(
+        bridge: config.bridgeName, bridgeIp: config.bridgeIp,
+        allowedPorts: config.bridgeAllowedPorts,
+        runner: runner
+      ).apply()
+      network = BridgeNetwork(
+        bridge: config.bridgeName, bridgeIp: config.bridgeIp, guestIpStart: config.guestIpStart,
+        dns: config.guestDns, leases: database,
+        agentAccess: config.vmm == .firecracker ? .vsock : .privateInterface, runner: runner)
+    }
+    let images = ImageCatalog(directory: config.imagesDir)
+    switch config.storage {
+    case .file:
+      return HostDrivers(
+        vmm: vmm, volumes: FileVolumeStore(directory: volumesDirectory(config)), network: network,
+        images: images, acceleration: acceleration,
+        usesUncompressedKernel: config.vmm == .firecracker)
+    case .lvm:
+      let store = LVMThinVolumeStore(
+        volumeGroup: config.lvmVg, thinPool: config.lvmPool,
+        volumeSizeBytes: UInt64(config.lvmVolumeSizeGb) << 30, runner: runner)
+      return HostDrivers(
+        vmm: vmm, volumes: store, network: network, images: images, acceleration: acceleration,
+        imageDisk: { image in
+          // One thin volume per image build, imported on first use.
+          try await store.importImage(
+            name: "\(image.name)-\(image.buildId)", from: image.diskPath,
+            sizeBytes: UInt64(image.diskBytes))
+        },
+        usesUncompressedKernel: config.vmm == .firecracker,
+        poolUsage: {
+          guard let usage = try? await store.poolUsage() else { return nil }
+          return (usage.dataPercent, usage.metadataPercent)
+        })
+    }
+  }
 
   /// `name` if it is a path to an executable, else the first match in PATH.
   public static func findExecutable(_ name: String) -> String? {

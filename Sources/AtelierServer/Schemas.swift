@@ -62,7 +62,7 @@ enum Schemas {
         "image": string, "vcpus": integer, "memoryMb": integer, "hostname": string,
         "createdAt": dateTime, "updatedAt": dateTime, "timings": ref("Timings"), "error": string,
         "timeoutSeconds": integer, "onIdle": ["type": "string", "enum": ["pause", "stop"]],
-        "snapshotId": string,
+        "snapshotId": string, "ipAddress": ["type": "string", "description": "on the host bridge"],
       ],
     ],
     "CreateSandbox": [
@@ -148,6 +148,9 @@ enum Schemas {
           "counted": integer, "limit": integer,
         ]),
         "snapshots": integer, "acceleration": string,
+        "storage": object([
+          "kind": string, "poolDataPercent": number, "poolMetadataPercent": number,
+        ]),
       ], required: ["host", "sandboxes"]),
     "ExecBatchRequest": object(
       ["commands": ["type": "array", "items": ref("ExecRequest")], "stopOnError": boolean],

@@ -141,6 +141,12 @@ public final class AtelierDatabase: Sendable {
         table.column("state", .text).notNull()
       }
     }
+    migrator.registerMigration("v3-network-leases") { db in
+      try db.create(table: "network_leases") { table in
+        table.column("sandboxId", .text).primaryKey()
+        table.column("octet", .integer).notNull().unique()
+      }
+    }
     return migrator
   }
 
@@ -217,6 +223,31 @@ public final class AtelierDatabase: Sendable {
       let rows = try Row.fetchAll(
         db, sql: "SELECT status, COUNT(*) AS n FROM sandboxes GROUP BY status")
       return Dictionary(uniqueKeysWithValues: rows.map { ($0["status"] as String, $0["n"] as Int) })
+    }
+  }
+
+  // MARK: Address leases
+
+  /// The sandbox's lease, or the lowest free host number in `range` (one transaction).
+  public func leaseOctet(sandboxId: String, range: ClosedRange<Int>) throws -> Int? {
+    try pool.write { db in
+      if let existing = try Int.fetchOne(
+        db, sql: "SELECT octet FROM network_leases WHERE sandboxId = ?", arguments: [sandboxId])
+      {
+        return existing
+      }
+      let taken = Set(try Int.fetchAll(db, sql: "SELECT octet FROM network_leases"))
+      guard let free = range.first(where: { !taken.contains($0) }) else { return nil }
+      try db.execute(
+        sql: "INSERT INTO network_leases (sandboxId, octet) VALUES (?, ?)",
+        arguments: [sandboxId, free])
+      return free
+    }
+  }
+
+  public func deleteLease(sandboxId: String) throws {
+    try pool.write {
+      try $0.execute(sql: "DELETE FROM network_leases WHERE sandboxId = ?", arguments: [sandboxId])
     }
   }
 

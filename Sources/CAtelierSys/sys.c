@@ -10,9 +10,13 @@
 #include <netinet/in.h>
 #include <pty.h>
 #include <signal.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <linux/close_range.h>
+#include <linux/vm_sockets.h>
+#include <poll.h>
+#include <netinet/tcp.h>
 #include <linux/random.h>
 #include <sys/ioctl.h>
 #include <time.h>
@@ -196,3 +200,103 @@ int atelier_set_realtime(long long seconds, long nanoseconds) {
 }
 
 int atelier_set_child_subreaper(void) { return prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); }
+
+int atelier_if_set_mac(const char *ifname, const char *mac) {
+  unsigned int b[6];
+  if (sscanf(mac, "%x:%x:%x:%x:%x:%x", &b[0], &b[1], &b[2], &b[3], &b[4], &b[5]) != 6) {
+    errno = EINVAL;
+    return -1;
+  }
+  int s = inet_socket();
+  if (s < 0) return -1;
+  struct ifreq ifr;
+  memset(&ifr, 0, sizeof(ifr));
+  strncpy(ifr.ifr_name, ifname, IFNAMSIZ - 1);
+  int rc = ioctl(s, SIOCGIFFLAGS, &ifr);
+  short flags = ifr.ifr_flags;
+  if (rc == 0) {
+    ifr.ifr_flags = flags & ~IFF_UP;
+    rc = ioctl(s, SIOCSIFFLAGS, &ifr);
+  }
+  if (rc == 0) {
+    ifr.ifr_hwaddr.sa_family = 1; /* ARPHRD_ETHER */
+    for (int i = 0; i < 6; i++) ifr.ifr_hwaddr.sa_data[i] = (char)b[i];
+    rc = ioctl(s, SIOCSIFHWADDR, &ifr);
+  }
+  ifr.ifr_flags = flags | IFF_UP;
+  int up = ioctl(s, SIOCSIFFLAGS, &ifr);
+  int err = errno;
+  close(s);
+  errno = err;
+  return rc == 0 ? up : rc;
+}
+
+int atelier_vsock_listen(unsigned int port) {
+  int fd = socket(AF_VSOCK, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return -1;
+  struct sockaddr_vm address;
+  memset(&address, 0, sizeof(address));
+  address.svm_family = AF_VSOCK;
+  address.svm_port = port;
+  address.svm_cid = VMADDR_CID_ANY;
+  if (bind(fd, (struct sockaddr *)&address, sizeof(address)) != 0 || listen(fd, 64) != 0) {
+    int err = errno;
+    close(fd);
+    errno = err;
+    return -1;
+  }
+  return fd;
+}
+
+int atelier_connect_loopback(unsigned short port) {
+  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return -1;
+  struct sockaddr_in address;
+  memset(&address, 0, sizeof(address));
+  address.sin_family = AF_INET;
+  address.sin_port = htons(port);
+  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (connect(fd, (struct sockaddr *)&address, sizeof(address)) != 0) {
+    int err = errno;
+    close(fd);
+    errno = err;
+    return -1;
+  }
+  int one = 1;
+  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+  return fd;
+}
+
+void atelier_relay(int a, int b) {
+  int open_a = 1, open_b = 1;  // whether each side still sends
+  char buffer[65536];
+  while (open_a || open_b) {
+    struct pollfd fds[2] = {{a, open_a ? POLLIN : 0, 0}, {b, open_b ? POLLIN : 0, 0}};
+    if (poll(fds, 2, -1) < 0) {
+      if (errno == EINTR) continue;
+      break;
+    }
+    for (int i = 0; i < 2; i++) {
+      if (!(fds[i].revents & (POLLIN | POLLHUP | POLLERR))) continue;
+      int from = i == 0 ? a : b, to = i == 0 ? b : a;
+      ssize_t n = read(from, buffer, sizeof(buffer));
+      if (n <= 0) {
+        shutdown(to, SHUT_WR);
+        if (i == 0) open_a = 0; else open_b = 0;
+        continue;
+      }
+      ssize_t off = 0;
+      while (off < n) {
+        ssize_t w = write(to, buffer + off, (size_t)(n - off));
+        if (w <= 0) {
+          if (w < 0 && errno == EINTR) continue;
+          open_a = open_b = 0;
+          break;
+        }
+        off += w;
+      }
+    }
+  }
+  close(a);
+  close(b);
+}

@@ -74,20 +74,36 @@ enum GuestInit {
     if atelier_if_set_ipv4("lo", "127.0.0.1", 8) != 0 || atelier_if_up("lo") != 0 {
       logger.warning("loopback setup failed: \(String(cString: strerror(errno)))")
     }
-    guard let ipv4 = parameters.ipv4 else { return }
-    let parts = ipv4.split(separator: "/")
-    let address = String(parts[0])
-    let prefix = parts.count > 1 ? Int32(parts[1]) ?? 24 : 24
-    if atelier_if_set_ipv4("eth0", address, prefix) != 0 || atelier_if_up("eth0") != 0 {
-      logger.error("eth0 setup failed: \(String(cString: strerror(errno)))")
-      return
+    if let agentInterface = parameters.agentInterface,
+      let colon = agentInterface.firstIndex(of: ":")
+    {
+      // The agent's private channel: address only, no route (nothing beyond it).
+      setAddress(
+        String(agentInterface[..<colon]),
+        String(agentInterface[agentInterface.index(after: colon)...]),
+        logger: logger)
     }
+    guard let ipv4 = parameters.ipv4, setAddress("eth0", ipv4, logger: logger) else { return }
     if let gateway = parameters.gateway, atelier_route_add_default(gateway) != 0 {
       logger.warning("default route failed: \(String(cString: strerror(errno)))")
     }
     if let dns = parameters.dns {
       writeFile("/etc/resolv.conf", "nameserver \(dns)\n")
     }
+  }
+
+  /// `address/prefix` on an interface, which is brought up.
+  @discardableResult
+  static func setAddress(_ interface: String, _ cidr: String, logger: Logger) -> Bool {
+    let parts = cidr.split(separator: "/")
+    let prefix = parts.count > 1 ? Int32(parts[1]) ?? 24 : 24
+    guard atelier_if_set_ipv4(interface, String(parts[0]), prefix) == 0,
+      atelier_if_up(interface) == 0
+    else {
+      logger.error("\(interface) setup failed: \(String(cString: strerror(errno)))")
+      return false
+    }
+    return true
   }
 
   /// After a restore or resume: the host's wall clock, fresh entropy, a new identity.
@@ -102,6 +118,15 @@ enum GuestInit {
         atelier_add_entropy($0.baseAddress, Int32($0.count))
       }
       if result != 0 { logger.warning("cannot add entropy: \(String(cString: strerror(errno)))") }
+    }
+    // A restore onto a shared network: its own MAC and address, not the original's.
+    if getpid() == 1, let mac = request.mac, atelier_if_set_mac("eth0", mac) != 0 {
+      logger.warning("cannot set the MAC: \(String(cString: strerror(errno)))")
+    }
+    if getpid() == 1, let ipv4 = request.ipv4, setAddress("eth0", ipv4, logger: logger),
+      let gateway = request.gateway
+    {
+      _ = atelier_route_add_default(gateway)
     }
     if let sandboxId = request.sandboxId, sandboxId != identity.sandboxId {
       identity.change(sandboxId: sandboxId, hostname: request.hostname)

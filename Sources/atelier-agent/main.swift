@@ -45,6 +45,14 @@ let identity = AgentIdentity(
   sandboxId: bootParameters?.sandboxId ?? "local", hostname: bootParameters?.hostname)
 logger[metadataKey: "sandbox"] = .string(identity.sandboxId)
 
+// Where the guest also sits on a shared network, listen only on the private channel.
+if option("--listen") == nil, let address = bootParameters?.listen {
+  listenHost = address
+}
+if let vsockPort = bootParameters?.vsockPort {
+  VsockRelay.start(vsockPort: vsockPort, tcpPort: listenPort, logger: logger)
+}
+
 let supervisor = ServiceSupervisor(
   stateDirectory: option("--state") ?? "/var/lib/atelier-agent", logger: logger)
 if isInit {

@@ -7,7 +7,7 @@ struct Atelier: AsyncParsableCommand {
     abstract: "MicroVM sandboxes for development: server, host tool and client in one binary.",
     version: "0.1.0",
     subcommands: [
-      Serve.self, Images.self, SandboxCommand.self, Snapshots.self, Events.self, Doctor.self,
-      Bench.self,
+      Serve.self, Init.self, Network.self, Images.self, SandboxCommand.self, Snapshots.self,
+      Events.self, Doctor.self, Bench.self,
     ])
 }

@@ -328,6 +328,8 @@ func withManager(
   do {
     try await body(manager)
   } catch {
+    // What the manager was doing is the first thing to look at.
+    Issue.record("manager log (last lines):\n\(manager.log(lines: 60))")
     await manager.tearDown()
     throw error
   }

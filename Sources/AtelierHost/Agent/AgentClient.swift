@@ -23,10 +23,13 @@ public struct AgentClient: Sendable {
     self.http = http
   }
 
-  var baseURL: String {
-    switch endpoint {
-    case .tcp(let host, let port): "http://\(host):\(port)"
-    case .hybridVsock: "http://vsock.invalid"
+  /// Hybrid vsock agents are reached through a loopback forwarder (HTTP clients speak TCP).
+  func baseURL() throws -> String {
+    do {
+      let (host, port) = try endpoint.tcpAddress()
+      return "http://\(host):\(port)"
+    } catch {
+      throw AgentCallError(status: nil, code: "AGENT_UNREACHABLE", message: "\(error)")
     }
   }
 
@@ -91,7 +94,7 @@ public struct AgentClient: Sendable {
   public func raw(_ method: HTTPMethod, _ path: String, body: Data?, timeout: Duration)
     async throws -> (Int, Data)
   {
-    var request = HTTPClientRequest(url: baseURL + path)
+    var request = HTTPClientRequest(url: try baseURL() + path)
     request.method = method
     if let body {
       request.headers.add(name: "content-type", value: "application/json")

@@ -102,7 +102,7 @@ public struct SystemCommandRunner: CommandRunning {
       let failure = CommandFailure(
         command: command.description, exitCode: result.exitCode,
         stderr: result.timedOut ? "timed out\n" + output.stderr : output.stderr)
-      logger.warning("command failed: \(failure)")
+      logger.debug("command failed: \(failure)")
       throw failure
     }
     return output

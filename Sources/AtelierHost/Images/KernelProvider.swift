@@ -6,6 +6,11 @@ public struct GuestKernel: Codable, Sendable, Equatable {
   public var version: String
   public var kernelPath: String
   public var initrdPath: String
+
+  /// The uncompressed ELF kernel next to `kernelPath` (made by `KernelProvider.ensureVmlinux`).
+  public var vmlinuxPath: String {
+    (kernelPath as NSString).deletingLastPathComponent + "/vmlinux"
+  }
 }
 
 /// Fetches Debian's cloud kernel with `apt-get download` (nothing is installed on the host),
@@ -95,6 +100,18 @@ public struct KernelProvider: Sendable {
     return ready
   }
 
+  /// The uncompressed kernel Firecracker needs, extracted once from `vmlinuz`.
+  public func ensureVmlinux(_ kernel: GuestKernel) async throws -> String {
+    let path = kernel.vmlinuxPath
+    if FileManager.default.fileExists(atPath: path) { return path }
+    let compressed = try Data(contentsOf: URL(fileURLWithPath: kernel.kernelPath))
+    let elf = try await KernelExtractor.extractVmlinux(from: compressed, runner: runner)
+    let temporary = "\(path).tmp-\(UUID().uuidString.prefix(8))"
+    try elf.write(to: URL(fileURLWithPath: temporary))
+    guard rename(temporary, path) == 0 else { throw ImageError("cannot write \(path)") }
+    return path
+  }
+
   /// `linux-image-cloud-amd64` is a meta package; the real one is its versioned dependency.
   func resolveKernelPackage() async throws -> String {
     let output = try await runner.run("apt-cache", "depends", "--no-recommends", Self.kernelPackage)
@@ -156,8 +173,15 @@ public struct KernelProvider: Sendable {
     fail() { echo "atelier-initramfs: $*"; /bin/busybox poweroff -f; }
     /bin/busybox mount -t proc proc /proc
     /bin/busybox mount -t devtmpfs devtmpfs /dev
-    for m in \(modules.joined(separator: " ")); do /bin/busybox insmod /lib/modules/$m.ko 2>/dev/null; done
     cmdline=$(/bin/busybox cat /proc/cmdline)
+    # Firecracker describes its devices on the command line; busybox insmod does not read
+    # module options from there, so hand them to virtio_mmio.
+    mmio=""
+    for word in $cmdline; do case "$word" in virtio_mmio.device=*) mmio="$mmio device=${word#virtio_mmio.device=}";; esac; done
+    for m in \(modules.joined(separator: " ")); do
+      if [ "$m" = virtio_mmio ]; then /bin/busybox insmod /lib/modules/$m.ko $mmio 2>/dev/null
+      else /bin/busybox insmod /lib/modules/$m.ko 2>/dev/null; fi
+    done
     case " $cmdline " in *" atelier.probe=1 "*) echo "\(probeMarker)"; /bin/busybox poweroff -f;; esac
     root=/dev/vda
     init=/usr/local/bin/atelier-agent

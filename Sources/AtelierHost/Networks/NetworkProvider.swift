@@ -3,9 +3,26 @@ public protocol NetworkProvider: Sendable {
   var name: String { get }
   /// Allocates what the sandbox needs (ports, TAP, address). Undo with `release`.
   func attach(sandboxId: String) async throws -> NetworkAttachment
+  /// Tears down what the running VM used (TAP device, port forwards). An address lease is
+  /// kept, so a stopped sandbox starts again with the same address.
   func release(sandboxId: String, attachment: NetworkAttachment) async
   /// Re-registers the allocation of a sandbox found alive after a manager restart.
   func adopt(sandboxId: String, attachment: NetworkAttachment) async
+  /// The sandbox is gone: give its address back.
+  func forget(sandboxId: String) async
+}
+
+extension NetworkProvider {
+  public func forget(sandboxId: String) async {}
+}
+
+/// Persistent address leases (the manager keeps them in its database), so addresses do not
+/// collide after a restart.
+public protocol AddressLeases: Sendable {
+  /// The host number (last octet) leased to the sandbox, leasing the lowest free one in
+  /// `range` when it has none. Throws when the range is full.
+  func lease(sandboxId: String, range: ClosedRange<Int>) async throws -> Int
+  func releaseLease(sandboxId: String) async
 }
 
 public struct NetworkError: Error, CustomStringConvertible, Sendable {

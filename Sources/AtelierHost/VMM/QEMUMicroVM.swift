@@ -83,6 +83,16 @@ public struct QEMUMicroVM: VirtualMachineManager {
         "-device", "virtio-net-device,netdev=net0,mac=\(mac)",
       ]
     }
+    if case .privateInterface(let forward, let address, let prefix) = spec.network.agentChannel {
+      // restrict=on: the guest cannot reach anything through this NIC; only the forward
+      // reaches in.
+      let net = address.split(separator: ".").prefix(3).joined(separator: ".")
+      arguments += [
+        "-netdev",
+        "user,id=agent0,restrict=on,net=\(net).0/\(prefix),hostfwd=tcp:\(forward.hostAddress):\(forward.hostPort)-\(address):\(forward.guestPort)",
+        "-device", "virtio-net-device,netdev=agent0,mac=52:54:00:a7:e1:01",
+      ]
+    }
     return arguments
   }
 

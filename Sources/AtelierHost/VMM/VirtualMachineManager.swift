@@ -1,3 +1,4 @@
+import AtelierAgentAPI
 import Foundation
 
 /// How a guest disk is handed to the VMM.
@@ -37,16 +38,28 @@ public struct NetworkAttachment: Codable, Sendable, Equatable {
       self.guestPort = guestPort
     }
   }
+  /// How the agent is reached, apart from the guest's own network.
+  public enum AgentChannel: Codable, Sendable, Equatable {
+    /// On eth0 itself (user-mode networking: nothing but the port forward reaches it).
+    case sharedInterface
+    /// A second, isolated user-mode NIC (eth1) with only the agent's port forwarded; the agent
+    /// listens on that address alone, never on the shared network.
+    case privateInterface(forward: PortForward, guestAddress: String, prefixLength: Int)
+    /// AF_VSOCK (the agent listens on loopback and relays vsock connections to it).
+    case vsock(port: Int)
+  }
+
   public var backend: Backend
   public var guestIPv4: String
   public var prefixLength: Int
   public var gateway: String
   public var dns: String
   public var agent: AgentEndpoint
+  public var agentChannel: AgentChannel
 
   public init(
     backend: Backend, guestIPv4: String, prefixLength: Int, gateway: String, dns: String,
-    agent: AgentEndpoint
+    agent: AgentEndpoint, agentChannel: AgentChannel = .sharedInterface
   ) {
     self.backend = backend
     self.guestIPv4 = guestIPv4
@@ -54,6 +67,30 @@ public struct NetworkAttachment: Codable, Sendable, Equatable {
     self.gateway = gateway
     self.dns = dns
     self.agent = agent
+    self.agentChannel = agentChannel
+  }
+
+  /// The guest's MAC on the shared network, when it has one of its own.
+  public var mac: String? {
+    if case .tap(_, let mac) = backend { return mac }
+    return nil
+  }
+
+  /// What the guest is told at boot (kernel command line) about its network and agent.
+  public func bootParameters(sandboxId: String, hostname: String) -> GuestBootParameters {
+    var parameters = GuestBootParameters(
+      sandboxId: sandboxId, hostname: hostname, ipv4: "\(guestIPv4)/\(prefixLength)",
+      gateway: gateway, dns: dns)
+    switch agentChannel {
+    case .sharedInterface: break
+    case .privateInterface(_, let address, let prefix):
+      parameters.agentInterface = "eth1:\(address)/\(prefix)"
+      parameters.listen = address
+    case .vsock(let port):
+      parameters.listen = "127.0.0.1"
+      parameters.vsockPort = port
+    }
+    return parameters
   }
 }
 

@@ -34,6 +34,16 @@ int atelier_set_winsize(int fd, unsigned short rows, unsigned short cols);
 int atelier_if_up(const char *ifname);
 int atelier_if_set_ipv4(const char *ifname, const char *address, int prefix_length);
 int atelier_route_add_default(const char *gateway);
+/// Sets the hardware address ("aa:bb:cc:dd:ee:ff"); the interface is taken down and up.
+int atelier_if_set_mac(const char *ifname, const char *mac);
+
+/// A listening AF_VSOCK stream socket on `port` (any CID), or -1.
+int atelier_vsock_listen(unsigned int port);
+/// A TCP connection to 127.0.0.1:port, or -1.
+int atelier_connect_loopback(unsigned short port);
+/// Copies bytes both ways between two connected sockets until both directions end, then
+/// closes both. Blocks: run it on its own thread.
+void atelier_relay(int a, int b);
 
 /// pipe2(O_CLOEXEC), which Swift's Glibc module does not export.
 int atelier_pipe_cloexec(int fds[2]);

@@ -1,0 +1,121 @@
+import AtelierAgentAPI
+import Foundation
+import Logging
+
+/// Each sandbox on a host bridge through its own TAP device, with an address from the
+/// bridge's /24 leased in the database. Sandboxes cannot reach each other: every TAP is an
+/// isolated bridge port (this holds whether or not `br_netfilter` is loaded). The agent is not
+/// on this network at all: it has a private channel (a second, restricted user-mode NIC, or
+/// vsock).
+public struct BridgeNetwork: NetworkProvider {
+  public enum AgentAccess: Sendable { case privateInterface, vsock }
+
+  public let name = "bridge"
+  let bridge: String
+  let bridgeIp: String
+  let guestIpStart: Int
+  let dns: String
+  let leases: any AddressLeases
+  let ports: LoopbackPortAllocator
+  let agentAccess: AgentAccess
+  let runner: any CommandRunning
+  let logger: Logger
+
+  /// The agent's private NIC: a subnet of its own, never routed anywhere.
+  static let agentAddress = "10.0.3.15"
+
+  public init(
+    bridge: String, bridgeIp: String, guestIpStart: Int, dns: String, leases: any AddressLeases,
+    agentAccess: AgentAccess = .privateInterface,
+    ports: LoopbackPortAllocator = LoopbackPortAllocator(),
+    runner: any CommandRunning, logger: Logger = Logger(label: "atelier.network.bridge")
+  ) {
+    self.bridge = bridge
+    self.bridgeIp = bridgeIp
+    self.guestIpStart = guestIpStart
+    self.dns = dns
+    self.leases = leases
+    self.agentAccess = agentAccess
+    self.ports = ports
+    self.runner = runner
+    self.logger = logger
+  }
+
+  var subnet: String { bridgeIp.split(separator: ".").prefix(3).joined(separator: ".") }
+
+  /// `tap-` and the first eight characters of the id: within the 15 of an interface name.
+  public static func tapName(_ sandboxId: String) -> String { "tap-\(sandboxId.prefix(8))" }
+
+  /// Locally administered and derived from the address, so it is unique on the bridge.
+  public static func mac(for address: String) -> String {
+    let octets = address.split(separator: ".").compactMap { UInt8($0) }
+    return (["06", "00"] + octets.map { String(format: "%02x", $0) }).joined(separator: ":")
+  }
+
+  public func attach(sandboxId: String) async throws -> NetworkAttachment {
+    let bridgeHost = Int(bridgeIp.split(separator: ".").last ?? "1") ?? 1
+    let octet = try await leases.lease(sandboxId: sandboxId, range: guestIpStart...254)
+    guard octet != bridgeHost else { throw NetworkError("lease collides with the bridge address") }
+    let address = "\(subnet).\(octet)"
+    let tap = Self.tapName(sandboxId)
+    let mac = Self.mac(for: address)
+    try await createTap(tap)
+    var agent: AgentEndpoint
+    var channel: NetworkAttachment.AgentChannel
+    switch agentAccess {
+    case .privateInterface:
+      let port: Int
+      do { port = try ports.reserve() } catch {
+        await removeTap(tap)
+        throw error
+      }
+      let forward = NetworkAttachment.PortForward(
+        hostAddress: "127.0.0.1", hostPort: port, guestPort: AgentProtocol.port)
+      agent = .tcp(host: "127.0.0.1", port: port)
+      channel = .privateInterface(
+        forward: forward, guestAddress: Self.agentAddress, prefixLength: 24)
+    case .vsock:
+      // The VMM decides the socket path; it fills in `agent` when it boots.
+      agent = .hybridVsock(path: "", port: AgentProtocol.port)
+      channel = .vsock(port: AgentProtocol.port)
+    }
+    return NetworkAttachment(
+      backend: .tap(device: tap, mac: mac), guestIPv4: address, prefixLength: 24, gateway: bridgeIp,
+      dns: dns, agent: agent, agentChannel: channel)
+  }
+
+  func createTap(_ tap: String) async throws {
+    let exists = await runner.probe(Command("ip", ["link", "show", "dev", tap])).exitCode == 0
+    do {
+      if !exists { try await runner.run("ip", "tuntap", "add", "dev", tap, "mode", "tap") }
+      try await runner.run("ip", "link", "set", "dev", tap, "master", bridge)
+      // Isolated ports reach only non-isolated ones (the host): no sandbox-to-sandbox traffic.
+      try await runner.run("bridge", "link", "set", "dev", tap, "isolated", "on")
+      try await runner.run("ip", "link", "set", "dev", tap, "up")
+    } catch {
+      await removeTap(tap)
+      throw NetworkError("cannot set up \(tap) on \(bridge): \(error)")
+    }
+  }
+
+  func removeTap(_ tap: String) async {
+    _ = await runner.probe(Command("ip", ["link", "del", "dev", tap]))
+  }
+
+  public func release(sandboxId: String, attachment: NetworkAttachment) async {
+    if case .tap(let device, _) = attachment.backend { await removeTap(device) }
+    if case .privateInterface(let forward, _, _) = attachment.agentChannel {
+      ports.release(forward.hostPort)
+    }
+  }
+
+  public func adopt(sandboxId: String, attachment: NetworkAttachment) async {
+    if case .privateInterface(let forward, _, _) = attachment.agentChannel {
+      ports.markInUse(forward.hostPort)
+    }
+  }
+
+  public func forget(sandboxId: String) async {
+    await leases.releaseLease(sandboxId: sandboxId)
+  }
+}

@@ -1,0 +1,86 @@
+import AtelierProcess
+import Foundation
+import Testing
+
+/// `atelier init` against a scratch root: the plan, the files it writes, and that a second run
+/// on a prepared host changes nothing.
+@Suite struct InitTests {
+  func initialize(_ root: String, _ extra: [String]) async throws -> RunResult {
+    var environment = TestEnvironment.baseEnvironment
+    environment["ATELIER_DATA_DIR"] = "\(root)/var/lib/atelier"
+    return try await TestEnvironment.cli(
+      ["init", "--root", root, "--skip-packages", "--image", "none"] + extra,
+      environment: environment)
+  }
+
+  func snapshotOfFiles(_ root: String) -> [String: Data] {
+    var files: [String: Data] = [:]
+    let enumerator = FileManager.default.enumerator(atPath: root)
+    while let path = enumerator?.nextObject() as? String {
+      if let data = FileManager.default.contents(atPath: "\(root)/\(path)") { files[path] = data }
+    }
+    return files
+  }
+
+  @Test func dryRunPlansAndASecondRunChangesNothing() async throws {
+    let root = try TestEnvironment.temporaryDirectory("atl-root")
+    defer { try? FileManager.default.removeItem(atPath: root) }
+
+    let plan = try await initialize(
+      root, ["--dry-run", "--network", "bridge", "--allow-ports", "8080"])
+    #expect(plan.exitCode == 0, "\(plan.stderrText)")
+    let planned = plan.stdoutText
+    for expected in [
+      "-> folder \(root)/var/lib/atelier", "-> file \(root)/etc/atelier/config.json",
+      "-> file \(root)/etc/systemd/system/atelier-manager.service",
+      "-> file \(root)/etc/systemd/system/atelier-network.service",
+      "-> install \(root)/usr/local/bin/atelier", "-> install \(root)/usr/local/bin/atelier-agent",
+      "(skipped: --skip-packages)", "step(s) would run",
+    ] {
+      #expect(planned.contains(expected), "missing \(expected) in:\n\(planned)")
+    }
+    // A dry run changes nothing.
+    #expect(snapshotOfFiles(root).isEmpty)
+
+    let first = try await initialize(
+      root, ["--yes", "--network", "bridge", "--allow-ports", "8080"])
+    #expect(first.exitCode == 0, "\(first.stdoutText)\(first.stderrText)")
+    #expect(first.stdoutText.contains("done:"))
+    let config = try String(contentsOfFile: "\(root)/etc/atelier/config.json", encoding: .utf8)
+    #expect(config.contains(#""network" : "bridge""#))
+    #expect(config.contains(#""bridgeAllowedPorts" : ["#))
+    let unit = try String(
+      contentsOfFile: "\(root)/etc/systemd/system/atelier-manager.service", encoding: .utf8)
+    #expect(unit.contains("KillMode=process"))
+    #expect(unit.contains("ExecStart=/usr/local/bin/atelier serve"))
+    #expect(FileManager.default.isExecutableFile(atPath: "\(root)/usr/local/bin/atelier"))
+    let written = snapshotOfFiles(root)
+
+    let second = try await initialize(
+      root, ["--yes", "--network", "bridge", "--allow-ports", "8080"])
+    #expect(second.exitCode == 0)
+    #expect(second.stdoutText.contains("nothing to do"), "\(second.stdoutText)")
+    #expect(!second.stdoutText.contains("-> "))
+    #expect(snapshotOfFiles(root) == written)
+
+    // The config it wrote is one the manager accepts.
+    var environment = TestEnvironment.baseEnvironment
+    environment["ATELIER_CONFIG"] = "\(root)/etc/atelier/config.json"
+    environment["ATELIER_DATA_DIR"] = "\(root)/var/lib/atelier"
+    let doctor = try await TestEnvironment.cli(["doctor"], environment: environment)
+    #expect(!doctor.stderrText.contains("invalid config"), "\(doctor.stderrText)")
+  }
+
+  @Test func badOptionsAreRefusedWithOneLine() async throws {
+    let root = try TestEnvironment.temporaryDirectory("atl-root")
+    defer { try? FileManager.default.removeItem(atPath: root) }
+    for options in [
+      ["--storage", "floppy"], ["--vmm", "firecracker", "--network", "user"],
+      ["--network", "wifi"],
+    ] {
+      let result = try await initialize(root, ["--dry-run"] + options)
+      #expect(result.exitCode != 0, "\(options)")
+      #expect(result.stderrText.contains("Error:"), "\(options): \(result.stderrText)")
+    }
+  }
+}
