@@ -89,6 +89,8 @@ struct Doctor: AsyncParsableCommand {
         name: "agent", ok: FileManager.default.isExecutableFile(atPath: agent), detail: agent,
         fix: "swift build -c release --static-swift-stdlib (or set ATELIER_AGENT_PATH)"))
 
+    findings += await driverFindings(config: config, runner: runner)
+
     for finding in findings {
       let mark = finding.ok ? "ok  " : "FAIL"
       print(
@@ -97,5 +99,53 @@ struct Doctor: AsyncParsableCommand {
       if !finding.ok && !finding.fix.isEmpty { print("     fix: \(finding.fix)") }
     }
     if findings.contains(where: { !$0.ok }) { throw ExitCode(1) }
+  }
+
+  /// Readiness of every backend; only the configured ones can fail.
+  func driverFindings(config: Config, runner: any CommandRunning) async -> [Finding] {
+    var findings: [Finding] = []
+    let firecracker = ManagerBootstrap.findExecutable(config.firecrackerBin)
+    let kvm = access("/dev/kvm", R_OK | W_OK) == 0
+    let firecrackerReady = firecracker != nil && kvm
+    findings.append(
+      Finding(
+        name: "firecracker", ok: config.vmm != .firecracker || firecrackerReady,
+        detail: (config.vmm == .firecracker ? "configured; " : "not configured; ")
+          + (firecracker.map { "\($0)" } ?? "no \(config.firecrackerBin) binary")
+          + (kvm ? ", /dev/kvm usable" : ", no usable /dev/kvm"),
+        fix:
+          "install Firecracker (github.com/firecracker-microvm/firecracker releases) on a host with KVM, or use ATELIER_VMM=qemu"
+      ))
+    let pool = await runner.probe(
+      Command("lvs", ["--noheadings", "-o", "lv_name", "\(config.lvmVg)/\(config.lvmPool)"]))
+    findings.append(
+      Finding(
+        name: "lvm", ok: config.storage != .lvm || pool.exitCode == 0,
+        detail: (config.storage == .lvm ? "configured; " : "not configured; ")
+          + (pool.exitCode == 0
+            ? "thin pool \(config.lvmVg)/\(config.lvmPool) present"
+            : "no thin pool \(config.lvmVg)/\(config.lvmPool)"),
+        fix: "atelier init --storage loop:100G (or device:/dev/X), or use ATELIER_STORAGE=file"))
+    let bridge = await BridgeSetup(
+      bridge: config.bridgeName, bridgeIp: config.bridgeIp, allowedPorts: config.bridgeAllowedPorts,
+      runner: runner
+    ).plan()
+    let missing = bridge.filter { !$0.done }.map(\.description)
+    findings.append(
+      Finding(
+        name: "bridge", ok: config.network != .bridge || missing.isEmpty,
+        detail: (config.network == .bridge ? "configured; " : "not configured; ")
+          + (missing.isEmpty
+            ? "\(config.bridgeName) and rules in place"
+            : "missing: \(missing.joined(separator: "; "))"),
+        fix: "atelier network setup (as root), or use ATELIER_NETWORK=user"))
+    findings.append(
+      Finding(
+        name: "vhost-vsock", ok: true,
+        detail: FileManager.default.fileExists(atPath: "/dev/vhost-vsock")
+          ? "/dev/vhost-vsock present"
+          : "no /dev/vhost-vsock (QEMU agents use a loopback port forward)",
+        fix: ""))
+    return findings
   }
 }

@@ -393,7 +393,7 @@ extension VMTests {
       #expect(try await eventually(.seconds(20)) { try await screen().contains("$") })
       _ = try await tmux(["send-keys", "-t", session, "echo typed-$((2*21)); tput cols", "Enter"])
       #expect(try await eventually(.seconds(10)) { try await screen().contains("typed-42") })
-      #expect(try await screen().contains("\n90"))
+      #expect(try await eventually(.seconds(10)) { try await screen().contains("\n90") })
       _ = try await tmux(["resize-window", "-t", session, "-x", "110", "-y", "30"])
       try await Task.sleep(for: .milliseconds(500))
       _ = try await tmux(["send-keys", "-t", session, "tput cols; exit 5", "Enter"])

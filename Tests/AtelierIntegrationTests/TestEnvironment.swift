@@ -218,8 +218,16 @@ final class ManagerProcess: @unchecked Sendable {
       request.body = .bytes(ByteBuffer(bytes: raw))
       request.headers.add(name: "content-type", value: "application/octet-stream")
     }
-    let response = try await HTTPClient.shared.execute(
-      request, timeout: .seconds(Int64(timeout.components.seconds)))
+    let response: HTTPClientResponse
+    do {
+      response = try await HTTPClient.shared.execute(
+        request, timeout: .seconds(Int64(timeout.components.seconds)))
+    } catch let error as HTTPClientError where error == .remoteConnectionClosed {
+      // A pooled keep-alive connection the server had just closed: nothing was processed,
+      // send it again on a fresh connection (as any HTTP client would).
+      response = try await HTTPClient.shared.execute(
+        request, timeout: .seconds(Int64(timeout.components.seconds)))
+    }
     let buffer = try await response.body.collect(upTo: 64 << 20)
     return HTTPAnswer(status: Int(response.status.code), body: Data(buffer.readableBytesView))
   }

@@ -57,32 +57,43 @@ final class WebSocketTestConnection: @unchecked Sendable {
   }
 }
 
-/// Connects to `url` with the token, runs `body`, then closes.
+/// Connects to `url` with the token, runs `body`, then closes. A server that closes the
+/// socket once the scenario is over (an exec that exited, a shell that ended) is expected:
+/// what happens to the client after `body` returned is not a failure.
 func withWebSocket(
   _ url: String, token: String,
   _ body: @escaping @Sendable (WebSocketTestConnection) async throws -> Void
 ) async throws {
   var configuration = WebSocketClientConfiguration(maxFrameSize: 1 << 20)
   configuration.additionalHeaders[.authorization] = "Bearer \(token)"
-  _ = try await WebSocketClient.connect(
-    url: url, configuration: configuration, logger: Logger(label: "test.websocket")
-  ) { inbound, outbound, _ in
-    let connection = WebSocketTestConnection(outbound: outbound)
-    let reader = Task {
-      do {
-        for try await message in inbound.messages(maxSize: 16 << 20) {
-          connection.received(message)
-        }
-      } catch {}
-      connection.closed()
-    }
-    do {
+  let finished = FinishedFlag()
+  do {
+    _ = try await WebSocketClient.connect(
+      url: url, configuration: configuration, logger: Logger(label: "test.websocket")
+    ) { inbound, outbound, _ in
+      let connection = WebSocketTestConnection(outbound: outbound)
+      let reader = Task {
+        do {
+          for try await message in inbound.messages(maxSize: 16 << 20) {
+            connection.received(message)
+          }
+        } catch {}
+        connection.closed()
+      }
+      defer { reader.cancel() }
       try await body(connection)
-    } catch {
-      reader.cancel()
-      throw error
+      finished.set()
+      try? await outbound.close(.normalClosure, reason: nil)
     }
-    try? await outbound.close(.normalClosure, reason: nil)
-    reader.cancel()
+  } catch {
+    if finished.isSet { return }
+    throw error
   }
+}
+
+final class FinishedFlag: @unchecked Sendable {
+  private let lock = NSLock()
+  private var value = false
+  func set() { lock.withLock { value = true } }
+  var isSet: Bool { lock.withLock { value } }
 }
