@@ -84,9 +84,15 @@ struct Doctor: AsyncParsableCommand {
         fix: "apt-get install e2fsprogs (apt-get and dpkg-deb come with Debian)"))
 
     let agent = resolvedAgentPath(config)
+    let agentExists = FileManager.default.isExecutableFile(atPath: agent)
+    // The guest has no Swift runtime: the agent must carry its own.
+    let dynamicSwift =
+      agentExists && (await runner.probe(Command("ldd", [agent]))).stdout.contains("libswiftCore")
     findings.append(
       Finding(
-        name: "agent", ok: FileManager.default.isExecutableFile(atPath: agent), detail: agent,
+        name: "agent", ok: agentExists && !dynamicSwift,
+        detail: agent
+          + (dynamicSwift ? " (links the Swift runtime dynamically: unusable in a guest)" : ""),
         fix: "swift build -c release --static-swift-stdlib (or set ATELIER_AGENT_PATH)"))
 
     findings += await driverFindings(config: config, runner: runner)
