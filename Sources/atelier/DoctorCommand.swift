@@ -86,8 +86,10 @@ struct Doctor: AsyncParsableCommand {
     let agent = resolvedAgentPath(config)
     let agentExists = FileManager.default.isExecutableFile(atPath: agent)
     // The guest has no Swift runtime: the agent must carry its own.
-    let dynamicSwift =
-      agentExists && (await runner.probe(Command("ldd", [agent]))).stdout.contains("libswiftCore")
+    var dynamicSwift = false
+    if agentExists {
+      dynamicSwift = await runner.probe(Command("ldd", [agent])).stdout.contains("libswiftCore")
+    }
     findings.append(
       Finding(
         name: "agent", ok: agentExists && !dynamicSwift,
