@@ -183,13 +183,7 @@ public actor SandboxService {
     return try await build(row.id) { undo in
       let started = ContinuousClock.now
       let volumeName = VolumeNames.sandbox(row.id)
-      let disk: DiskAttachment
-      do {
-        disk = try await drivers.volumes.clone(
-          base: try await drivers.imageDisk(image), to: volumeName)
-      } catch let full as ThinPoolNearlyFull {
-        throw AtelierError(.resourceExhausted, "\(full)")
-      }
+      let disk = try await cloneVolume(base: try await drivers.imageDisk(image), to: volumeName)
       undo.push { [drivers] in try? await drivers.volumes.remove(volumeName) }
       try updateRuntime(row.id) {
         $0.volume = volumeName
@@ -267,6 +261,15 @@ public actor SandboxService {
       events.publish("sandbox.deleted", event)
       if let error = error as? AtelierError { throw error }
       throw AtelierError(.bootFailed, "sandbox failed to boot: \(error)")
+    }
+  }
+
+  /// A new sandbox disk; a nearly full thin pool is a 429, not a boot failure.
+  func cloneVolume(base: DiskAttachment, to name: String) async throws -> DiskAttachment {
+    do {
+      return try await drivers.volumes.clone(base: base, to: name)
+    } catch let full as ThinPoolNearlyFull {
+      throw AtelierError(.resourceExhausted, "\(full)")
     }
   }
 

@@ -130,12 +130,7 @@ extension SandboxService {
     return try await build(row.id) { undo in
       let started = ContinuousClock.now
       let volumeName = VolumeNames.sandbox(row.id)
-      let disk: DiskAttachment
-      do {
-        disk = try await drivers.volumes.clone(base: state.disk, to: volumeName)
-      } catch let full as ThinPoolNearlyFull {
-        throw AtelierError(.resourceExhausted, "\(full)")
-      }
+      let disk = try await cloneVolume(base: state.disk, to: volumeName)
       undo.push { [drivers] in try? await drivers.volumes.remove(volumeName) }
       try updateRuntime(row.id) {
         $0.volume = volumeName

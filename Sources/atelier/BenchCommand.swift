@@ -160,13 +160,8 @@ struct Bench: AsyncParsableCommand {
     @Option(help: "Megabytes to upload and download.") var megabytes = 100
 
     func run() async throws {
-      let config = try loadConfig()
-      bootstrapLogging(level: "warning")
-      let scratch = "/tmp/atelier-bench-\(Identifier.make(length: 6))"
-      try FileManager.default.createDirectory(atPath: scratch, withIntermediateDirectories: true)
-      defer { try? FileManager.default.removeItem(atPath: scratch) }
-      let manager = try await BenchManager.start(config: config, scratch: scratch)
-      defer { manager.stop() }
+      let (manager, scratch) = try await BenchManager.startInScratch()
+      defer { manager.stop(removing: scratch) }
       let sandbox = try await manager.createSandbox(image: image)
       defer { Task { _ = try? await manager.send(.DELETE, "/api/sandboxes/\(sandbox.id)") } }
       let agentPort = try manager.agentPort(of: sandbox.id)
@@ -243,13 +238,8 @@ extension Bench {
     @Option(help: "Runs of each measurement.") var runs = 5
 
     func run() async throws {
-      let config = try loadConfig()
-      bootstrapLogging(level: "warning")
-      let scratch = "/tmp/atelier-bench-\(Identifier.make(length: 6))"
-      try FileManager.default.createDirectory(atPath: scratch, withIntermediateDirectories: true)
-      defer { try? FileManager.default.removeItem(atPath: scratch) }
-      let manager = try await BenchManager.start(config: config, scratch: scratch)
-      defer { manager.stop() }
+      let (manager, scratch) = try await BenchManager.startInScratch()
+      defer { manager.stop(removing: scratch) }
 
       func timed(_ body: () async throws -> Void) async throws -> Double {
         let started = ContinuousClock.now
@@ -396,6 +386,25 @@ struct BenchManager {
   }
 
   func stop() { kill(pid, SIGTERM) }
+
+  /// A manager on a new scratch folder (with the configuration's images).
+  static func startInScratch() async throws -> (BenchManager, String) {
+    let config = try loadConfig()
+    bootstrapLogging(level: "warning")
+    let scratch = "/tmp/atelier-bench-\(Identifier.make(length: 6))"
+    try FileManager.default.createDirectory(atPath: scratch, withIntermediateDirectories: true)
+    do {
+      return (try await start(config: config, scratch: scratch), scratch)
+    } catch {
+      try? FileManager.default.removeItem(atPath: scratch)
+      throw error
+    }
+  }
+
+  func stop(removing scratch: String) {
+    stop()
+    try? FileManager.default.removeItem(atPath: scratch)
+  }
 
   func send(_ method: HTTPMethod, _ path: String, body: Data? = nil) async throws -> (Int, Data) {
     try await atelier.send(method, baseURL + path, token: token, body: body)
