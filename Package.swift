@@ -56,7 +56,7 @@ let package = Package(
     .target(
       name: "AtelierHost",
       dependencies: [
-        "AtelierCore", "AtelierAgentAPI", "AtelierProcess",
+        "AtelierCore", "AtelierAgentAPI", "AtelierProcess", "CAtelierSys",
         .product(name: "AsyncHTTPClient", package: "async-http-client"),
         .product(name: "Crypto", package: "swift-crypto"),
         .product(name: "Logging", package: "swift-log"),

@@ -8,6 +8,8 @@ public struct Config: Sendable, Equatable {
   public enum VMMKind: String, Sendable, CaseIterable { case qemu, firecracker }
   public enum StorageKind: String, Sendable, CaseIterable { case file, lvm }
   public enum NetworkKind: String, Sendable, CaseIterable { case user, bridge }
+  /// Whether QEMU guests get a vsock for the agent: `auto` when `/dev/vhost-vsock` is usable.
+  public enum QEMUVsock: String, Sendable, CaseIterable { case auto, on, off }
 
   public var dataDir: String
   public var serverHost: String
@@ -18,6 +20,7 @@ public struct Config: Sendable, Equatable {
   public var storage: StorageKind
   public var network: NetworkKind
   public var qemuBinary: String
+  public var qemuVsock: QEMUVsock
   public var firecrackerBin: String
   /// Bridge networking: the bridge, its address (a /24), the first guest address.
   public var bridgeName: String
@@ -30,8 +33,9 @@ public struct Config: Sendable, Equatable {
   public var guestDns: String
   public var lvmVg: String
   public var lvmPool: String
-  /// Size a sandbox's LVM volume is grown to (the guest grows its file system).
-  public var lvmVolumeSizeGb: Int
+  /// Size a sandbox disk is grown to when its image is smaller (the guest grows its file
+  /// system to fill it at boot); both volume stores.
+  public var diskSizeGb: Int
   /// The guest agent binary put into images; empty means "next to the atelier binary".
   public var agentPath: String
   /// Where image recipes (`<name>/manifest.json`) are; empty means "find them" (see CLI).
@@ -54,10 +58,10 @@ public struct Config: Sendable, Equatable {
     return Config(
       dataDir: isRoot ? "/var/lib/atelier" : "\(home)/.local/share/atelier",
       serverHost: "127.0.0.1", serverPort: 4000, maxSandboxes: 20, accel: .auto, vmm: .qemu,
-      storage: .file, network: .user, qemuBinary: "qemu-system-x86_64",
+      storage: .file, network: .user, qemuBinary: "qemu-system-x86_64", qemuVsock: .auto,
       firecrackerBin: "firecracker", bridgeName: "br0", bridgeIp: "172.16.0.1", guestIpStart: 10,
       bridgeAllowedPorts: [], guestDns: hostNameserver(), lvmVg: "sandbox-vg", lvmPool: "thin-pool",
-      lvmVolumeSizeGb: 10, agentPath: "", recipesDir: "",
+      diskSizeGb: 10, agentPath: "", recipesDir: "",
       bootTimeoutSeconds: 90, reconcileIntervalSeconds: 30, idleCheckSeconds: 2,
       eventsHeartbeatSeconds: 15,
       defaultImage: "tiny", logLevel: "info")
@@ -102,6 +106,7 @@ public struct Config: Sendable, Equatable {
       guard !value.isEmpty else { throw ConfigProblem("expected a program name or path") }
       config.qemuBinary = value
     },
+    Key(path: "qemuVsock") { $0.qemuVsock = try choice($1) },
     Key(path: "firecrackerBin") { config, value in
       guard !value.isEmpty else { throw ConfigProblem("expected a program name or path") }
       config.firecrackerBin = value
@@ -136,7 +141,7 @@ public struct Config: Sendable, Equatable {
     },
     Key(path: "lvmVg") { $0.lvmVg = try nonEmpty($1) },
     Key(path: "lvmPool") { $0.lvmPool = try nonEmpty($1) },
-    Key(path: "lvmVolumeSizeGb") { $0.lvmVolumeSizeGb = try integer($1, in: 1...16384) },
+    Key(path: "diskSizeGb") { $0.diskSizeGb = try integer($1, in: 1...16384) },
     Key(path: "agentPath") { $0.agentPath = $1 },
     Key(path: "recipesDir") { $0.recipesDir = $1 },
     Key(path: "bootTimeoutSeconds") { $0.bootTimeoutSeconds = try integer($1, in: 5...3600) },

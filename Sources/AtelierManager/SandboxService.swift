@@ -314,9 +314,15 @@ public actor SandboxService {
 
   func attachNetwork(_ id: String, undo: inout UndoStack) async throws -> NetworkAttachment {
     var network = try await drivers.network.attach(sandboxId: id)
-    if case .hybridVsock(let path, let port) = network.agent, path.isEmpty {
-      // The VMM creates the vsock socket in the sandbox's runtime folder.
-      network.agent = .hybridVsock(path: "\(runtimeDirectory(id))/vsock.sock", port: port)
+    if case .vsock(let port) = network.agentChannel {
+      // Only the VMM knows where this VM's vsock will be (a socket path, a CID).
+      do {
+        network.agent = try drivers.vmm.vsockEndpoint(
+          port: port, runtimeDirectory: runtimeDirectory(id))
+      } catch {
+        await drivers.network.release(sandboxId: id, attachment: network)
+        throw error
+      }
     }
     let attached = network
     undo.push { [drivers] in await drivers.network.release(sandboxId: id, attachment: attached) }
@@ -374,8 +380,8 @@ public actor SandboxService {
     }
     if let network = runtime.network {
       await drivers.network.release(sandboxId: id, attachment: network)
-      if case .hybridVsock(let path, _) = network.agent {
-        HybridVsockForwarders.shared.stopAll(path: path)
+      if let (target, _) = network.agent.vsockTarget {
+        VsockForwarders.shared.stopAll(target)
       }
     }
   }

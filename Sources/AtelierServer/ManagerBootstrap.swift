@@ -61,6 +61,27 @@ public enum ManagerBootstrap {
 
   public static func volumesDirectory(_ config: Config) -> String { "\(config.dataDir)/volumes" }
 
+  /// `ATELIER_QEMU_VSOCK`: `auto` uses vhost-vsock where the host has it, `on` insists.
+  static func qemuAgentOverVsock(_ config: Config, logger: Logger) throws -> Bool {
+    let usable = QEMUMicroVM.vhostVsockUsable()
+    switch config.qemuVsock {
+    case .off: return false
+    case .auto:
+      logger.info(
+        usable
+          ? "QEMU agents over vhost-vsock"
+          : "no /dev/vhost-vsock: QEMU agents over a loopback forward")
+      return usable
+    case .on:
+      guard usable else {
+        throw ConfigError(
+          key: "ATELIER_QEMU_VSOCK", source: nil,
+          message: "on: /dev/vhost-vsock is missing or not usable (modprobe vhost_vsock)")
+      }
+      return true
+    }
+  }
+
   /// The backends the configuration asks for (`ATELIER_VMM`, `ATELIER_STORAGE`,
   /// `ATELIER_NETWORK`), with the host prepared for them.
   static func makeDrivers(
@@ -73,11 +94,13 @@ public enum ManagerBootstrap {
         message: "user: Firecracker has no user-mode networking; use bridge")
     }
     let vmm: any VirtualMachineManager
+    var agentOverVsock = config.vmm == .firecracker
     switch config.vmm {
     case .qemu:
+      agentOverVsock = try qemuAgentOverVsock(config, logger: logger)
       vmm = QEMUMicroVM(
         binary: config.qemuBinary, acceleration: acceleration.acceleration,
-        sandboxesDirectory: config.sandboxesDir, runner: runner)
+        sandboxesDirectory: config.sandboxesDir, vhostVsock: agentOverVsock, runner: runner)
     case .firecracker:
       vmm = FirecrackerVMM(binary: config.firecrackerBin, sandboxesDirectory: config.sandboxesDir)
       if let kernel {
@@ -89,7 +112,7 @@ public enum ManagerBootstrap {
     let network: any NetworkProvider
     switch config.network {
     case .user:
-      network = UserModeNetwork()
+      network = UserModeNetwork(agentOverVsock: agentOverVsock)
     case .bridge:
       try await BridgeSetup(
         bridge: config.bridgeName, bridgeIp: config.bridgeIp,
@@ -99,19 +122,22 @@ public enum ManagerBootstrap {
       network = BridgeNetwork(
         bridge: config.bridgeName, bridgeIp: config.bridgeIp, guestIpStart: config.guestIpStart,
         dns: config.guestDns, leases: database,
-        agentAccess: config.vmm == .firecracker ? .vsock : .privateInterface, runner: runner)
+        agentAccess: agentOverVsock ? .vsock : .privateInterface, runner: runner)
     }
     let images = ImageCatalog(directory: config.imagesDir)
     switch config.storage {
     case .file:
       return HostDrivers(
-        vmm: vmm, volumes: FileVolumeStore(directory: volumesDirectory(config)), network: network,
+        vmm: vmm,
+        volumes: FileVolumeStore(
+          directory: volumesDirectory(config), minimumSizeBytes: UInt64(config.diskSizeGb) << 30),
+        network: network,
         images: images, acceleration: acceleration,
         usesUncompressedKernel: config.vmm == .firecracker)
     case .lvm:
       let store = LVMThinVolumeStore(
         volumeGroup: config.lvmVg, thinPool: config.lvmPool,
-        volumeSizeBytes: UInt64(config.lvmVolumeSizeGb) << 30, runner: runner)
+        volumeSizeBytes: UInt64(config.diskSizeGb) << 30, runner: runner)
       return HostDrivers(
         vmm: vmm, volumes: store, network: network, images: images, acceleration: acceleration,
         imageDisk: { image in

@@ -19,6 +19,8 @@
 #include <netinet/tcp.h>
 #include <linux/random.h>
 #include <sys/ioctl.h>
+#include <sys/statfs.h>
+#include <linux/fs.h>
 #include <time.h>
 #include <sys/prctl.h>
 #include <sys/reboot.h>
@@ -246,6 +248,52 @@ int atelier_vsock_listen(unsigned int port) {
     return -1;
   }
   return fd;
+}
+
+int atelier_vsock_connect(unsigned int cid, unsigned int port) {
+  int fd = socket(AF_VSOCK, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return -1;
+  struct sockaddr_vm address;
+  memset(&address, 0, sizeof(address));
+  address.svm_family = AF_VSOCK;
+  address.svm_port = port;
+  address.svm_cid = cid;
+  if (connect(fd, (struct sockaddr *)&address, sizeof(address)) != 0) {
+    int err = errno;
+    close(fd);
+    errno = err;
+    return -1;
+  }
+  return fd;
+}
+
+// EXT4_IOC_RESIZE_FS is _IOW('f', 16, __u64); the kernel's ext4 header is not exported.
+#define ATELIER_EXT4_IOC_RESIZE_FS _IOW('f', 16, unsigned long long)
+
+int atelier_grow_filesystem(const char *mountpoint, const char *device,
+                            unsigned long long *old_bytes, unsigned long long *new_bytes) {
+  struct statfs before;
+  if (statfs(mountpoint, &before) != 0) return -1;
+  int dev = open(device, O_RDONLY | O_CLOEXEC);
+  if (dev < 0) return -1;
+  unsigned long long device_bytes = 0;
+  int rc = ioctl(dev, BLKGETSIZE64, &device_bytes);
+  int err = errno;
+  close(dev);
+  if (rc != 0) { errno = err; return -1; }
+  int fd = open(mountpoint, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) return -1;
+  // The new size in file system blocks; equal to the current one, the kernel does nothing.
+  unsigned long long blocks = device_bytes / (unsigned long long)before.f_bsize;
+  rc = ioctl(fd, ATELIER_EXT4_IOC_RESIZE_FS, &blocks);
+  err = errno;
+  close(fd);
+  if (rc != 0) { errno = err; return -1; }
+  struct statfs after;
+  if (statfs(mountpoint, &after) != 0) return -1;
+  *old_bytes = (unsigned long long)before.f_blocks * before.f_bsize;
+  *new_bytes = (unsigned long long)after.f_blocks * after.f_bsize;
+  return 0;
 }
 
 int atelier_connect_loopback(unsigned short port) {

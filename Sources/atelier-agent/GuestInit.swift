@@ -15,16 +15,6 @@ import Logging
 /// What the agent does when the kernel starts it as PID 1: the few jobs of an init system
 /// that a development sandbox needs (file systems, hostname, network).
 enum GuestInit {
-  static func run(parameters: GuestBootParameters?, logger: Logger) {
-    mountEarlyFileSystems(logger: logger)
-    guard let parameters else {
-      logger.warning("no atelier.id on the kernel command line; identity and network left alone")
-      return
-    }
-    setHostname(parameters.hostname, logger: logger)
-    configureNetwork(parameters, logger: logger)
-  }
-
   static func mountEarlyFileSystems(logger: Logger) {
     let mounts: [(source: String, target: String, type: String, flags: UInt, options: String?)] = [
       ("proc", "/proc", "proc", UInt(MS_NOSUID | MS_NODEV | MS_NOEXEC), nil),
@@ -53,6 +43,32 @@ enum GuestInit {
     ]
     where access(link, F_OK) != 0 {
       symlink(target, link)
+    }
+  }
+
+  /// The host may hand over a disk larger than the image's file system (a clone grown to the
+  /// configured size); the root file system grows online to fill it. Nothing to do is cheap.
+  static func growRootFileSystem(logger: Logger) {
+    guard let mounts = readTextFile("/proc/mounts"),
+      let root = mounts.split(separator: "\n").map({ $0.split(separator: " ") })
+        .last(where: { $0.count > 2 && $0[1] == "/" }),
+      root[2] == "ext4", root[0].hasPrefix("/dev/")
+    else { return }
+    let device = String(root[0])
+    var before: UInt64 = 0
+    var after: UInt64 = 0
+    let started = ContinuousClock.now
+    guard atelier_grow_filesystem("/", device, &before, &after) == 0 else {
+      logger.warning("cannot grow the root file system: \(String(cString: strerror(errno)))")
+      return
+    }
+    if after > before {
+      logger.info(
+        "root file system grown",
+        metadata: [
+          "from": "\(before >> 20) MiB", "to": "\(after >> 20) MiB",
+          "took": "\(ContinuousClock.now - started)",
+        ])
     }
   }
 

@@ -35,6 +35,7 @@ let isInit = getpid() == 1
 if isInit {
   setenv("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", 1)
   GuestInit.mountEarlyFileSystems(logger: logger)
+  GuestInit.growRootFileSystem(logger: logger)
 }
 let bootParameters = GuestBootParameters(commandLine: readTextFile("/proc/cmdline") ?? "")
 if isInit, let bootParameters {

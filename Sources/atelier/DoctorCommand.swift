@@ -147,13 +147,16 @@ struct Doctor: AsyncParsableCommand {
             ? "\(config.bridgeName) and rules in place"
             : "missing: \(missing.joined(separator: "; "))"),
         fix: "atelier network setup (as root), or use ATELIER_NETWORK=user"))
+    let vhostVsock = QEMUMicroVM.vhostVsockUsable()
     findings.append(
       Finding(
-        name: "vhost-vsock", ok: true,
-        detail: FileManager.default.fileExists(atPath: "/dev/vhost-vsock")
-          ? "/dev/vhost-vsock present"
-          : "no /dev/vhost-vsock (QEMU agents use a loopback port forward)",
-        fix: ""))
+        name: "vhost-vsock",
+        ok: config.vmm != .qemu || config.qemuVsock != .on || vhostVsock,
+        detail: "ATELIER_QEMU_VSOCK=\(config.qemuVsock.rawValue); "
+          + (vhostVsock
+            ? "/dev/vhost-vsock usable (QEMU agents over vsock)"
+            : "no usable /dev/vhost-vsock (QEMU agents use a loopback port forward)"),
+        fix: "modprobe vhost_vsock, or set ATELIER_QEMU_VSOCK=auto"))
     return findings
   }
 }

@@ -124,7 +124,9 @@ extension VMTests {
     }
 
     @Test func createExecDeleteLeavesNothingBehind() async throws {
-      try await withManager(environment: ["ATELIER_SERVER_MAX_SANDBOXES": "1"]) { manager in
+      try await withManager(environment: [
+        "ATELIER_SERVER_MAX_SANDBOXES": "1", "ATELIER_DISK_SIZE_GB": "3",
+      ]) { manager in
 
         let sandbox = try await manager.createSandbox([
           "image": "tiny", "vcpus": 1, "memoryMb": 256,
@@ -148,6 +150,12 @@ extension VMTests {
           guestKernel != hostKernel.stdoutText.trimmingCharacters(in: .whitespacesAndNewlines))
         let hostname = try await manager.exec(id, ["command": "hostname"])
         #expect(hostname.json["stdout"] as? String == "sbx-\(id)\n")
+
+        // The 256 MiB image's clone is a 3 GiB disk; the guest grew its root file system.
+        let df = try await manager.exec(id, ["command": "df -k / | tail -1"])
+        let rootKiB = (df.json["stdout"] as? String ?? "").split(separator: " ").dropFirst()
+          .first.flatMap { Int($0) }
+        #expect((rootKiB ?? 0) > 2_800_000, "df: \(df.json["stdout"] ?? "")")
 
         let failing = try await manager.exec(id, ["command": "echo partial; echo oops >&2; exit 3"])
         #expect(failing.status == 200)
@@ -274,7 +282,11 @@ extension VMTests {
 
         // SIGKILL the manager in the middle of a create: the next start removes what it made.
         let pending = Task {
-          try? await manager.request(.POST, "/api/sandboxes", json: [:], timeout: .seconds(120))
+          // No retry: the manager is killed under this request, and a retry would keep
+          // knocking at a closed port until its timeout.
+          try? await manager.request(
+            .POST, "/api/sandboxes", json: [:], timeout: .seconds(120),
+            retryOnClosedConnection: false)
         }
         let deadline = ContinuousClock.now + .seconds(60)
         while manager.qemuProcesses().count < 2 && ContinuousClock.now < deadline {

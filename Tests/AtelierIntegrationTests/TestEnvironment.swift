@@ -201,7 +201,8 @@ final class ManagerProcess: @unchecked Sendable {
   func request(
     _ method: HTTPMethod, _ path: String, json body: Any? = nil, rawBody: String? = nil,
     raw: Data? = nil,
-    authorized: Bool = true, token override: String? = nil, timeout: Duration = .seconds(300)
+    authorized: Bool = true, token override: String? = nil, timeout: Duration = .seconds(300),
+    retryOnClosedConnection: Bool = true
   ) async throws -> HTTPAnswer {
     var request = HTTPClientRequest(url: baseURL + path)
     request.method = method
@@ -222,7 +223,9 @@ final class ManagerProcess: @unchecked Sendable {
     do {
       response = try await HTTPClient.shared.execute(
         request, timeout: .seconds(Int64(timeout.components.seconds)))
-    } catch let error as HTTPClientError where error == .remoteConnectionClosed {
+    } catch let error as HTTPClientError
+      where error == .remoteConnectionClosed && retryOnClosedConnection
+    {
       // A pooled keep-alive connection the server had just closed: nothing was processed,
       // send it again on a fresh connection (as any HTTP client would).
       response = try await HTTPClient.shared.execute(

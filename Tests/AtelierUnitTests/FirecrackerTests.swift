@@ -59,7 +59,7 @@ import Testing
     Task {
       let deadline = ContinuousClock.now + .seconds(10)
       while !FileManager.default.fileExists(atPath: "\(runtimeDirectory)/firecracker.pid") {
-        guard ContinuousClock.now < deadline else { throw HybridVsockError("never launched") }
+        guard ContinuousClock.now < deadline else { throw VsockError("never launched") }
         try await Task.sleep(for: .milliseconds(2))
       }
       return try FakeFirecrackerAPI(
@@ -268,7 +268,7 @@ import Testing
         == ["--api-sock", "\(runtime)/firecracker.sock", "--id", "abcdefghijkl"])
     try await waitFor { vmm.consoleTail(runtimeDirectory: runtime).contains("fake firecracker") }
     #expect(
-      FirecrackerVMM.agentEndpoint(.hybridVsock(path: "", port: 9998), runtimeDirectory: runtime)
+      vmm.vsockEndpoint(port: 9998, runtimeDirectory: runtime)
         == .hybridVsock(path: "\(runtime)/vsock.sock", port: 9998))
 
     await vmm.kill(handle)
@@ -348,10 +348,10 @@ import Testing
     defer { try? FileManager.default.removeItem(atPath: dir) }
     let vsock = try FakeVsockServer(socketPath: "\(dir)/vsock.sock", answer: "OK 1073741824\n")
     defer { vsock.stop() }
-    let registry = HybridVsockForwarders()
+    let registry = VsockForwarders()
     let (host, port) = try AgentEndpoint.hybridVsock(path: "\(dir)/vsock.sock", port: 9998)
       .tcpAddress(using: registry)
-    defer { registry.stopAll(path: "\(dir)/vsock.sock") }
+    defer { registry.stopAll(.hybrid(path: "\(dir)/vsock.sock")) }
     #expect(host == "127.0.0.1")
 
     // Two requests on one kept-alive connection, a third that closes it, a fourth on a new
@@ -373,7 +373,7 @@ import Testing
     defer { try? FileManager.default.removeItem(atPath: dir) }
     let vsock = try FakeVsockServer(socketPath: "\(dir)/vsock.sock", answer: "ERR no listener\n")
     defer { vsock.stop() }
-    let forwarder = try HybridVsockForwarder(udsPath: "\(dir)/vsock.sock", vsockPort: 9998)
+    let forwarder = try VsockForwarder(target: .hybrid(path: "\(dir)/vsock.sock"), vsockPort: 9998)
     defer { forwarder.stop() }
 
     let request = HTTPClientRequest(url: "http://127.0.0.1:\(forwarder.port)/health")
@@ -386,7 +386,7 @@ import Testing
 
     // No vsock socket at all (the VM is gone): the connection fails the same way. (Another
     // forwarder, so no pooled connection can answer.)
-    let gone = try HybridVsockForwarder(udsPath: "\(dir)/missing.sock", vsockPort: 9998)
+    let gone = try VsockForwarder(target: .hybrid(path: "\(dir)/missing.sock"), vsockPort: 9998)
     defer { gone.stop() }
     await #expect(throws: (any Error).self) {
       let response = try await HTTPClient.shared.execute(
@@ -396,11 +396,11 @@ import Testing
   }
 
   @Test func registryHandsOutOneForwarderPerSocketAndPort() async throws {
-    let registry = HybridVsockForwarders()
-    let first = try registry.forwarder(path: "/tmp/vm-a/vsock.sock", port: 9998)
-    #expect(try registry.forwarder(path: "/tmp/vm-a/vsock.sock", port: 9998) === first)
-    let otherPort = try registry.forwarder(path: "/tmp/vm-a/vsock.sock", port: 22)
-    let otherVM = try registry.forwarder(path: "/tmp/vm-b/vsock.sock", port: 9998)
+    let registry = VsockForwarders()
+    let first = try registry.forwarder(to: .hybrid(path: "/tmp/vm-a/vsock.sock"), port: 9998)
+    #expect(try registry.forwarder(to: .hybrid(path: "/tmp/vm-a/vsock.sock"), port: 9998) === first)
+    let otherPort = try registry.forwarder(to: .hybrid(path: "/tmp/vm-a/vsock.sock"), port: 22)
+    let otherVM = try registry.forwarder(to: .hybrid(path: "/tmp/vm-b/vsock.sock"), port: 9998)
     #expect(Set([first.port, otherPort.port, otherVM.port]).count == 3)
     #expect(registry.count == 3)
     #expect(
@@ -410,19 +410,19 @@ import Testing
     #expect(
       try AgentEndpoint.hybridVsock(path: "/tmp/vm-b/vsock.sock", port: 9998).overTCP(
         using: registry) == .tcp(host: "127.0.0.1", port: otherVM.port))
-    #expect(throws: HybridVsockError.self) {
+    #expect(throws: VsockError.self) {
       try AgentEndpoint.hybridVsock(path: "", port: 9998).tcpAddress(using: registry)
     }
 
-    registry.stopAll(path: "/tmp/vm-a/vsock.sock")
+    registry.stopAll(.hybrid(path: "/tmp/vm-a/vsock.sock"))
     #expect(first.isStopped && otherPort.isStopped && !otherVM.isStopped)
     #expect(registry.count == 1)
     // A stopped forwarder no longer listens; asking again starts a new one.
     try await waitFor { !canConnect(port: first.port) }
-    let again = try registry.forwarder(path: "/tmp/vm-a/vsock.sock", port: 9998)
+    let again = try registry.forwarder(to: .hybrid(path: "/tmp/vm-a/vsock.sock"), port: 9998)
     #expect(again !== first)
-    registry.stop(path: "/tmp/vm-b/vsock.sock", port: 9998)
-    registry.stop(path: "/tmp/vm-a/vsock.sock", port: 9998)
+    registry.stop(.hybrid(path: "/tmp/vm-b/vsock.sock"), port: 9998)
+    registry.stop(.hybrid(path: "/tmp/vm-a/vsock.sock"), port: 9998)
     #expect(registry.count == 0)
     #expect(otherVM.isStopped && again.isStopped)
   }
@@ -483,12 +483,11 @@ import Testing
         network: NetworkAttachment(
           backend: .tap(device: tap, mac: "06:00:0a:00:09:02"), guestIPv4: "10.0.9.2",
           prefixLength: 24, gateway: "10.0.9.1", dns: "10.0.9.1",
-          agent: .hybridVsock(path: "", port: 9998)))
+          agent: vmm.vsockEndpoint(port: 9998, runtimeDirectory: "\(dir)/sandboxes/\(id)"),
+          agentChannel: .vsock(port: 9998)))
     }
     func agent(_ spec: VMSpec) throws -> AgentClient {
-      let endpoint = FirecrackerVMM.agentEndpoint(
-        spec.network.agent, runtimeDirectory: spec.runtimeDirectory)
-      return AgentClient(endpoint: try endpoint.overTCP())
+      AgentClient(endpoint: try spec.network.agent.overTCP())
     }
 
     let original = try await makeSpec("fcoriginal01", tap: taps[0])

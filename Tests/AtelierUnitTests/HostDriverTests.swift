@@ -1,3 +1,4 @@
+import AsyncHTTPClient
 import AtelierProcess
 import Foundation
 import Testing
@@ -64,6 +65,27 @@ import Testing
     #expect(try await store.list() == ["sandbox-x"])
     try await store.remove("sandbox-x")
     #expect(try await store.list().isEmpty)
+  }
+
+  @Test func clonesOfSmallDisksAreGrownToTheMinimumSize() async throws {
+    let dir = try temporaryDirectory()
+    defer { try? FileManager.default.removeItem(atPath: dir) }
+    let base = "\(dir)/small.img"
+    FileManager.default.createFile(atPath: base, contents: Data(repeating: 7, count: 1 << 20))
+    let store = FileVolumeStore(directory: "\(dir)/volumes", minimumSizeBytes: 3 << 30)
+    let disk = try await store.clone(
+      base: DiskAttachment(path: base, format: .raw), to: "sandbox-grown")
+    let info = try await qemuImg(["info", "--output=json", disk.path])
+    let json = try JSONSerialization.jsonObject(with: Data(info.stdoutText.utf8)) as? [String: Any]
+    #expect(json?["virtual-size"] as? Int == 3 << 30)
+    // A base larger than the minimum keeps its own size.
+    let large = FileVolumeStore(directory: "\(dir)/volumes", minimumSizeBytes: 1 << 10)
+    let same = try await large.clone(
+      base: DiskAttachment(path: base, format: .raw), to: "sandbox-same")
+    let sameInfo = try await qemuImg(["info", "--output=json", same.path])
+    let sameJSON =
+      try JSONSerialization.jsonObject(with: Data(sameInfo.stdoutText.utf8)) as? [String: Any]
+    #expect(sameJSON?["virtual-size"] as? Int == 1 << 20)
   }
 
   @Test func cpioArchiveHasNewcHeadersAndTrailer() {
@@ -137,5 +159,67 @@ import Testing
     #expect(append.contains("console=ttyS0"))
     if let khz = HostInfo.tscKHz() { #expect(append.contains("tsc_early_khz=\(khz)")) }
     #expect(arguments.contains("-daemonize"))
+  }
+
+  @Test func qemuGuestsGetAVsockDeviceWhenTheAgentIsOnVsock() async throws {
+    let vmm = QEMUMicroVM(
+      binary: "qemu-system-x86_64", acceleration: .tcg, sandboxesDirectory: "/data/sandboxes",
+      vhostVsock: true, runner: SystemCommandRunner())
+    let network = try await UserModeNetwork(agentOverVsock: true).attach(sandboxId: "abcdefabcdef")
+    #expect(network.agentChannel == .vsock(port: 9998))
+    #expect(network.backend == .userMode(forwards: []))
+    let endpoint = try vmm.vsockEndpoint(port: 9998, runtimeDirectory: "/data/sandboxes/x")
+    guard case .vsock(let cid, let port) = endpoint else {
+      Issue.record("not a vsock endpoint: \(endpoint)")
+      return
+    }
+    #expect(cid >= 3 && port == 9998)
+    // Each VM its own CID.
+    #expect(try vmm.vsockEndpoint(port: 9998, runtimeDirectory: "/data/sandboxes/y") != endpoint)
+
+    var attached = network
+    attached.agent = endpoint
+    let spec = VMSpec(
+      sandboxId: "abcdefabcdef", runtimeDirectory: "/data/sandboxes/abcdefabcdef",
+      kernelPath: "/k/vmlinuz", initrdPath: "/k/initrd.img",
+      kernelArguments: attached.bootParameters(sandboxId: "abcdefabcdef", hostname: "h")
+        .kernelArguments,
+      disk: DiskAttachment(path: "/d.qcow2", format: .qcow2), vcpus: 1, memoryMb: 256,
+      network: attached)
+    let arguments = vmm.arguments(for: spec)
+    #expect(arguments.contains("vhost-vsock-device,id=vsock0,guest-cid=\(cid)"))
+    #expect(QEMUMicroVM.guestCID(in: arguments) == cid)
+    #expect(!arguments.contains { $0.contains("hostfwd=") })
+    // The agent listens on loopback only and relays vsock port 9998 to it.
+    let append = arguments[arguments.firstIndex(of: "-append")! + 1]
+    #expect(append.contains("atelier.listen=127.0.0.1"))
+    #expect(append.contains("atelier.vsock=9998"))
+
+    // Without vhost-vsock there is no vsock to hand out.
+    let plain = QEMUMicroVM(
+      binary: "qemu-system-x86_64", acceleration: .tcg, sandboxesDirectory: "/data/sandboxes",
+      runner: SystemCommandRunner())
+    #expect(throws: VMMError.self) {
+      try plain.vsockEndpoint(port: 9998, runtimeDirectory: "/data/sandboxes/x")
+    }
+  }
+
+  /// A real AF_VSOCK connection attempt to a CID where nothing listens (the local CID: it
+  /// never leaves the machine): the TCP client sees a failed connection, not a hang.
+  @Test func kernelVsockForwarderFailsTheConnectionWhenNothingListens() async throws {
+    let registry = VsockForwarders()
+    let endpoint = AgentEndpoint.vsock(cid: 1, port: 9998)
+    let (host, port) = try endpoint.tcpAddress(using: registry)
+    defer { registry.stopAll(.kernel(cid: 1)) }
+    #expect(registry.count == 1)
+    await #expect(throws: (any Error).self) {
+      let response = try await HTTPClient.shared.execute(
+        HTTPClientRequest(url: "http://\(host):\(port)/health"), timeout: .seconds(20))
+      _ = try await response.body.collect(upTo: 1 << 20)
+    }
+    // CID 0 means "not assigned yet": no forwarder for it.
+    #expect(throws: VsockError.self) {
+      try AgentEndpoint.vsock(cid: 0, port: 9998).tcpAddress(using: registry)
+    }
   }
 }

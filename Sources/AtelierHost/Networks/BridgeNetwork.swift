@@ -75,8 +75,8 @@ public struct BridgeNetwork: NetworkProvider {
       channel = .privateInterface(
         forward: forward, guestAddress: Self.agentAddress, prefixLength: 24)
     case .vsock:
-      // The VMM decides the socket path; it fills in `agent` when it boots.
-      agent = .hybridVsock(path: "", port: AgentProtocol.port)
+      // The VMM decides the socket path or CID; the manager asks it when attaching.
+      agent = .vsock(cid: 0, port: AgentProtocol.port)
       channel = .vsock(port: AgentProtocol.port)
     }
     return NetworkAttachment(

@@ -3,17 +3,26 @@ import Foundation
 import Synchronization
 
 /// QEMU user-mode networking (slirp): no root, no host devices. The guest sits alone on
-/// 10.0.2.0/24; its agent port is forwarded to a free 127.0.0.1 port, reachable by nothing
-/// but this host.
+/// 10.0.2.0/24; its agent is reached over vsock when the VMM has it, else its port is
+/// forwarded to a free 127.0.0.1 port, reachable by nothing but this host.
 public struct UserModeNetwork: NetworkProvider {
   public let name = "user"
   let ports: LoopbackPortAllocator
+  let agentOverVsock: Bool
 
-  public init(ports: LoopbackPortAllocator = LoopbackPortAllocator()) {
+  public init(ports: LoopbackPortAllocator = LoopbackPortAllocator(), agentOverVsock: Bool = false)
+  {
     self.ports = ports
+    self.agentOverVsock = agentOverVsock
   }
 
   public func attach(sandboxId: String) async throws -> NetworkAttachment {
+    if agentOverVsock {
+      return NetworkAttachment(
+        backend: .userMode(forwards: []), guestIPv4: "10.0.2.15", prefixLength: 24,
+        gateway: "10.0.2.2", dns: "10.0.2.3", agent: .vsock(cid: 0, port: AgentProtocol.port),
+        agentChannel: .vsock(port: AgentProtocol.port))
+    }
     let port = try ports.reserve()
     let forward = NetworkAttachment.PortForward(
       hostAddress: "127.0.0.1", hostPort: port, guestPort: AgentProtocol.port)

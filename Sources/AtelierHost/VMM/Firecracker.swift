@@ -66,13 +66,9 @@ public struct FirecrackerVMM: VirtualMachineManager {
     memoryPath + ".vmstate"
   }
 
-  /// `endpoint` with the socket path filled in for this VM: the network provider cannot know
-  /// it (`.hybridVsock(path: "", …)`), it is the runtime directory's `vsock.sock`.
-  public static func agentEndpoint(_ endpoint: AgentEndpoint, runtimeDirectory: String)
-    -> AgentEndpoint
-  {
-    guard case .hybridVsock(_, let port) = endpoint else { return endpoint }
-    return .hybridVsock(path: vsockSocket(runtimeDirectory), port: port)
+  /// The hybrid vsock socket in the VM's runtime directory (every VM and restore has its own).
+  public func vsockEndpoint(port: Int, runtimeDirectory: String) -> AgentEndpoint {
+    .hybridVsock(path: Self.vsockSocket(runtimeDirectory), port: port)
   }
 
   /// Serial console, quiet boot, and a reboot or panic that ends the process (`reboot=k`:
@@ -257,7 +253,7 @@ public struct FirecrackerVMM: VirtualMachineManager {
   }
 
   public func kill(_ handle: VMHandle) async {
-    HybridVsockForwarders.shared.stopAll(path: Self.vsockSocket(handle.runtimeDirectory))
+    VsockForwarders.shared.stopAll(.hybrid(path: Self.vsockSocket(handle.runtimeDirectory)))
     guard isRunning(handle) else { return }
     logger.info(
       "killing firecracker", metadata: ["sandbox": "\(handle.sandboxId)", "pid": "\(handle.pid)"])

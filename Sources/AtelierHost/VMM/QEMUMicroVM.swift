@@ -14,18 +14,52 @@ public struct QEMUMicroVM: VirtualMachineManager {
   let acceleration: Acceleration
   /// Root of all runtime directories; how `discover` recognises our processes.
   let sandboxesDirectory: String
+  /// Guests get a `vhost-vsock-device` (the host kernel's vsock; needs `/dev/vhost-vsock`).
+  public let vhostVsock: Bool
   let runner: any CommandRunning
   let logger: Logger
 
   public init(
     binary: String, acceleration: Acceleration, sandboxesDirectory: String,
-    runner: any CommandRunning, logger: Logger = Logger(label: "atelier.vmm.qemu")
+    vhostVsock: Bool = false, runner: any CommandRunning,
+    logger: Logger = Logger(label: "atelier.vmm.qemu")
   ) {
     self.binary = binary
     self.acceleration = acceleration
     self.sandboxesDirectory = sandboxesDirectory
+    self.vhostVsock = vhostVsock
     self.runner = runner
     self.logger = logger
+  }
+
+  /// Whether this host can give QEMU guests a vsock: `/dev/vhost-vsock` exists and we may
+  /// open it.
+  public static func vhostVsockUsable(device: String = "/dev/vhost-vsock") -> Bool {
+    access(device, R_OK | W_OK) == 0
+  }
+
+  /// A context id for a new guest. CIDs are host-wide (any VMM, any user), so a random one
+  /// from a large range, avoiding those of our running VMs; QEMU refuses to start on a clash.
+  public func vsockEndpoint(port: Int, runtimeDirectory: String) throws -> AgentEndpoint {
+    guard vhostVsock else {
+      throw VMMError("vsock needs /dev/vhost-vsock, which this host does not have")
+    }
+    let taken = Set(
+      discover().compactMap { HostProcesses.commandLine(of: $0.pid) }
+        .compactMap(Self.guestCID(in:)))
+    var cid: UInt32
+    repeat { cid = UInt32.random(in: 3...0x7fff_ffff) } while taken.contains(cid)
+    return .vsock(cid: cid, port: port)
+  }
+
+  /// The `guest-cid=` of a QEMU command line, if it has a vsock device.
+  static func guestCID(in commandLine: [String]) -> UInt32? {
+    for argument in commandLine where argument.hasPrefix("vhost-vsock-device,") {
+      for option in argument.split(separator: ",") where option.hasPrefix("guest-cid=") {
+        return UInt32(option.dropFirst("guest-cid=".count))
+      }
+    }
+    return nil
   }
 
   static func pidFile(_ runtimeDirectory: String) -> String { "\(runtimeDirectory)/qemu.pid" }
@@ -82,6 +116,9 @@ public struct QEMUMicroVM: VirtualMachineManager {
         "-netdev", "tap,id=net0,ifname=\(device),script=no,downscript=no",
         "-device", "virtio-net-device,netdev=net0,mac=\(mac)",
       ]
+    }
+    if case .vsock(let cid, _) = spec.network.agent {
+      arguments += ["-device", "vhost-vsock-device,id=vsock0,guest-cid=\(cid)"]
     }
     if case .privateInterface(let forward, let address, let prefix) = spec.network.agentChannel {
       // restrict=on: the guest cannot reach anything through this NIC; only the forward

@@ -18,6 +18,9 @@ public enum AgentEndpoint: Codable, Sendable, Equatable {
   case tcp(host: String, port: Int)
   /// Firecracker-style hybrid vsock: a Unix socket on the host, `CONNECT <port>\n` first.
   case hybridVsock(path: String, port: Int)
+  /// AF_VSOCK to the guest's context id (QEMU with vhost-vsock). CID 0 (never a guest's)
+  /// stands for "not assigned yet": the VMM assigns one when the network is attached.
+  case vsock(cid: UInt32, port: Int)
 }
 
 /// The guest's network, as the VMM must wire it.
@@ -189,6 +192,10 @@ public protocol VirtualMachineManager: Sendable {
   func saveState(_ handle: VMHandle, to path: String) async throws
   /// Starts a VM from a saved state instead of booting it; it is left paused.
   func restore(_ spec: VMSpec, statePath: String) async throws -> VMHandle
+
+  /// Where guest vsock `port` of a VM about to start in `runtimeDirectory` will be reached
+  /// (each VM, and each restore, gets its own). Throws when this backend has no vsock here.
+  func vsockEndpoint(port: Int, runtimeDirectory: String) throws -> AgentEndpoint
 }
 
 extension VirtualMachineManager {
@@ -202,6 +209,9 @@ extension VirtualMachineManager {
   }
   public func restore(_ spec: VMSpec, statePath: String) async throws -> VMHandle {
     throw VMMError.unsupported("restoring snapshots", name)
+  }
+  public func vsockEndpoint(port: Int, runtimeDirectory: String) throws -> AgentEndpoint {
+    throw VMMError.unsupported("vsock", name)
   }
 
   public func consoleTail(runtimeDirectory: String) -> String {

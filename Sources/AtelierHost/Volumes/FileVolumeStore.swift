@@ -6,10 +6,17 @@ import Logging
 public struct FileVolumeStore: VolumeStore {
   public let name = "file"
   let directory: String
+  /// Clones of smaller disks get this virtual size (sparse: nothing is written); the guest
+  /// grows its file system to fill it at boot. 0 keeps the base's size.
+  let minimumSizeBytes: UInt64
   let logger: Logger
 
-  public init(directory: String, logger: Logger = Logger(label: "atelier.volumes.file")) {
+  public init(
+    directory: String, minimumSizeBytes: UInt64 = 0,
+    logger: Logger = Logger(label: "atelier.volumes.file")
+  ) {
     self.directory = directory
+    self.minimumSizeBytes = minimumSizeBytes
     self.logger = logger
   }
 
@@ -22,11 +29,18 @@ public struct FileVolumeStore: VolumeStore {
     if base.format == .raw {
       let target = path(name, .raw)
       if try Reflink.clone(from: base.path, to: target) {
+        if try virtualSize(of: base) < minimumSizeBytes,
+          truncate(target, off_t(minimumSizeBytes)) != 0
+        {
+          let reason = String(cString: strerror(errno))
+          unlink(target)
+          throw VolumeError("cannot grow \(target): \(reason)")
+        }
         return DiskAttachment(path: target, format: .raw)
       }
     }
     let target = path(name, .qcow2)
-    let size = try virtualSize(of: base)
+    let size = max(try virtualSize(of: base), minimumSizeBytes)
     try Qcow2Overlay.create(
       at: target, backingFile: base.path, backingFormat: base.format, virtualSize: size)
     return DiskAttachment(path: target, format: .qcow2)

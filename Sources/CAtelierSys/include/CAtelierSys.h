@@ -39,6 +39,12 @@ int atelier_if_set_mac(const char *ifname, const char *mac);
 
 /// A listening AF_VSOCK stream socket on `port` (any CID), or -1.
 int atelier_vsock_listen(unsigned int port);
+/// An AF_VSOCK stream connection to (cid, port), or -1 with errno.
+int atelier_vsock_connect(unsigned int cid, unsigned int port);
+/// Grows the ext4 file system mounted at `mountpoint` online to fill `device`
+/// (EXT4_IOC_RESIZE_FS). Reports the usable sizes before and after. 0, or -1 with errno.
+int atelier_grow_filesystem(const char *mountpoint, const char *device,
+                            unsigned long long *old_bytes, unsigned long long *new_bytes);
 /// A TCP connection to 127.0.0.1:port, or -1.
 int atelier_connect_loopback(unsigned short port);
 /// Copies bytes both ways between two connected sockets until both directions end, then

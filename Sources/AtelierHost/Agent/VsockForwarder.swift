@@ -1,4 +1,5 @@
 import AtelierProcess
+import CAtelierSys
 import Foundation
 import Logging
 import Synchronization
@@ -7,19 +8,34 @@ import Synchronization
   import Glibc
 #endif
 
-public struct HybridVsockError: Error, CustomStringConvertible, Sendable {
+public struct VsockError: Error, CustomStringConvertible, Sendable {
   public var message: String
   public init(_ message: String) { self.message = message }
   public var description: String { message }
 }
 
+/// How the host reaches a guest's vsock.
+public enum VsockTarget: Hashable, Sendable, CustomStringConvertible {
+  /// Firecracker's hybrid vsock: a Unix socket, `CONNECT <port>\n`, then `OK …\n`.
+  case hybrid(path: String)
+  /// The kernel's AF_VSOCK to a guest CID (QEMU with vhost-vsock).
+  case kernel(cid: UInt32)
+
+  public var description: String {
+    switch self {
+    case .hybrid(let path): "vsock socket \(path)"
+    case .kernel(let cid): "vsock CID \(cid)"
+    }
+  }
+}
+
 /// Makes a guest's vsock port reachable over loopback TCP, for clients that only speak TCP
 /// (AsyncHTTPClient, the WebSocket client). Each accepted connection gets its own connection to
-/// Firecracker's hybrid vsock socket, the `CONNECT <port>\n` / `OK …\n` handshake, then a byte
-/// relay both ways until either side closes. Blocking sockets on plain threads: two per live
-/// connection, one for accepting. It runs until `stop()`.
-public final class HybridVsockForwarder: Sendable {
-  public let udsPath: String
+/// the guest (for Firecracker's hybrid vsock socket after the `CONNECT <port>\n` / `OK …\n`
+/// handshake), then a byte relay both ways until either side closes. Blocking sockets on plain
+/// threads: two per live connection, one for accepting. It runs until `stop()`.
+public final class VsockForwarder: Sendable {
+  public let target: VsockTarget
   public let vsockPort: Int
   public let host = "127.0.0.1"
   /// The ephemeral loopback port this forwarder listens on.
@@ -37,10 +53,10 @@ public final class HybridVsockForwarder: Sendable {
   private let state = Mutex(State())
 
   public init(
-    udsPath: String, vsockPort: Int, handshakeTimeout: Duration = .seconds(10),
-    logger: Logger = Logger(label: "atelier.vmm.firecracker")
+    target: VsockTarget, vsockPort: Int, handshakeTimeout: Duration = .seconds(10),
+    logger: Logger = Logger(label: "atelier.vmm.vsock")
   ) throws {
-    self.udsPath = udsPath
+    self.target = target
     self.vsockPort = vsockPort
     self.handshakeTimeout = handshakeTimeout
     self.logger = logger
@@ -63,7 +79,7 @@ public final class HybridVsockForwarder: Sendable {
 
   static func listenOnLoopback() throws -> (Int32, Int) {
     let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-    guard fd >= 0 else { throw HybridVsockError("socket: \(UnixSocket.lastError())") }
+    guard fd >= 0 else { throw VsockError("socket: \(UnixSocket.lastError())") }
     var address = sockaddr_in()
     address.sin_family = sa_family_t(AF_INET)
     address.sin_port = 0
@@ -78,7 +94,7 @@ public final class HybridVsockForwarder: Sendable {
     guard bound else {
       let reason = UnixSocket.lastError()
       close(fd)
-      throw HybridVsockError("cannot listen on 127.0.0.1: \(reason)")
+      throw VsockError("cannot listen on 127.0.0.1: \(reason)")
     }
     return (fd, Int(UInt16(bigEndian: address.sin_port)))
   }
@@ -130,7 +146,7 @@ public final class HybridVsockForwarder: Sendable {
       // Closing without an answer is what the TCP client sees as a failed connection.
       logger.debug(
         "vsock connection refused",
-        metadata: ["uds": "\(udsPath)", "port": "\(vsockPort)", "error": "\(error)"])
+        metadata: ["target": "\(target)", "port": "\(vsockPort)", "error": "\(error)"])
       release(client)
       return
     }
@@ -139,30 +155,47 @@ public final class HybridVsockForwarder: Sendable {
     relay.pump(from: client, to: guest)
   }
 
+  private func connectToGuest() throws -> Int32 {
+    switch target {
+    case .hybrid(let path): return try connectToHybridVsock(path)
+    case .kernel(let cid):
+      let fd = atelier_vsock_connect(cid, UInt32(vsockPort))
+      guard fd >= 0 else {
+        throw VsockError(
+          "cannot connect to CID \(cid) port \(vsockPort): \(UnixSocket.lastError())")
+      }
+      guard register(fd) else {
+        close(fd)
+        throw VsockError("forwarder stopped")
+      }
+      return fd
+    }
+  }
+
   /// Connects to the vsock socket and completes the handshake. The answer is read a byte at a
   /// time so that nothing the guest sends after the `OK` line is consumed here.
-  private func connectToGuest() throws -> Int32 {
-    let fd = try UnixSocket.connect(udsPath)
+  private func connectToHybridVsock(_ path: String) throws -> Int32 {
+    let fd = try UnixSocket.connect(path)
     guard register(fd) else {
       close(fd)
-      throw HybridVsockError("forwarder stopped")
+      throw VsockError("forwarder stopped")
     }
     do {
       UnixSocket.setTimeouts(fd, seconds: max(1, Int(handshakeTimeout.components.seconds)))
       guard UnixSocket.sendAll(fd, Array("CONNECT \(vsockPort)\n".utf8)) else {
-        throw HybridVsockError("cannot send CONNECT: \(UnixSocket.lastError())")
+        throw VsockError("cannot send CONNECT: \(UnixSocket.lastError())")
       }
       var line: [UInt8] = []
       while true {
         guard line.count < 256, let byte = UnixSocket.receive(fd, size: 1), byte.count == 1 else {
-          throw HybridVsockError("no answer to CONNECT \(vsockPort)")
+          throw VsockError("no answer to CONNECT \(vsockPort)")
         }
         if byte[0] == 10 { break }
         line += byte
       }
       let answer = String(decoding: line, as: UTF8.self)
       guard answer.hasPrefix("OK") else {
-        throw HybridVsockError("CONNECT \(vsockPort) refused: \(answer)")
+        throw VsockError("CONNECT \(vsockPort) refused: \(answer)")
       }
       UnixSocket.setTimeouts(fd, seconds: 0)
       return fd
@@ -175,10 +208,10 @@ public final class HybridVsockForwarder: Sendable {
   fileprivate final class Relay: Sendable {
     let client: Int32
     let guest: Int32
-    let forwarder: HybridVsockForwarder
+    let forwarder: VsockForwarder
     private let finished = Mutex(0)
 
-    init(client: Int32, guest: Int32, forwarder: HybridVsockForwarder) {
+    init(client: Int32, guest: Int32, forwarder: VsockForwarder) {
       self.client = client
       self.guest = guest
       self.forwarder = forwarder
@@ -204,40 +237,40 @@ public final class HybridVsockForwarder: Sendable {
   }
 }
 
-/// One forwarder per (vsock socket, port), created on first use.
-public final class HybridVsockForwarders: Sendable {
-  public static let shared = HybridVsockForwarders()
+/// One forwarder per (guest vsock, port), created on first use.
+public final class VsockForwarders: Sendable {
+  public static let shared = VsockForwarders()
 
   struct Key: Hashable {
-    var path: String
+    var target: VsockTarget
     var port: Int
   }
-  private let forwarders = Mutex<[Key: HybridVsockForwarder]>([:])
+  private let forwarders = Mutex<[Key: VsockForwarder]>([:])
   let logger: Logger
 
-  public init(logger: Logger = Logger(label: "atelier.vmm.firecracker")) {
+  public init(logger: Logger = Logger(label: "atelier.vmm.vsock")) {
     self.logger = logger
   }
 
-  /// The forwarder to `port` through the vsock socket at `path`, started if needed.
-  public func forwarder(path: String, port: Int) throws -> HybridVsockForwarder {
+  /// The forwarder to `port` of the guest at `target`, started if needed.
+  public func forwarder(to target: VsockTarget, port: Int) throws -> VsockForwarder {
     try forwarders.withLock { forwarders in
-      let key = Key(path: path, port: port)
+      let key = Key(target: target, port: port)
       if let existing = forwarders[key], !existing.isStopped { return existing }
-      let forwarder = try HybridVsockForwarder(udsPath: path, vsockPort: port, logger: logger)
+      let forwarder = try VsockForwarder(target: target, vsockPort: port, logger: logger)
       forwarders[key] = forwarder
       return forwarder
     }
   }
 
-  public func stop(path: String, port: Int) {
-    forwarders.withLock { $0.removeValue(forKey: Key(path: path, port: port)) }?.stop()
+  public func stop(_ target: VsockTarget, port: Int) {
+    forwarders.withLock { $0.removeValue(forKey: Key(target: target, port: port)) }?.stop()
   }
 
   /// Stops every forwarder into one VM (it is gone, or about to be).
-  public func stopAll(path: String) {
+  public func stopAll(_ target: VsockTarget) {
     let stopped = forwarders.withLock { forwarders in
-      let keys = forwarders.keys.filter { $0.path == path }
+      let keys = forwarders.keys.filter { $0.target == target }
       return keys.compactMap { forwarders.removeValue(forKey: $0) }
     }
     for forwarder in stopped { forwarder.stop() }
@@ -247,25 +280,34 @@ public final class HybridVsockForwarders: Sendable {
 }
 
 extension AgentEndpoint {
-  /// Where a TCP-only client reaches this agent: a `.tcp` endpoint as it is; a hybrid vsock
-  /// through a loopback forwarder from `registry` (started on first use).
-  public func tcpAddress(using registry: HybridVsockForwarders = .shared) throws -> (
-    host: String, port: Int
-  ) {
+  /// The guest vsock behind this endpoint, when it is one.
+  public var vsockTarget: (target: VsockTarget, port: Int)? {
     switch self {
-    case .tcp(let host, let port):
-      return (host, port)
-    case .hybridVsock(let path, let port):
-      guard !path.isEmpty else {
-        throw HybridVsockError("the agent's vsock socket path is not known yet")
-      }
-      let forwarder = try registry.forwarder(path: path, port: port)
-      return (forwarder.host, forwarder.port)
+    case .tcp: nil
+    case .hybridVsock(let path, let port): (.hybrid(path: path), port)
+    case .vsock(let cid, let port): (.kernel(cid: cid), port)
     }
   }
 
+  /// Where a TCP-only client reaches this agent: a `.tcp` endpoint as it is; a vsock through
+  /// a loopback forwarder from `registry` (started on first use).
+  public func tcpAddress(using registry: VsockForwarders = .shared) throws -> (
+    host: String, port: Int
+  ) {
+    if case .tcp(let host, let port) = self { return (host, port) }
+    guard let (target, port) = vsockTarget else { throw VsockError("not a vsock endpoint") }
+    if case .hybrid(let path) = target, path.isEmpty {
+      throw VsockError("the agent's vsock socket path is not known yet")
+    }
+    if case .kernel(let cid) = target, cid == 0 {
+      throw VsockError("the guest's vsock CID is not known yet")
+    }
+    let forwarder = try registry.forwarder(to: target, port: port)
+    return (forwarder.host, forwarder.port)
+  }
+
   /// This endpoint as `.tcp`, for `AgentClient` and the agent proxy.
-  public func overTCP(using registry: HybridVsockForwarders = .shared) throws -> AgentEndpoint {
+  public func overTCP(using registry: VsockForwarders = .shared) throws -> AgentEndpoint {
     let (host, port) = try tcpAddress(using: registry)
     return .tcp(host: host, port: port)
   }
