@@ -81,11 +81,14 @@ extension SandboxService {
       let state = SnapshotState(
         volume: VolumeNames.snapshot(snapshotId), disk: plan.frozen, memoryPath: memoryPath,
         kernel: kernel)
+      let diskBytes =
+        await drivers.volumes.allocatedBytes(of: VolumeNames.snapshot(snapshotId))
+        ?? Self.allocatedBytes(plan.frozen.path)
       let record = SnapshotRecord(
         id: snapshotId, sandboxId: row.id, name: name ?? "\(row.id)-\(ISO8601.format(Date()))",
         image: row.image, vcpus: row.vcpus, memoryMb: row.memoryMb, createdAt: Date(),
         sizeBytes: Self.allocatedBytes(memoryPath) + Self.allocatedBytes("\(memoryPath).vmstate")
-          + Self.allocatedBytes(plan.frozen.path),
+          + diskBytes,
         kind: kind, state: Self.encode(state))
       try database.insert(record)
       logger.info(

@@ -277,6 +277,21 @@ final class LVMRecordingRunner: CommandRunning {
     #expect(error?.message.contains("Volume group \"sandbox-vg\" not found") == true)
   }
 
+  @Test func snapshotSizeIsTheThinVolumesMappedData() async throws {
+    let runner = LVMRecordingRunner()
+    runner.on(
+      "lvs", "--noheadings", "--nosuffix", "--units", "b", "-o", "lv_size,data_percent",
+      stdout: "  10737418240   2,50\n")
+    #expect(await store(runner).allocatedBytes(of: "snapshot-abc") == 268_435_456)
+    #expect(
+      runner.lines == [
+        "lvs --noheadings --nosuffix --units b -o lv_size,data_percent sandbox-vg/frozen-abc"
+      ])
+    let missing = LVMRecordingRunner()
+    missing.fail("lvs", stderr: "  Failed to find logical volume\n")
+    #expect(await store(missing).allocatedBytes(of: "snapshot-abc") == nil)
+  }
+
   @Test func volumeNamesStayClearOfLVMReservedNames() async throws {
     #expect(LVMThinVolumeStore.logicalVolume(for: "snapshot-abc") == "frozen-abc")
     #expect(LVMThinVolumeStore.volume(for: "frozen-abc") == "snapshot-abc")

@@ -139,6 +139,25 @@ public struct LVMThinVolumeStore: VolumeStore {
     return Self.rows(output).map { $0[0] }
   }
 
+  /// The thin volume's mapped data (`lv_size` × `data_percent`; blocks it shares with its
+  /// origin count too), or nil when lvs cannot tell.
+  public func allocatedBytes(of name: String) async -> Int64? {
+    guard let lv = try? checkedLogicalVolume(for: name) else { return nil }
+    let output = await runner.probe(
+      command(
+        "lvs",
+        [
+          "--noheadings", "--nosuffix", "--units", "b", "-o", "lv_size,data_percent",
+          "\(volumeGroup)/\(lv)",
+        ]))
+    guard output.exitCode == 0,
+      let fields = Self.rows(output.stdout).first, fields.count == 2,
+      let size = Double(fields[0]),
+      let percent = Double(fields[1].replacingOccurrences(of: ",", with: "."))
+    else { return nil }
+    return Int64(size * percent / 100)
+  }
+
   // MARK: Pool usage
 
   /// How full the thin pool is, in percent.

@@ -21,6 +21,13 @@ public protocol VolumeStore: Sendable {
   func disk(of name: String) -> DiskAttachment?
   /// Removes frozen snapshot disks that are neither in `keep` nor under any other volume.
   func collectGarbage(keep: Set<String>) async -> [String]
+  /// Bytes the volume takes in the store where a file's size cannot tell (a thin volume),
+  /// or nil: then the size of its disk file is the answer.
+  func allocatedBytes(of name: String) async -> Int64?
+}
+
+extension VolumeStore {
+  public func allocatedBytes(of name: String) async -> Int64? { nil }
 }
 
 public struct FreezePlan: Sendable, Equatable {
