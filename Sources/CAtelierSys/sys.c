@@ -233,15 +233,19 @@ int atelier_if_set_mac(const char *ifname, const char *mac) {
   return rc == 0 ? up : rc;
 }
 
-int atelier_vsock_listen(unsigned int port) {
+// A stream socket on AF_VSOCK, bound (listen) or connected to (cid, port); -1 with errno.
+static int vsock_socket(unsigned int cid, unsigned int port, int listening) {
   int fd = socket(AF_VSOCK, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd < 0) return -1;
   struct sockaddr_vm address;
   memset(&address, 0, sizeof(address));
   address.svm_family = AF_VSOCK;
   address.svm_port = port;
-  address.svm_cid = VMADDR_CID_ANY;
-  if (bind(fd, (struct sockaddr *)&address, sizeof(address)) != 0 || listen(fd, 64) != 0) {
+  address.svm_cid = cid;
+  int rc = listening
+      ? (bind(fd, (struct sockaddr *)&address, sizeof(address)) != 0 || listen(fd, 64) != 0)
+      : connect(fd, (struct sockaddr *)&address, sizeof(address)) != 0;
+  if (rc) {
     int err = errno;
     close(fd);
     errno = err;
@@ -250,21 +254,10 @@ int atelier_vsock_listen(unsigned int port) {
   return fd;
 }
 
+int atelier_vsock_listen(unsigned int port) { return vsock_socket(VMADDR_CID_ANY, port, 1); }
+
 int atelier_vsock_connect(unsigned int cid, unsigned int port) {
-  int fd = socket(AF_VSOCK, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) return -1;
-  struct sockaddr_vm address;
-  memset(&address, 0, sizeof(address));
-  address.svm_family = AF_VSOCK;
-  address.svm_port = port;
-  address.svm_cid = cid;
-  if (connect(fd, (struct sockaddr *)&address, sizeof(address)) != 0) {
-    int err = errno;
-    close(fd);
-    errno = err;
-    return -1;
-  }
-  return fd;
+  return vsock_socket(cid, port, 0);
 }
 
 // EXT4_IOC_RESIZE_FS is _IOW('f', 16, __u64); the kernel's ext4 header is not exported.
