@@ -70,6 +70,8 @@ public struct Config: Sendable, Equatable {
   /// A key as it appears in the file (`path`) and in the environment (`envName`).
   struct Key: Sendable {
     let path: String
+    /// Other environment names that set this key (the canonical name wins when both are set).
+    var aliases: [String] = []
     let apply: @Sendable (inout Config, String) throws -> Void
     var envName: String {
       var name = "ATELIER_"
@@ -97,7 +99,9 @@ public struct Config: Sendable, Equatable {
       config.serverHost = value
     },
     Key(path: "server.port") { $0.serverPort = try integer($1, in: 1...65535) },
-    Key(path: "server.maxSandboxes") { $0.maxSandboxes = try integer($1, in: 1...10000) },
+    Key(path: "server.maxSandboxes", aliases: ["ATELIER_MAX_SANDBOXES"]) {
+      $0.maxSandboxes = try integer($1, in: 1...10000)
+    },
     Key(path: "accel") { $0.accel = try choice($1) },
     Key(path: "vmm") { $0.vmm = try choice($1) },
     Key(path: "storage") { $0.storage = try choice($1) },
@@ -182,9 +186,12 @@ public struct Config: Sendable, Equatable {
       }
     }
     for key in keys {
-      guard let value = environment[key.envName] else { continue }
+      guard
+        let name = ([key.envName] + key.aliases).first(where: { environment[$0] != nil }),
+        let value = environment[name]
+      else { continue }
       do { try key.apply(&config, value) } catch let problem as ConfigProblem {
-        throw ConfigError(key: key.envName, source: nil, message: "\(value): \(problem.reason)")
+        throw ConfigError(key: name, source: nil, message: "\(value): \(problem.reason)")
       }
     }
     return config

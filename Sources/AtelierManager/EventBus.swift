@@ -15,16 +15,21 @@ public final class EventBus: Sendable {
 
   struct State {
     var buffer: [Event] = []
-    var nextId = 1
+    var nextId: Int
     var subscribers: [Int: AsyncStream<Event>.Continuation] = [:]
     var nextSubscriber = 0
   }
 
-  private let state = Mutex(State())
+  private let state: Mutex<State>
   let capacity: Int
 
-  public init(capacity: Int = 1000) {
+  /// Ids start at the clock in milliseconds, so they keep growing across manager restarts: a
+  /// client resuming with an id from before a restart gets everything since.
+  public init(
+    capacity: Int = 1000, firstId: Int = Int(Date().timeIntervalSince1970 * 1000)
+  ) {
     self.capacity = capacity
+    state = Mutex(State(nextId: firstId))
   }
 
   public func publish<T: Encodable>(_ type: String, _ payload: T) {

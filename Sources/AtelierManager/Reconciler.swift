@@ -21,6 +21,9 @@ public enum ReconcileAction: Sendable, Equatable {
   case markError(id: String, reason: String)
   /// A create that never finished (the manager died): remove everything it made and the row.
   case abandonCreate(id: String)
+  /// A stop that never finished (the manager died during it): kill what is left of the VM
+  /// and mark it stopped, so it can be started again.
+  case finishStop(id: String, pid: Int32?)
   /// A VM no live row owns.
   case killOrphanVM(id: String, pid: Int32)
   case removeOrphanVolume(name: String)
@@ -29,7 +32,7 @@ public enum ReconcileAction: Sendable, Equatable {
 
 /// Compares what should exist (rows) with what does (VM processes, volumes, runtime folders).
 public enum ReconcilePlanner {
-  static let liveStatuses: Set<String> = ["running", "paused", "stopping"]
+  static let liveStatuses: Set<String> = ["running", "paused"]
 
   public static func plan(
     rows: [RowState], liveVMs: [String: Int32], volumes: [String], runtimeDirectories: [String],
@@ -41,6 +44,9 @@ public enum ReconcilePlanner {
       switch row.status {
       case "creating":
         actions.append(.abandonCreate(id: row.id))
+      case "stopping":
+        // Not busy, so no stop is running: one was interrupted.
+        actions.append(.finishStop(id: row.id, pid: liveVMs[row.id]))
       case _ where liveStatuses.contains(row.status):
         if liveVMs[row.id] != nil {
           actions.append(.adopt(id: row.id))
@@ -74,13 +80,15 @@ public struct ReconcileReport: Codable, Sendable {
   public var adopted: [String] = []
   public var markedError: [String] = []
   public var abandonedCreates: [String] = []
+  public var finishedStops: [String] = []
   public var killedProcesses: [Int32] = []
   public var removedVolumes: [String] = []
   public var removedDirectories: [String] = []
   public var removedSnapshotFiles: [String] = []
 
   public var isEmpty: Bool {
-    adopted.isEmpty && markedError.isEmpty && abandonedCreates.isEmpty && killedProcesses.isEmpty
+    adopted.isEmpty && markedError.isEmpty && abandonedCreates.isEmpty && finishedStops.isEmpty
+      && killedProcesses.isEmpty
       && removedVolumes.isEmpty && removedDirectories.isEmpty && removedSnapshotFiles.isEmpty
   }
 }
@@ -140,6 +148,21 @@ extension SandboxService {
         await releaseResources(id: id, runtime: Self.runtime(row))
         _ = try? database.deleteSandbox(id: id)
         report.abandonedCreates.append(id)
+      case .finishStop(let id, let pid):
+        guard let row = byId[id] else { continue }
+        var runtime = Self.runtime(row)
+        if let pid {
+          runtime.vm = VMHandle(sandboxId: id, pid: pid, runtimeDirectory: runtimeDirectory(id))
+          report.killedProcesses.append(pid)
+        }
+        await stopVMProcess(id: id, runtime: runtime)
+        try? updateRuntime(id) {
+          $0.vm = nil
+          $0.network = nil
+        }
+        _ = try? setStatus(id, .stopped)
+        report.finishedStops.append(id)
+        logger.warning("an interrupted stop was finished", metadata: ["sandbox": "\(id)"])
       case .killOrphanVM(let id, let pid):
         await drivers.vmm.kill(
           VMHandle(sandboxId: id, pid: pid, runtimeDirectory: runtimeDirectory(id)))

@@ -67,11 +67,14 @@ extension SandboxService {
     else {
       throw AtelierError.conflict("sandbox \(id) has no disk left to start from")
     }
-    // Counts against the limit again (it did not while stopped).
+    // Counts against the limit again (it did not while stopped), from now: the row says
+    // `stopped` until the VM runs, and creates or other starts must not take the slot meanwhile.
     let counted = try database.count(statuses: Self.countedStatuses.map(\.rawValue))
-    guard counted < config.maxSandboxes else {
+    guard counted + startsInProgress < config.maxSandboxes else {
       throw AtelierError(.resourceExhausted, "sandbox limit reached (\(config.maxSandboxes))")
     }
+    startsInProgress += 1
+    defer { startsInProgress -= 1 }
     var undo = UndoStack()
     do {
       let runtime = Self.runtime(row)

@@ -22,8 +22,11 @@ public actor SandboxService {
   var snapshotsInProgress: Set<String> = []
   /// When each sandbox last saw API, agent or terminal traffic.
   var lastActivity: [String: ContinuousClock.Instant] = [:]
-  /// Open WebSocket sessions per sandbox (a sandbox with one is never idle).
+  /// Open WebSocket sessions and agent requests in flight per sandbox (a sandbox with one is
+  /// never idle).
   var openConnections: [String: Int] = [:]
+  /// Stopped sandboxes booting again: they count against the limit before their rows do.
+  var startsInProgress = 0
 
   static let countedStatuses: [SandboxStatus] = [.creating, .running, .paused, .stopping]
 
@@ -221,7 +224,8 @@ public actor SandboxService {
       snapshotId: snapshotId)
     guard
       try database.insert(
-        row, ifCountOf: Self.countedStatuses.map(\.rawValue), below: config.maxSandboxes)
+        row, ifCountOf: Self.countedStatuses.map(\.rawValue),
+        below: config.maxSandboxes - startsInProgress)
     else {
       throw AtelierError(
         .resourceExhausted,
@@ -391,10 +395,11 @@ public actor SandboxService {
   public func exec(_ id: String, _ request: ExecRequest) async throws -> ExecResult {
     if let problem = request.validationProblem { throw AtelierError.validation(problem) }
     let agent = AgentClient(endpoint: try await agentEndpoint(id))
+    // Running is activity: a long command must not see its sandbox paused as idle.
+    connectionOpened(id)
+    defer { connectionClosed(id) }
     do {
-      let result = try await agent.exec(request)
-      touch(id)
-      return result
+      return try await agent.exec(request)
     } catch let error as AgentCallError {
       throw Self.map(error, id: id)
     }
@@ -421,7 +426,13 @@ public actor SandboxService {
     case 404: AtelierError.notFound(error.message)
     case 409: AtelierError.conflict(error.message)
     case nil: AtelierError(.unavailable, "the agent of sandbox \(id) is unreachable")
-    default: AtelierError(.internal, "agent error \(error.code): \(error.message)")
+    default:
+      // The detail goes to the log, not to the client.
+      {
+        Logger(label: "atelier.sandboxes").error(
+          "agent error \(error.code): \(error.message)", metadata: ["sandbox": "\(id)"])
+        return AtelierError(.internal, "the agent of sandbox \(id) failed; see the manager log")
+      }()
     }
   }
 }

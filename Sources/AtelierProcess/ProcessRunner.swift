@@ -202,15 +202,24 @@ public final class PipeReader: Sendable {
     var open = sources
     var buffer = [UInt8](repeating: 0, count: 65536)
     defer { open.forEach { close($0.0) } }
+    // After the grace, what is already in the pipes is still read (this thread may first run
+    // only after the grace, under load), but nothing is waited for: a background child may
+    // hold the pipe open forever. A bounded number of reads, as it may also keep writing.
+    var readsAfterGrace = 0
     while !open.isEmpty {
-      if let exited = exitedAt.withLock({ $0 }),
-        ContinuousClock.now - exited > ProcessRunner.drainGrace
-      {
-        return
+      let graceOver =
+        exitedAt.withLock { $0 }.map { ContinuousClock.now - $0 > ProcessRunner.drainGrace }
+        ?? false
+      if graceOver {
+        readsAfterGrace += 1
+        if readsAfterGrace > 64 { return }
       }
       var fds = open.map { pollfd(fd: $0.0, events: Int16(POLLIN), revents: 0) }
-      let ready = poll(&fds, nfds_t(fds.count), 50)
-      if ready <= 0 { continue }
+      let ready = poll(&fds, nfds_t(fds.count), graceOver ? 0 : 50)
+      if ready <= 0 {
+        if graceOver { return }
+        continue
+      }
       var closed: [Int32] = []
       for (index, entry) in fds.enumerated() where entry.revents != 0 {
         let n = buffer.withUnsafeMutableBytes { read(entry.fd, $0.baseAddress!, $0.count) }

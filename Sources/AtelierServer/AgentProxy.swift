@@ -38,14 +38,17 @@ struct AgentProxy: Sendable {
       let length = request.headers[.contentLength].flatMap { Int64($0) }
       outgoing.body = .stream(request.body, length: length.map { .known($0) } ?? .unknown)
     }
+    // A request in flight is activity for as long as it lasts (a long upload, download or
+    // batch must not see its sandbox paused as idle under it).
+    await service.connectionOpened(id)
     let response: HTTPClientResponse
     do {
       response = try await HTTPClient.shared.execute(outgoing, timeout: .hours(2))
     } catch {
+      await service.connectionClosed(id)
       logger.warning("agent proxy failed", metadata: ["sandbox": "\(id)", "error": "\(error)"])
       throw AtelierError(.unavailable, "the agent of sandbox \(id) is unreachable")
     }
-    await service.touch(id)
     var headers = HTTPFields()
     for name in ["content-type", "content-length"] {
       if let value = response.headers.first(name: name), let field = HTTPField.Name(name) {
@@ -56,9 +59,15 @@ struct AgentProxy: Sendable {
     let body = response.body
     return Response(
       status: .init(code: Int(response.status.code)), headers: headers,
-      body: ResponseBody(contentLength: length) { writer in
-        for try await buffer in body { try await writer.write(buffer) }
-        try await writer.finish(nil)
+      body: ResponseBody(contentLength: length) { [service] writer in
+        do {
+          for try await buffer in body { try await writer.write(buffer) }
+          try await writer.finish(nil)
+        } catch {
+          await service.connectionClosed(id)
+          throw error
+        }
+        await service.connectionClosed(id)
       })
   }
 

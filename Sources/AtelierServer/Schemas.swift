@@ -130,6 +130,7 @@ enum Schemas {
         "adopted": ["type": "array", "items": string],
         "markedError": ["type": "array", "items": string],
         "abandonedCreates": ["type": "array", "items": string],
+        "finishedStops": ["type": "array", "items": string],
         "killedProcesses": ["type": "array", "items": integer],
         "removedVolumes": ["type": "array", "items": string],
         "removedDirectories": ["type": "array", "items": string],

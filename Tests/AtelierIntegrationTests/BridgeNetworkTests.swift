@@ -11,6 +11,7 @@ final class NamespacedManager: @unchecked Sendable {
   let dataDirectory: String
   let port = 4300
   let bridgeIp = "172.31.0.1"
+  let bridge = "atlbr0"
   let environment: [String: String]
   private(set) var pid: Int32 = 0
   private(set) var token = ""
@@ -37,7 +38,7 @@ final class NamespacedManager: @unchecked Sendable {
     environment["ATELIER_SERVER_PORT"] = String(port)
     environment["ATELIER_ACCEL"] = "tcg"
     environment["ATELIER_NETWORK"] = "bridge"
-    environment["ATELIER_BRIDGE_NAME"] = "atlbr0"
+    environment["ATELIER_BRIDGE_NAME"] = bridge
     environment["ATELIER_BRIDGE_IP"] = bridgeIp
     environment["ATELIER_BRIDGE_ALLOWED_PORTS"] = String(allowedPort)
     environment["ATELIER_LOG_LEVEL"] = "debug"
@@ -219,6 +220,15 @@ extension VMTests {
       #expect(
         try await manager.exec(ids[0], "ping -c 1 -W 2 \(addresses[1]) >/dev/null; echo $?").stdout
           != "0\n")
+      // No IPv6 on the bridge (the firewall is IPv4): no host address to reach over IPv6.
+      let ipv6 = try await manager.inside([
+        "cat", "/proc/sys/net/ipv6/conf/\(manager.bridge)/disable_ipv6",
+      ])
+      #expect(ipv6.stdoutText == "1\n")
+      let ipv6Addresses = try await manager.inside([
+        "ip", "-6", "addr", "show", "dev", manager.bridge,
+      ])
+      #expect(!ipv6Addresses.stdoutText.contains("inet6"), "\(ipv6Addresses.stdoutText)")
       // The agent is not on the bridge: nothing answers on its port at a guest's address.
       let agentOnBridge = try await manager.inside([
         "python3", "-c",

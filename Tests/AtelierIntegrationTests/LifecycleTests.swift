@@ -174,6 +174,11 @@ extension VMTests {
         #expect(
           try await manager.exec(id, ["command": "echo woke"]).json["stdout"] as? String == "woke\n"
         )
+        // A command that runs longer than the timeout is activity all along: not paused under it.
+        #expect(try await manager.request(.PATCH, api, json: ["timeoutSeconds": 2]).status == 200)
+        let long = try await manager.exec(id, ["command": "sleep 5; echo done"])
+        #expect(long.json["stdout"] as? String == "done\n")
+        #expect(try await status(manager, id) == "running")
         #expect(try await manager.request(.PATCH, api, json: ["timeoutSeconds": 0]).status == 200)
         #expect(try await manager.request(.PATCH, api, json: ["timeoutSeconds": -1]).status == 400)
 
@@ -181,14 +186,17 @@ extension VMTests {
         let seen = events.statuses(of: id)
         let expected = [
           "creating", "running", "stopping", "stopped", "running", "paused", "running",
+          "stopping", "stopped",
         ]
         var index = 0
         for status in seen where index < expected.count && status == expected[index] { index += 1 }
         #expect(index == expected.count, "\(seen)")
         #expect(events.raw.contains(": heartbeat"))
         // Last-Event-ID replays what came after it.
-        let replay = EventRecorder(manager: manager, lastEventId: 2)
-        #expect(await eventually(.seconds(5)) { replay.events.first?.id == 3 })
+        let recorded = events.events.map(\.id)
+        #expect(recorded.count > 3 && zip(recorded, recorded.dropFirst()).allSatisfy { $0 < $1 })
+        let replay = EventRecorder(manager: manager, lastEventId: recorded[1])
+        #expect(await eventually(.seconds(5)) { replay.events.first?.id == recorded[2] })
         replay.stop()
 
         // A VM killed behind the manager's back is marked error by the periodic reconciler.

@@ -125,7 +125,7 @@ extension VMTests {
 
     @Test func createExecDeleteLeavesNothingBehind() async throws {
       try await withManager(environment: [
-        "ATELIER_SERVER_MAX_SANDBOXES": "1", "ATELIER_DISK_SIZE_GB": "3",
+        "ATELIER_MAX_SANDBOXES": "1", "ATELIER_DISK_SIZE_GB": "3",
       ]) { manager in
 
         let sandbox = try await manager.createSandbox([

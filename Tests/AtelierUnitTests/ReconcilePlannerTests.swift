@@ -30,6 +30,23 @@ import Testing
     #expect(actions == [.abandonCreate(id: "cccccccccccc")])
   }
 
+  @Test func finishesInterruptedStopsButNotOnesInProgress() {
+    let actions = ReconcilePlanner.plan(
+      rows: [
+        RowState(id: "iiiiiiiiiiii", status: "stopping"),
+        RowState(id: "jjjjjjjjjjjj", status: "stopping"),
+        RowState(id: "kkkkkkkkkkkk", status: "stopping"),
+      ],
+      liveVMs: ["iiiiiiiiiiii": 9, "kkkkkkkkkkkk": 11],
+      volumes: ["sandbox-iiiiiiiiiiii", "sandbox-jjjjjjjjjjjj", "sandbox-kkkkkkkkkkkk"],
+      runtimeDirectories: ["iiiiiiiiiiii", "jjjjjjjjjjjj", "kkkkkkkkkkkk"],
+      inFlight: ["kkkkkkkkkkkk"])
+    #expect(
+      actions == [
+        .finishStop(id: "iiiiiiiiiiii", pid: 9), .finishStop(id: "jjjjjjjjjjjj", pid: nil),
+      ])
+  }
+
   @Test func removesOrphansNoRowOwns() {
     let actions = ReconcilePlanner.plan(
       rows: [RowState(id: "eeeeeeeeeeee", status: "stopped")],

@@ -58,6 +58,9 @@ public struct BridgeSetup: Sendable {
       ("bridge \(bridge)", await bridgeExists()),
       ("address \(bridgeIp)/24 on \(bridge)", await hasAddress()),
       ("IPv4 forwarding", ipForwarding()),
+      // The firewall is IPv4 only: with no IPv6 on the bridge, guests have no host address
+      // to reach over IPv6 (SSH and the API listen on `::` too).
+      ("no IPv6 on \(bridge)", ipv6Disabled()),
       (
         "iptables \(Self.inputChain) (guests reach only ports \(allowedPorts.map(String.init).joined(separator: ",")))",
         await chainMatches(Self.inputChain, inputRules, jumpFrom: "INPUT", match: ["-i", bridge])
@@ -76,6 +79,9 @@ public struct BridgeSetup: Sendable {
     }
     if !(await hasAddress()) {
       try await runner.run("ip", "addr", "add", "\(bridgeIp)/24", "dev", bridge)
+    }
+    if !ipv6Disabled() {
+      try "1\n".write(toFile: ipv6Switch, atomically: false, encoding: .utf8)
     }
     try await runner.run("ip", "link", "set", "dev", bridge, "up")
     if !ipForwarding() {
@@ -97,6 +103,14 @@ public struct BridgeSetup: Sendable {
   func hasAddress() async -> Bool {
     let output = await runner.probe(Command("ip", ["-4", "addr", "show", "dev", bridge]))
     return output.stdout.contains(" \(bridgeIp)/24 ")
+  }
+
+  var ipv6Switch: String { "/proc/sys/net/ipv6/conf/\(bridge)/disable_ipv6" }
+
+  /// True when the bridge has IPv6 turned off, or the kernel has no IPv6 at all.
+  func ipv6Disabled() -> Bool {
+    guard FileManager.default.fileExists(atPath: "/proc/sys/net/ipv6") else { return true }
+    return (try? String(contentsOfFile: ipv6Switch, encoding: .utf8))?.hasPrefix("1") == true
   }
 
   func ipForwarding() -> Bool {
