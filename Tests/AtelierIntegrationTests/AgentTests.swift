@@ -423,8 +423,55 @@ extension VMTests {
         // The agent answers only for a running sandbox.
         #expect(
           try await manager.request(.GET, "/api/sandboxes/zzzzzzzzzzzz/metrics").status == 404)
+        try await copyAndLifecycleFromTheCLI(manager, id: id)
         #expect(try await manager.request(.DELETE, "/api/sandboxes/\(id)").status == 204)
       }
+    }
+
+    /// `atelier sandbox cp` both ways (a file and a folder), and the lifecycle commands.
+    func copyAndLifecycleFromTheCLI(_ manager: ManagerProcess, id: String) async throws {
+      let local = try TestEnvironment.temporaryDirectory("atl-cp")
+      defer { try? FileManager.default.removeItem(atPath: local) }
+      let data = Data((0..<50_000).map { _ in UInt8.random(in: 0...255) })
+      try FileManager.default.createDirectory(
+        atPath: "\(local)/tree/sub", withIntermediateDirectories: true)
+      try data.write(to: URL(fileURLWithPath: "\(local)/one.bin"))
+      try Data("nested\n".utf8).write(to: URL(fileURLWithPath: "\(local)/tree/sub/file.txt"))
+
+      let up = try await manager.cli(["sandbox", "cp", "\(local)/one.bin", "\(id):/root/one.bin"])
+      #expect(up.exitCode == 0, "\(up.stderrText)")
+      let upTree = try await manager.cli(["sandbox", "cp", "\(local)/tree", "\(id):/root/tree"])
+      #expect(upTree.exitCode == 0, "\(upTree.stderrText)")
+      let listed = try await manager.exec(id, ["command": "cat /root/tree/sub/file.txt"])
+      #expect(listed.json["stdout"] as? String == "nested\n")
+      let down = try await manager.cli([
+        "sandbox", "cp", "\(id):/root/one.bin", "\(local)/back.bin",
+      ])
+      #expect(down.exitCode == 0, "\(down.stderrText)")
+      #expect(FileManager.default.contents(atPath: "\(local)/back.bin") == data)
+      let downTree = try await manager.cli(["sandbox", "cp", "\(id):/root/tree", "\(local)/back"])
+      #expect(downTree.exitCode == 0, "\(downTree.stderrText)")
+      #expect(
+        FileManager.default.contents(atPath: "\(local)/back/sub/file.txt") == Data("nested\n".utf8))
+      let missing = try await manager.cli(["sandbox", "cp", "\(id):/nope", "\(local)/x"])
+      #expect(missing.exitCode != 0)
+      #expect(missing.stderrText.split(separator: "\n").count == 1, "\(missing.stderrText)")
+
+      for (command, status) in [
+        ("pause", "paused"), ("resume", "running"), ("stop", "stopped"), ("start", "running"),
+      ] {
+        let result = try await manager.cli(["sandbox", command, id])
+        #expect(result.exitCode == 0, "\(command): \(result.stderrText)")
+        let row = try await manager.request(.GET, "/api/sandboxes/\(id)")
+        #expect(row.json["status"] as? String == status, "after \(command)")
+      }
+      // The disk came through stop/start.
+      #expect(
+        try await manager.exec(id, ["command": "cat /root/tree/sub/file.txt"]).json["stdout"]
+          as? String == "nested\n")
+      let again = try await manager.cli(["sandbox", "start", id])
+      #expect(again.exitCode != 0)
+      #expect(again.stderrText.contains("running"), "\(again.stderrText)")
     }
   }
 }
