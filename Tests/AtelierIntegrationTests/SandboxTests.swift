@@ -246,6 +246,12 @@ extension VMTests {
           #expect(manager.files(in: "sandboxes").isEmpty, "\(image)")
           #expect(try await manager.request(.GET, "/api/sandboxes").jsonArray.isEmpty, "\(image)")
         }
+        // Nothing listens on the agent ports those VMs were given (read from the logged QEMU
+        // command lines).
+        let ports = manager.log(lines: 2000).split(separator: "hostfwd=tcp:127.0.0.1:").dropFirst()
+          .compactMap { Int($0.prefix { $0.isNumber }) }
+        #expect(!ports.isEmpty)
+        for port in ports { #expect(!isListening(port: port), "port \(port)") }
         // The console's last words went to the log.
         #expect(
           manager.log(lines: 400).contains("Kernel panic")
