@@ -8,7 +8,9 @@ struct Doctor: AsyncParsableCommand {
   static let configuration = CommandConfiguration(
     abstract: "Check this host: VMM, acceleration, kernel, images, data folder, tools.")
 
-  struct Finding {
+  @Flag(help: "Print JSON.") var json = false
+
+  struct Finding: Encodable {
     var name: String
     var ok: Bool
     var detail: String
@@ -99,6 +101,11 @@ struct Doctor: AsyncParsableCommand {
 
     findings += await driverFindings(config: config, runner: runner)
 
+    if json {
+      try printJSON(findings)
+      if findings.contains(where: { !$0.ok }) { throw ExitCode(1) }
+      return
+    }
     for finding in findings {
       let mark = finding.ok ? "ok  " : "FAIL"
       print(

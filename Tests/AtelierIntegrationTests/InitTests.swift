@@ -69,6 +69,14 @@ import Testing
     environment["ATELIER_DATA_DIR"] = "\(root)/var/lib/atelier"
     let doctor = try await TestEnvironment.cli(["doctor"], environment: environment)
     #expect(!doctor.stderrText.contains("invalid config"), "\(doctor.stderrText)")
+    // The same findings as JSON: every driver is reported, configured or not.
+    let report = try await TestEnvironment.cli(["doctor", "--json"], environment: environment)
+    let findings = try #require(
+      try JSONSerialization.jsonObject(with: Data(report.stdoutText.utf8)) as? [[String: Any]])
+    let names = Set(findings.compactMap { $0["name"] as? String })
+    #expect(names.isSuperset(of: ["qemu", "firecracker", "lvm", "bridge", "vhost-vsock", "agent"]))
+    #expect(findings.allSatisfy { $0["ok"] is Bool && $0["detail"] is String })
+    #expect(report.exitCode == (findings.contains { $0["ok"] as? Bool == false } ? 1 : 0))
   }
 
   @Test func badOptionsAreRefusedWithOneLine() async throws {
