@@ -22,6 +22,10 @@ public struct Config: Sendable, Equatable {
   public var qemuBinary: String
   public var qemuVsock: QEMUVsock
   public var firecrackerBin: String
+  /// The Firecracker jailer; empty runs Firecracker directly.
+  public var firecrackerJailer: String
+  /// The user a jailed Firecracker runs as (`atelier init` creates it).
+  public var jailerUser: String
   /// Bridge networking: the bridge, its address (a /24), the first guest address.
   public var bridgeName: String
   public var bridgeIp: String
@@ -59,7 +63,8 @@ public struct Config: Sendable, Equatable {
       dataDir: isRoot ? "/var/lib/atelier" : "\(home)/.local/share/atelier",
       serverHost: "127.0.0.1", serverPort: 4000, maxSandboxes: 20, accel: .auto, vmm: .qemu,
       storage: .file, network: .user, qemuBinary: "qemu-system-x86_64", qemuVsock: .auto,
-      firecrackerBin: "firecracker", bridgeName: "br0", bridgeIp: "172.16.0.1", guestIpStart: 10,
+      firecrackerBin: "firecracker", firecrackerJailer: "", jailerUser: "atelier",
+      bridgeName: "br0", bridgeIp: "172.16.0.1", guestIpStart: 10,
       bridgeAllowedPorts: [], guestDns: hostNameserver(), lvmVg: "sandbox-vg", lvmPool: "thin-pool",
       diskSizeGb: 10, agentPath: "", recipesDir: "",
       bootTimeoutSeconds: 90, reconcileIntervalSeconds: 30, idleCheckSeconds: 2,
@@ -111,6 +116,8 @@ public struct Config: Sendable, Equatable {
       config.qemuBinary = value
     },
     Key(path: "qemuVsock") { $0.qemuVsock = try choice($1) },
+    Key(path: "firecrackerJailer") { $0.firecrackerJailer = $1 },
+    Key(path: "jailerUser") { $0.jailerUser = try nonEmpty($1) },
     Key(path: "firecrackerBin") { config, value in
       guard !value.isEmpty else { throw ConfigProblem("expected a program name or path") }
       config.firecrackerBin = value

@@ -61,6 +61,22 @@ public enum ManagerBootstrap {
 
   public static func volumesDirectory(_ config: Config) -> String { "\(config.dataDir)/volumes" }
 
+  /// `ATELIER_FIRECRACKER_JAILER`: the jailer and the user it runs Firecracker as.
+  static func firecrackerJail(_ config: Config) throws -> FirecrackerJail? {
+    guard !config.firecrackerJailer.isEmpty else { return nil }
+    guard let jailer = findExecutable(config.firecrackerJailer) else {
+      throw ConfigError(
+        key: "ATELIER_FIRECRACKER_JAILER", source: nil,
+        message: "\(config.firecrackerJailer): not found or not executable")
+    }
+    guard let user = getpwnam(config.jailerUser) else {
+      throw ConfigError(
+        key: "ATELIER_JAILER_USER", source: nil,
+        message: "\(config.jailerUser): no such user (atelier init creates `atelier`)")
+    }
+    return FirecrackerJail(jailerBinary: jailer, uid: user.pointee.pw_uid, gid: user.pointee.pw_gid)
+  }
+
   /// `ATELIER_QEMU_VSOCK`: `auto` uses vhost-vsock where the host has it, `on` insists.
   static func qemuAgentOverVsock(_ config: Config, logger: Logger) throws -> Bool {
     let usable = QEMUMicroVM.vhostVsockUsable()
@@ -95,6 +111,7 @@ public enum ManagerBootstrap {
     }
     let vmm: any VirtualMachineManager
     var agentOverVsock = config.vmm == .firecracker
+    var jail: FirecrackerJail?
     switch config.vmm {
     case .qemu:
       agentOverVsock = try qemuAgentOverVsock(config, logger: logger)
@@ -102,7 +119,11 @@ public enum ManagerBootstrap {
         binary: config.qemuBinary, acceleration: acceleration.acceleration,
         sandboxesDirectory: config.sandboxesDir, vhostVsock: agentOverVsock, runner: runner)
     case .firecracker:
-      vmm = FirecrackerVMM(binary: config.firecrackerBin, sandboxesDirectory: config.sandboxesDir)
+      jail = try firecrackerJail(config)
+      vmm = FirecrackerVMM(
+        binary: jail == nil
+          ? config.firecrackerBin : findExecutable(config.firecrackerBin) ?? config.firecrackerBin,
+        sandboxesDirectory: config.sandboxesDir, jail: jail)
       if let kernel {
         _ = try await KernelProvider(
           kernelsDirectory: config.kernelsDir, cacheDirectory: config.cacheDir, runner: runner
@@ -122,7 +143,8 @@ public enum ManagerBootstrap {
       network = BridgeNetwork(
         bridge: config.bridgeName, bridgeIp: config.bridgeIp, guestIpStart: config.guestIpStart,
         dns: config.guestDns, leases: database,
-        agentAccess: agentOverVsock ? .vsock : .privateInterface, runner: runner)
+        agentAccess: agentOverVsock ? .vsock : .privateInterface,
+        tapOwner: jail.map { ($0.uid, $0.gid) }, runner: runner)
     }
     let images = ImageCatalog(directory: config.imagesDir)
     switch config.storage {

@@ -121,13 +121,24 @@ struct Doctor: AsyncParsableCommand {
     var findings: [Finding] = []
     let firecracker = ManagerBootstrap.findExecutable(config.firecrackerBin)
     let kvm = access("/dev/kvm", R_OK | W_OK) == 0
-    let firecrackerReady = firecracker != nil && kvm
+    // The jailer, when configured, and the user it runs Firecracker as.
+    var jailDetail = ""
+    var jailReady = true
+    if !config.firecrackerJailer.isEmpty {
+      let jailer = ManagerBootstrap.findExecutable(config.firecrackerJailer)
+      let user = getpwnam(config.jailerUser) != nil
+      jailReady = jailer != nil && user
+      jailDetail =
+        "; jailer " + (jailer ?? "\(config.firecrackerJailer) missing")
+        + (user ? " as \(config.jailerUser)" : ", no user \(config.jailerUser)")
+    }
+    let firecrackerReady = firecracker != nil && kvm && jailReady
     findings.append(
       Finding(
         name: "firecracker", ok: config.vmm != .firecracker || firecrackerReady,
         detail: (config.vmm == .firecracker ? "configured; " : "not configured; ")
           + (firecracker.map { "\($0)" } ?? "no \(config.firecrackerBin) binary")
-          + (kvm ? ", /dev/kvm usable" : ", no usable /dev/kvm"),
+          + (kvm ? ", /dev/kvm usable" : ", no usable /dev/kvm") + jailDetail,
         fix:
           "install Firecracker (github.com/firecracker-microvm/firecracker releases) on a host with KVM, or use ATELIER_VMM=qemu"
       ))

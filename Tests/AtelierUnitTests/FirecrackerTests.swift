@@ -53,7 +53,9 @@ import Testing
 
   /// Serves the API on the runtime directory's socket once the backend has started the
   /// process (its pid file is written after stale sockets are removed).
-  func serveAPIWhenLaunched(runtimeDirectory: String, failures: [String: String] = [:])
+  func serveAPIWhenLaunched(
+    runtimeDirectory: String, workDirectory: String? = nil, failures: [String: String] = [:]
+  )
     -> Task<FakeFirecrackerAPI, any Error>
   {
     Task {
@@ -63,7 +65,8 @@ import Testing
         try await Task.sleep(for: .milliseconds(2))
       }
       return try FakeFirecrackerAPI(
-        socketPath: FirecrackerVMM.apiSocket(runtimeDirectory), failures: failures)
+        socketPath: FirecrackerVMM.apiSocket(workDirectory ?? runtimeDirectory),
+        failures: failures)
     }
   }
 
@@ -339,6 +342,205 @@ import Testing
     #expect(vmm.isRunning(handle))
     await vmm.kill(handle)
     #expect(!HostProcesses.isAlive(handle.pid))
+  }
+
+  // MARK: Jailer
+
+  /// A stand-in jailer: prints its arguments, makes the chroot folder its working directory
+  /// and execs the exec file the way the jailer does (`--id=<id>`, then what follows `--`).
+  /// It does not chroot or drop privileges.
+  func fakeJailer(in dir: String) throws -> String {
+    let path = "\(dir)/fake-jailer"
+    let script = """
+      #!/bin/sh
+      echo "fake jailer $*"
+      while [ $# -gt 0 ]; do
+        case "$1" in
+          --id) id=$2; shift 2 ;;
+          --exec-file) exec_file=$2; shift 2 ;;
+          --chroot-base-dir) base=$2; shift 2 ;;
+          --) shift; break ;;
+          *) shift 2 ;;
+        esac
+      done
+      cd "$base/$(basename "$exec_file")/$id/root" || exit 1
+      exec "$exec_file" --id=$id "$@"
+
+      """
+    try script.write(toFile: path, atomically: true, encoding: .utf8)
+    chmod(path, 0o755)
+    return path
+  }
+
+  func jsonObject(_ text: String?) throws -> [String: Any] {
+    try #require(
+      try JSONSerialization.jsonObject(with: Data((text ?? "").utf8)) as? [String: Any])
+  }
+
+  func inode(_ path: String) -> (ino: UInt, uid: UInt32, gid: UInt32) {
+    var info = stat()
+    guard stat(path, &info) == 0 else { return (0, 0, 0) }
+    return (UInt(info.st_ino), info.st_uid, info.st_gid)
+  }
+
+  @Test func jailedBootPlacesFilesInTheChrootAndSnapshotsMoveInAndOut() async throws {
+    let dir = try temporaryDirectory()
+    defer { try? FileManager.default.removeItem(atPath: dir) }
+    let firecracker = try fakeFirecracker(in: dir)
+    let jail = FirecrackerJail(jailerBinary: try fakeJailer(in: dir), uid: 4242, gid: 4343)
+    let vmm = FirecrackerVMM(
+      binary: firecracker, sandboxesDirectory: "\(dir)/sandboxes", jail: jail)
+    for (name, size) in [("vmlinux", 4096), ("initrd.img", 2048), ("disk.img", 1 << 20)] {
+      try Data(count: size).write(to: URL(fileURLWithPath: "\(dir)/\(name)"))
+    }
+    let runtime = "\(dir)/sandboxes/abcdefghijkl"
+    var spec = spec(
+      runtimeDirectory: runtime, disk: DiskAttachment(path: "\(dir)/disk.img", format: .raw))
+    spec.kernelPath = "\(dir)/vmlinux"
+    spec.initrdPath = "\(dir)/initrd.img"
+    let work = vmm.workDirectory(runtime)
+    #expect(work == "\(runtime)/jail-root")
+    let serving = serveAPIWhenLaunched(runtimeDirectory: runtime, workDirectory: work)
+
+    let handle = try await vmm.boot(spec)
+    let server = try await serving.value
+    defer { server.stop() }
+    defer { Task { await vmm.kill(handle) } }
+    // Firecracker is told the chroot's paths; disk and vsock keep their relative names.
+    let boot = try #require(server.requests.first { $0.path == "/boot-source" })
+    let bootSource = try jsonObject(boot.body)
+    #expect(bootSource["kernel_image_path"] as? String == "/vmlinux")
+    #expect(bootSource["initrd_path"] as? String == "/initrd")
+    #expect(
+      server.requests.filter { $0.path != "/boot-source" }
+        == expectedBootRequests(vmm, spec).filter { $0.path != "/boot-source" })
+
+    // The chroot holds links to the kernel and initrd, and the disk handed to the jailed user.
+    let root = "\(runtime)/jail/fake-firecracker/abcdefghijkl/root"
+    #expect(
+      try FileManager.default.destinationOfSymbolicLink(atPath: work)
+        == "jail/fake-firecracker/abcdefghijkl/root")
+    #expect(inode("\(root)/vmlinux").ino == inode("\(dir)/vmlinux").ino)
+    #expect(inode("\(root)/initrd").ino == inode("\(dir)/initrd.img").ino)
+    let disk = inode("\(root)/rootfs")
+    #expect(disk.ino == inode("\(dir)/disk.img").ino && disk.uid == 4242 && disk.gid == 4343)
+
+    // The jailer got its options; Firecracker runs in the chroot with the jailer's `--id=`.
+    try await waitFor { vmm.consoleTail(runtimeDirectory: runtime).contains("fake firecracker") }
+    let console = vmm.consoleTail(runtimeDirectory: runtime)
+    #expect(
+      console.contains(
+        "fake jailer --id abcdefghijkl --exec-file \(firecracker) --uid 4242 --gid 4343 "
+          + "--chroot-base-dir \(runtime)/jail -- --api-sock firecracker.sock"), "\(console)")
+    #expect(
+      (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(handle.pid)/cwd"))
+        == root)
+    #expect(vmm.isRunning(handle))
+    #expect(vmm.discover() == [ObservedVM(sandboxId: "abcdefghijkl", pid: handle.pid)])
+    #expect(vmm.adopt(sandboxId: "abcdefghijkl", runtimeDirectory: runtime) == handle)
+    #expect(
+      vmm.vsockEndpoint(port: 9998, runtimeDirectory: runtime)
+        == .hybridVsock(path: "\(work)/vsock.sock", port: 9998))
+
+    // A snapshot is written in the chroot (as Firecracker would), then moved out.
+    try Data("memory".utf8).write(to: URL(fileURLWithPath: "\(root)/snapshot.mem"))
+    try Data("state".utf8).write(to: URL(fileURLWithPath: "\(root)/snapshot.mem.vmstate"))
+    try FileManager.default.createDirectory(
+      atPath: "\(dir)/snap", withIntermediateDirectories: true)
+    try await vmm.saveState(handle, to: "\(dir)/snap/memory")
+    #expect(
+      server.requests.last
+        == RecordedRequest(
+          "PUT", "/snapshot/create",
+          #"{"snapshot_type": "Full", "snapshot_path": "/snapshot.mem.vmstate", "mem_file_path": "/snapshot.mem"}"#
+        ))
+    #expect(FileManager.default.contents(atPath: "\(dir)/snap/memory") == Data("memory".utf8))
+    #expect(
+      FileManager.default.contents(atPath: "\(dir)/snap/memory.vmstate") == Data("state".utf8))
+    #expect(!FileManager.default.fileExists(atPath: "\(root)/snapshot.mem"))
+
+    await vmm.kill(handle)
+    #expect(!vmm.isRunning(handle))
+    #expect(vmm.discover().isEmpty)
+
+    // A restore in another sandbox's jail: the snapshot's files are linked into its chroot.
+    var restored = spec
+    restored.sandboxId = "restoredxyz1"
+    restored.runtimeDirectory = "\(dir)/sandboxes/restoredxyz1"
+    let restoreServing = serveAPIWhenLaunched(
+      runtimeDirectory: restored.runtimeDirectory,
+      workDirectory: vmm.workDirectory(restored.runtimeDirectory))
+    let restoredHandle = try await vmm.restore(restored, statePath: "\(dir)/snap/memory")
+    let restoreServer = try await restoreServing.value
+    defer { restoreServer.stop() }
+    let newRoot = "\(restored.runtimeDirectory)/jail/fake-firecracker/restoredxyz1/root"
+    #expect(inode("\(newRoot)/snapshot.mem").ino == inode("\(dir)/snap/memory").ino)
+    #expect(
+      inode("\(newRoot)/snapshot.mem.vmstate").ino == inode("\(dir)/snap/memory.vmstate").ino)
+    let load = try #require(restoreServer.requests.first { $0.path == "/snapshot/load" })
+    let loadBody = try jsonObject(load.body)
+    #expect(loadBody["snapshot_path"] as? String == "/snapshot.mem.vmstate")
+    #expect(
+      (loadBody["mem_backend"] as? [String: Any])?["backend_path"] as? String == "/snapshot.mem")
+    await vmm.kill(restoredHandle)
+    #expect(!vmm.isRunning(restoredHandle))
+  }
+
+  @Test func jailedBlockDeviceDiskGetsItsOwnNode() throws {
+    let dir = try temporaryDirectory()
+    defer { try? FileManager.default.removeItem(atPath: dir) }
+    // A block device node standing for an LVM volume (the device need not exist to be named).
+    let device = "\(dir)/sandbox-vg-sandbox-x"
+    try #require(mknod(device, S_IFBLK | 0o600, dev_t(7 << 8 | 201)) == 0)
+    try Data(count: 512).write(to: URL(fileURLWithPath: "\(dir)/vmlinux"))
+    let jail = FirecrackerJail(jailerBinary: "/usr/bin/jailer", uid: 4242, gid: 4343)
+    var spec = spec(
+      runtimeDirectory: "\(dir)/sandboxes/abcdefghijkl",
+      disk: DiskAttachment(path: device, format: .raw))
+    spec.kernelPath = "\(dir)/vmlinux"
+    spec.initrdPath = ""
+    try jail.prepare(spec, firecracker: "/usr/bin/firecracker")
+    let node = "\(dir)/sandboxes/abcdefghijkl/jail/firecracker/abcdefghijkl/root/rootfs"
+    var info = stat()
+    try #require(stat(node, &info) == 0)
+    #expect((info.st_mode & S_IFMT) == S_IFBLK)
+    #expect(info.st_rdev == dev_t(7 << 8 | 201))
+    #expect(info.st_uid == 4242 && info.st_gid == 4343)
+    #expect(
+      jail.arguments(
+        firecracker: "/usr/bin/firecracker", sandboxId: "abcdefghijkl", runtimeDirectory: "/r")
+        == [
+          "--id", "abcdefghijkl", "--exec-file", "/usr/bin/firecracker", "--uid", "4242",
+          "--gid", "4343", "--chroot-base-dir", "/r/jail", "--", "--api-sock",
+          "firecracker.sock",
+        ])
+  }
+
+  /// One fixed address, for a bridge attachment without a database.
+  struct OneLease: AddressLeases {
+    func lease(sandboxId: String, range: ClosedRange<Int>) async throws -> Int { 12 }
+    func releaseLease(sandboxId: String) async {}
+  }
+
+  @Test func jailedVMsGetTapsTheJailedUserMayOpenAndTheAgentOnVsock() async throws {
+    let runner = LVMRecordingRunner()
+    runner.fail("ip", "link", "show", stderr: "Device does not exist")
+    let network = BridgeNetwork(
+      bridge: "br0", bridgeIp: "172.16.0.1", guestIpStart: 10, dns: "172.16.0.1",
+      leases: OneLease(), agentAccess: .vsock, tapOwner: (4242, 4343), runner: runner)
+    let attachment = try await network.attach(sandboxId: "abcdefghijkl")
+    #expect(
+      runner.lines(of: "ip", "bridge") == [
+        "ip link show dev tap-abcdefgh",
+        "ip tuntap add dev tap-abcdefgh mode tap user 4242 group 4343",
+        "ip link set dev tap-abcdefgh master br0",
+        "bridge link set dev tap-abcdefgh isolated on",
+        "ip link set dev tap-abcdefgh up",
+      ])
+    #expect(attachment.guestIPv4 == "172.16.0.12")
+    #expect(attachment.agentChannel == .vsock(port: 9998))
+    // Where the vsock is, only the VMM knows (the manager asks it when attaching).
+    #expect(attachment.agent == .vsock(cid: 0, port: 9998))
   }
 
   // MARK: Hybrid vsock

@@ -18,6 +18,8 @@ public struct BridgeNetwork: NetworkProvider {
   let leases: any AddressLeases
   let ports: LoopbackPortAllocator
   let agentAccess: AgentAccess
+  /// Who opens the TAP devices, when that is not root (a jailed Firecracker).
+  let tapOwner: (uid: UInt32, gid: UInt32)?
   let runner: any CommandRunning
   let logger: Logger
 
@@ -26,7 +28,7 @@ public struct BridgeNetwork: NetworkProvider {
 
   public init(
     bridge: String, bridgeIp: String, guestIpStart: Int, dns: String, leases: any AddressLeases,
-    agentAccess: AgentAccess = .privateInterface,
+    agentAccess: AgentAccess = .privateInterface, tapOwner: (uid: UInt32, gid: UInt32)? = nil,
     ports: LoopbackPortAllocator = LoopbackPortAllocator(),
     runner: any CommandRunning, logger: Logger = Logger(label: "atelier.network.bridge")
   ) {
@@ -36,6 +38,7 @@ public struct BridgeNetwork: NetworkProvider {
     self.dns = dns
     self.leases = leases
     self.agentAccess = agentAccess
+    self.tapOwner = tapOwner
     self.ports = ports
     self.runner = runner
     self.logger = logger
@@ -87,7 +90,11 @@ public struct BridgeNetwork: NetworkProvider {
   func createTap(_ tap: String) async throws {
     let exists = await runner.probe(Command("ip", ["link", "show", "dev", tap])).exitCode == 0
     do {
-      if !exists { try await runner.run("ip", "tuntap", "add", "dev", tap, "mode", "tap") }
+      if !exists {
+        var add = ["tuntap", "add", "dev", tap, "mode", "tap"]
+        if let tapOwner { add += ["user", String(tapOwner.uid), "group", String(tapOwner.gid)] }
+        try await runner.run(Command("ip", add))
+      }
       try await runner.run("ip", "link", "set", "dev", tap, "master", bridge)
       // Isolated ports reach only non-isolated ones (the host): no sandbox-to-sandbox traffic.
       try await runner.run("bridge", "link", "set", "dev", tap, "isolated", "on")

@@ -23,6 +23,8 @@ public struct FirecrackerVMM: VirtualMachineManager {
   let sandboxesDirectory: String
   let environment: [String: String]
   let startTimeout: Duration
+  /// Run under the jailer (chroot, dropped privileges), or directly.
+  let jail: FirecrackerJail?
   let logger: Logger
 
   /// The guest's vsock CID (0–2 are reserved; each VM has its own device, so all use 3).
@@ -31,22 +33,31 @@ public struct FirecrackerVMM: VirtualMachineManager {
   static let interfaceId = "eth0"
   static let diskLinkName = "rootfs"
   static let vsockSocketName = "vsock.sock"
+  static let apiSocketName = "firecracker.sock"
 
   public init(
     binary: String = "firecracker", sandboxesDirectory: String,
     environment: [String: String] = ProcessInfo.processInfo.environment,
-    startTimeout: Duration = .seconds(10),
+    startTimeout: Duration = .seconds(10), jail: FirecrackerJail? = nil,
     logger: Logger = Logger(label: "atelier.vmm.firecracker")
   ) {
     self.binary = binary
     self.sandboxesDirectory = sandboxesDirectory
     self.environment = environment
     self.startTimeout = startTimeout
+    self.jail = jail
     self.logger = logger
   }
 
-  public static func apiSocket(_ runtimeDirectory: String) -> String {
-    "\(runtimeDirectory)/firecracker.sock"
+  /// Where the process's own files (API and vsock sockets, disk) are: the runtime directory,
+  /// or under the jailer the chroot (through its link in the runtime directory).
+  public func workDirectory(_ runtimeDirectory: String) -> String {
+    jail == nil ? runtimeDirectory : FirecrackerJail.rootLink(runtimeDirectory)
+  }
+
+  /// The API socket of the VM whose process files are in `workDirectory`.
+  public static func apiSocket(_ workDirectory: String) -> String {
+    "\(workDirectory)/\(apiSocketName)"
   }
   static func pidFile(_ runtimeDirectory: String) -> String {
     "\(runtimeDirectory)/firecracker.pid"
@@ -68,7 +79,7 @@ public struct FirecrackerVMM: VirtualMachineManager {
 
   /// The hybrid vsock socket in the VM's runtime directory (every VM and restore has its own).
   public func vsockEndpoint(port: Int, runtimeDirectory: String) -> AgentEndpoint {
-    .hybridVsock(path: Self.vsockSocket(runtimeDirectory), port: port)
+    .hybridVsock(path: Self.vsockSocket(workDirectory(runtimeDirectory)), port: port)
   }
 
   /// Serial console, quiet boot, and a reboot or panic that ends the process (`reboot=k`:
@@ -130,12 +141,14 @@ public struct FirecrackerVMM: VirtualMachineManager {
         "/machine-config",
         FirecrackerMachineConfig(vcpuCount: spec.vcpus, memSizeMib: spec.memoryMb))
     }
+    // Jailed, the kernel and initrd are in the chroot (placed by `FirecrackerJail.prepare`).
+    let kernel = jail == nil ? spec.kernelPath : "/\(FirecrackerJail.kernelName)"
+    let initrd = jail == nil ? spec.initrdPath : "/\(FirecrackerJail.initrdName)"
     try await call(api) {
       try await $0.put(
         "/boot-source",
         FirecrackerBootSource(
-          kernelImagePath: spec.kernelPath,
-          initrdPath: spec.initrdPath.isEmpty ? nil : spec.initrdPath,
+          kernelImagePath: kernel, initrdPath: spec.initrdPath.isEmpty ? nil : initrd,
           bootArgs: kernelCommandLine(spec)))
     }
     try await call(api) {
@@ -160,8 +173,9 @@ public struct FirecrackerVMM: VirtualMachineManager {
     }
   }
 
-  /// Starts `firecracker` in the runtime directory, writes its pid file and waits for its API
-  /// socket. Throws (leaving no process) when it exits or never listens.
+  /// Starts `firecracker` (or the jailer, which becomes it) in the runtime directory, writes
+  /// its pid file and waits for its API socket. Throws (leaving no process) when it exits or
+  /// never listens.
   func launch(_ spec: VMSpec) async throws -> VMHandle {
     let dir = spec.runtimeDirectory
     let files = FileManager.default
@@ -172,7 +186,20 @@ public struct FirecrackerVMM: VirtualMachineManager {
     ] {
       try? files.removeItem(atPath: stale)
     }
-    try files.createSymbolicLink(atPath: Self.diskLink(dir), withDestinationPath: spec.disk.path)
+    let executable: String
+    let arguments: [String]
+    if let jail {
+      try jail.prepare(spec, firecracker: binary)
+      executable = jail.jailerBinary
+      arguments = jail.arguments(
+        firecracker: binary, sandboxId: spec.sandboxId, runtimeDirectory: dir)
+    } else {
+      try files.createSymbolicLink(
+        atPath: Self.diskLink(dir), withDestinationPath: spec.disk.path)
+      executable = binary
+      arguments = ["--api-sock", Self.apiSocket(dir), "--id", spec.sandboxId]
+    }
+    let apiSocket = Self.apiSocket(workDirectory(dir))
     let console = open(Self.consoleLog(dir), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o644)
     guard console >= 0 else {
       throw VMMError("cannot create \(Self.consoleLog(dir)): \(String(cString: strerror(errno)))")
@@ -182,10 +209,8 @@ public struct FirecrackerVMM: VirtualMachineManager {
       defer { close(console) }
       pid = try ProcessReaper.shared.spawn(
         SpawnOptions(
-          executable: binary,
-          arguments: ["--api-sock", Self.apiSocket(dir), "--id", spec.sandboxId],
-          environment: environment, workingDirectory: dir, stdout: console, stderr: console,
-          newSession: true))
+          executable: executable, arguments: arguments, environment: environment,
+          workingDirectory: dir, stdout: console, stderr: console, newSession: true))
     } catch {
       throw VMMError("firecracker did not start: \(error)")
     }
@@ -199,7 +224,7 @@ public struct FirecrackerVMM: VirtualMachineManager {
       throw VMMError("cannot write \(Self.pidFile(dir)): \(error)")
     }
     let deadline = ContinuousClock.now + startTimeout
-    while !FirecrackerAPI.isListening(Self.apiSocket(dir)) {
+    while !FirecrackerAPI.isListening(apiSocket) {
       if !ProcessReaper.shared.isRunning(pid) {
         throw VMMError(
           "firecracker exited before it listened on its API socket",
@@ -208,7 +233,7 @@ public struct FirecrackerVMM: VirtualMachineManager {
       if ContinuousClock.now > deadline {
         await terminate(handle)
         throw VMMError(
-          "firecracker did not listen on \(Self.apiSocket(dir)) within \(startTimeout)",
+          "firecracker did not listen on \(apiSocket) within \(startTimeout)",
           consoleTail: consoleTail(runtimeDirectory: dir, lines: 25))
       }
       try? await Task.sleep(for: .milliseconds(5))
@@ -217,7 +242,7 @@ public struct FirecrackerVMM: VirtualMachineManager {
   }
 
   func api(_ runtimeDirectory: String, timeout: Duration = .seconds(30)) -> FirecrackerAPI {
-    FirecrackerAPI(socketPath: Self.apiSocket(runtimeDirectory), timeout: timeout)
+    FirecrackerAPI(socketPath: Self.apiSocket(workDirectory(runtimeDirectory)), timeout: timeout)
   }
 
   /// Runs one API call; Firecracker's refusal becomes a `VMMError` carrying its fault message.
@@ -244,16 +269,26 @@ public struct FirecrackerVMM: VirtualMachineManager {
 
   // MARK: Processes
 
+  /// Alive, and the Firecracker of this sandbox: started directly (its API socket is in the
+  /// runtime directory) or by the jailer (which passes it `--id=<sandbox>`).
   public func isRunning(_ handle: VMHandle) -> Bool {
     guard HostProcesses.isAlive(handle.pid),
-      let commandLine = HostProcesses.commandLine(of: handle.pid),
-      let flag = commandLine.firstIndex(of: "--api-sock"), flag + 1 < commandLine.count
+      let commandLine = HostProcesses.commandLine(of: handle.pid)
     else { return false }
-    return commandLine[flag + 1] == Self.apiSocket(handle.runtimeDirectory)
+    if let flag = commandLine.firstIndex(of: "--api-sock"), flag + 1 < commandLine.count,
+      commandLine[flag + 1] == Self.apiSocket(handle.runtimeDirectory)
+    {
+      return true
+    }
+    // The executable (or the script an interpreter runs) is named for Firecracker, as the
+    // jailer requires.
+    return commandLine.prefix(2).contains { $0.hasSuffix("firecracker") }
+      && commandLine.contains("--id=\(handle.sandboxId)")
   }
 
   public func kill(_ handle: VMHandle) async {
-    VsockForwarders.shared.stopAll(.hybrid(path: Self.vsockSocket(handle.runtimeDirectory)))
+    VsockForwarders.shared.stopAll(
+      .hybrid(path: Self.vsockSocket(workDirectory(handle.runtimeDirectory))))
     guard isRunning(handle) else { return }
     logger.info(
       "killing firecracker", metadata: ["sandbox": "\(handle.sandboxId)", "pid": "\(handle.pid)"])
@@ -286,6 +321,14 @@ public struct FirecrackerVMM: VirtualMachineManager {
       else { continue }
       let id = socket.dropFirst(prefix.count).split(separator: "/").first.map(String.init) ?? ""
       found.append(ObservedVM(sandboxId: id, pid: pid))
+    }
+    // Jailed processes show no path of ours: their pid files tell.
+    let directories = (try? FileManager.default.contentsOfDirectory(atPath: sandboxesDirectory))
+    for id in directories ?? [] {
+      guard let handle = adopt(sandboxId: id, runtimeDirectory: "\(prefix)\(id)"),
+        !found.contains(where: { $0.pid == handle.pid })
+      else { continue }
+      found.append(ObservedVM(sandboxId: id, pid: handle.pid))
     }
     return found
   }
@@ -320,13 +363,20 @@ public struct FirecrackerVMM: VirtualMachineManager {
   }
 
   /// A full snapshot of the paused VM: memory to `path`, device state to `stateFile(forMemory:)`.
+  /// Jailed, Firecracker writes inside its chroot; the files are moved out to `path` after.
   public func saveState(_ handle: VMHandle, to path: String) async throws {
+    let memory = jail == nil ? path : "/\(FirecrackerJail.memoryName)"
     let request = FirecrackerSnapshotCreate(
-      snapshotType: .full, snapshotPath: Self.stateFile(forMemory: path), memFilePath: path)
+      snapshotType: .full, snapshotPath: Self.stateFile(forMemory: memory), memFilePath: memory)
     // Writing the memory takes seconds per GiB.
     try await call(handle, timeout: .seconds(1800)) {
       try await $0.put("/snapshot/create", request)
     }
+    guard jail != nil else { return }
+    let inJail = "\(workDirectory(handle.runtimeDirectory))/\(FirecrackerJail.memoryName)"
+    try FirecrackerJail.move(inJail, to: path)
+    try FirecrackerJail.move(
+      Self.stateFile(forMemory: inJail), to: Self.stateFile(forMemory: path))
   }
 
   /// A new Firecracker process in `spec`'s runtime directory loads the snapshot (memory is
@@ -337,7 +387,17 @@ public struct FirecrackerVMM: VirtualMachineManager {
     try Self.checkDisk(spec.disk)
     let handle = try await launch(spec)
     do {
-      try await loadSnapshot(statePath: statePath, tap: tap, api: api(spec.runtimeDirectory))
+      var memory = statePath
+      if let jail {
+        // The snapshot's files go into the chroot too (links: the memory is mapped, not read).
+        memory = "/\(FirecrackerJail.memoryName)"
+        let inJail = "\(workDirectory(spec.runtimeDirectory))\(memory)"
+        try jail.place(statePath, at: inJail, owned: true)
+        try jail.place(
+          Self.stateFile(forMemory: statePath), at: Self.stateFile(forMemory: inJail),
+          owned: true)
+      }
+      try await loadSnapshot(statePath: memory, tap: tap, api: api(spec.runtimeDirectory))
     } catch {
       // Firecracker ends itself after a failed load; make sure.
       await terminate(handle)
