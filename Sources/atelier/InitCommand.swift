@@ -20,6 +20,9 @@ struct Init: AsyncParsableCommand {
   var storage = "file"
   @Option(help: "user or bridge.") var network = "bridge"
   @Option(help: "qemu or firecracker.") var vmm = "qemu"
+  @Option(
+    help: "With --vmm firecracker: run each VM under this Firecracker jailer, as the atelier user.")
+  var jailer = ""
   @Option(help: "Image to build (tiny, dev-base) or none.") var image = "tiny"
   @Option(help: "Host TCP ports guests on the bridge may reach (comma-separated).") var allowPorts =
     ""
@@ -47,6 +50,9 @@ struct Init: AsyncParsableCommand {
     }
     guard ["qemu", "firecracker"].contains(vmm) else {
       throw ValidationError("--vmm takes qemu or firecracker")
+    }
+    if !jailer.isEmpty && (vmm != "firecracker" || !jailer.hasPrefix("/")) {
+      throw ValidationError("--jailer takes an absolute path, with --vmm firecracker")
     }
     if vmm == "firecracker" && network == "user" {
       throw ValidationError("firecracker has no user-mode networking: use --network bridge")
@@ -344,6 +350,10 @@ struct Init: AsyncParsableCommand {
       object["bridgeName"] = "br0"
       object["bridgeIp"] = "172.16.0.1"
       object["bridgeAllowedPorts"] = allowedPorts()
+    }
+    if !jailer.isEmpty {
+      object["firecrackerJailer"] = jailer
+      object["jailerUser"] = "atelier"
     }
     if storage != "file" {
       object["lvmVg"] = "sandbox-vg"

@@ -79,12 +79,26 @@ import Testing
     #expect(report.exitCode == (findings.contains { $0["ok"] as? Bool == false } ? 1 : 0))
   }
 
+  @Test func firecrackerWithTheJailerIsConfigured() async throws {
+    let root = try TestEnvironment.temporaryDirectory("atl-root")
+    defer { try? FileManager.default.removeItem(atPath: root) }
+    let result = try await initialize(
+      root, ["--yes", "--vmm", "firecracker", "--jailer", "/usr/local/bin/jailer"])
+    #expect(result.exitCode == 0, "\(result.stdoutText)\(result.stderrText)")
+    let data = try #require(FileManager.default.contents(atPath: "\(root)/etc/atelier/config.json"))
+    let config = try #require(try JSONSerialization.jsonObject(with: data) as? [String: Any])
+    #expect(config["vmm"] as? String == "firecracker")
+    #expect(config["firecrackerJailer"] as? String == "/usr/local/bin/jailer")
+    #expect(config["jailerUser"] as? String == "atelier")
+  }
+
   @Test func badOptionsAreRefusedWithOneLine() async throws {
     let root = try TestEnvironment.temporaryDirectory("atl-root")
     defer { try? FileManager.default.removeItem(atPath: root) }
     for options in [
       ["--storage", "floppy"], ["--vmm", "firecracker", "--network", "user"],
-      ["--network", "wifi"],
+      ["--network", "wifi"], ["--jailer", "/usr/bin/jailer"],
+      ["--vmm", "firecracker", "--jailer", "jailer"],
     ] {
       let result = try await initialize(root, ["--dry-run"] + options)
       #expect(result.exitCode != 0, "\(options)")
