@@ -151,6 +151,15 @@ extension VMTests {
         let hostname = try await manager.exec(id, ["command": "hostname"])
         #expect(hostname.json["stdout"] as? String == "sbx-\(id)\n")
 
+        // The agent is not on eth0: only its private NIC's address answers.
+        let probe = try await manager.exec(
+          id,
+          [
+            "command":
+              "for a in 10.0.2.15 10.0.3.15; do nc -w 2 $a 9998 </dev/null && echo $a open || echo $a closed; done"
+          ])
+        #expect(probe.json["stdout"] as? String == "10.0.2.15 closed\n10.0.3.15 open\n")
+
         // The 256 MiB image's clone is a 3 GiB disk; the guest grew its root file system.
         let df = try await manager.exec(id, ["command": "df -k / | tail -1"])
         let rootKiB = (df.json["stdout"] as? String ?? "").split(separator: " ").dropFirst()

@@ -204,6 +204,37 @@ import Testing
     }
   }
 
+  @Test func userModeAgentsAreOnAPrivateRestrictedNICNotOnEth0() async throws {
+    let ports = LoopbackPortAllocator()
+    let network = UserModeNetwork(ports: ports)
+    let attachment = try await network.attach(sandboxId: "abcdefabcdef")
+    #expect(attachment.backend == .userMode(forwards: []))
+    guard case .privateInterface(let forward, let address, 24) = attachment.agentChannel,
+      case .tcp("127.0.0.1", let port) = attachment.agent
+    else {
+      Issue.record("unexpected agent channel: \(attachment.agentChannel)")
+      return
+    }
+    #expect(address == "10.0.3.15" && forward.hostPort == port && forward.guestPort == 9998)
+    let parameters = attachment.bootParameters(sandboxId: "abcdefabcdef", hostname: "h")
+    #expect(parameters.listen == "10.0.3.15")
+    #expect(parameters.agentInterface == "eth1:10.0.3.15/24")
+    let vmm = QEMUMicroVM(
+      binary: "qemu-system-x86_64", acceleration: .tcg, sandboxesDirectory: "/data/sandboxes",
+      runner: SystemCommandRunner())
+    let arguments = vmm.arguments(
+      for: VMSpec(
+        sandboxId: "abcdefabcdef", runtimeDirectory: "/data/sandboxes/abcdefabcdef",
+        kernelPath: "/k", initrdPath: "/i", kernelArguments: parameters.kernelArguments,
+        disk: DiskAttachment(path: "/d.qcow2", format: .qcow2), vcpus: 1, memoryMb: 256,
+        network: attachment))
+    let netdevs = arguments.indices.filter { arguments[$0] == "-netdev" }.map { arguments[$0 + 1] }
+    #expect(netdevs.count == 2)
+    #expect(netdevs.first?.contains("hostfwd") == false)
+    #expect(netdevs.last?.contains("restrict=on") == true)
+    #expect(netdevs.last?.contains("hostfwd=tcp:127.0.0.1:\(port)-10.0.3.15:9998") == true)
+  }
+
   /// A real AF_VSOCK connection attempt to a CID where nothing listens (the local CID: it
   /// never leaves the machine): the TCP client sees a failed connection, not a hang.
   @Test func kernelVsockForwarderFailsTheConnectionWhenNothingListens() async throws {

@@ -3,8 +3,9 @@ import Foundation
 import Synchronization
 
 /// QEMU user-mode networking (slirp): no root, no host devices. The guest sits alone on
-/// 10.0.2.0/24; its agent is reached over vsock when the VMM has it, else its port is
-/// forwarded to a free 127.0.0.1 port, reachable by nothing but this host.
+/// 10.0.2.0/24 (eth0). Its agent is never on eth0: it is reached over vsock when the VMM has
+/// it, else on a second, restricted user-mode NIC whose only way in is a port forward from a
+/// free 127.0.0.1 port, reachable by nothing but this host.
 public struct UserModeNetwork: NetworkProvider {
   public let name = "user"
   let ports: LoopbackPortAllocator
@@ -27,20 +28,28 @@ public struct UserModeNetwork: NetworkProvider {
     let forward = NetworkAttachment.PortForward(
       hostAddress: "127.0.0.1", hostPort: port, guestPort: AgentProtocol.port)
     return NetworkAttachment(
-      backend: .userMode(forwards: [forward]), guestIPv4: "10.0.2.15", prefixLength: 24,
-      gateway: "10.0.2.2", dns: "10.0.2.3", agent: .tcp(host: "127.0.0.1", port: port))
+      backend: .userMode(forwards: []), guestIPv4: "10.0.2.15", prefixLength: 24,
+      gateway: "10.0.2.2", dns: "10.0.2.3", agent: .tcp(host: "127.0.0.1", port: port),
+      agentChannel: .privateInterface(
+        forward: forward, guestAddress: BridgeNetwork.agentAddress, prefixLength: 24))
+  }
+
+  /// The loopback ports of an attachment (eth0's forwards and the agent's).
+  static func hostPorts(_ attachment: NetworkAttachment) -> [Int] {
+    var found: [Int] = []
+    if case .userMode(let forwards) = attachment.backend { found += forwards.map(\.hostPort) }
+    if case .privateInterface(let forward, _, _) = attachment.agentChannel {
+      found.append(forward.hostPort)
+    }
+    return found
   }
 
   public func release(sandboxId: String, attachment: NetworkAttachment) async {
-    if case .userMode(let forwards) = attachment.backend {
-      forwards.forEach { ports.release($0.hostPort) }
-    }
+    Self.hostPorts(attachment).forEach { ports.release($0) }
   }
 
   public func adopt(sandboxId: String, attachment: NetworkAttachment) async {
-    if case .userMode(let forwards) = attachment.backend {
-      forwards.forEach { ports.markInUse($0.hostPort) }
-    }
+    Self.hostPorts(attachment).forEach { ports.markInUse($0) }
   }
 }
 
