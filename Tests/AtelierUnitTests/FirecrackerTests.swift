@@ -54,7 +54,8 @@ import Testing
   /// Serves the API on the runtime directory's socket once the backend has started the
   /// process (its pid file is written after stale sockets are removed).
   func serveAPIWhenLaunched(
-    runtimeDirectory: String, workDirectory: String? = nil, failures: [String: String] = [:]
+    runtimeDirectory: String, workDirectory: String? = nil, failures: [String: String] = [:],
+    onRequest: @escaping @Sendable (String, String) -> Void = { _, _ in }
   )
     -> Task<FakeFirecrackerAPI, any Error>
   {
@@ -66,7 +67,7 @@ import Testing
       }
       return try FakeFirecrackerAPI(
         socketPath: FirecrackerVMM.apiSocket(workDirectory ?? runtimeDirectory),
-        failures: failures)
+        failures: failures, onRequest: onRequest)
     }
   }
 
@@ -347,7 +348,8 @@ import Testing
   // MARK: Jailer
 
   /// A stand-in jailer: prints its arguments, makes the chroot folder its working directory
-  /// and execs the exec file the way the jailer does (`--id=<id>`, then what follows `--`).
+  /// and execs the exec file the way the jailer does (`--id <id>` and timing options, then
+  /// what follows `--`).
   /// It does not chroot or drop privileges.
   func fakeJailer(in dir: String) throws -> String {
     let path = "\(dir)/fake-jailer"
@@ -364,7 +366,7 @@ import Testing
         esac
       done
       cd "$base/$(basename "$exec_file")/$id/root" || exit 1
-      exec "$exec_file" --id=$id "$@"
+      exec "$exec_file" --id "$id" --start-time-us 1 "$@"
 
       """
     try script.write(toFile: path, atomically: true, encoding: .utf8)
@@ -400,7 +402,23 @@ import Testing
     spec.initrdPath = "\(dir)/initrd.img"
     let work = vmm.workDirectory(runtime)
     #expect(work == "\(runtime)/jail-root")
-    let serving = serveAPIWhenLaunched(runtimeDirectory: runtime, workDirectory: work)
+    let root = "\(runtime)/jail/fake-firecracker/abcdefghijkl/root"
+    // What the jailed "Firecracker" leaves as its snapshot: plain files, or a symlink to a
+    // host file (what a compromised one could try).
+    try "secret\n".write(toFile: "\(dir)/host-file", atomically: true, encoding: .utf8)
+    let snapshotKind = Mutex("plain")
+    let serving = serveAPIWhenLaunched(runtimeDirectory: runtime, workDirectory: work) {
+      _, path in
+      guard path == "/snapshot/create" else { return }
+      if snapshotKind.withLock({ $0 }) == "plain" {
+        FileManager.default.createFile(
+          atPath: "\(root)/snapshot.mem", contents: Data("memory".utf8))
+      } else {
+        symlink("\(dir)/host-file", "\(root)/snapshot.mem")
+      }
+      FileManager.default.createFile(
+        atPath: "\(root)/snapshot.mem.vmstate", contents: Data("state".utf8))
+    }
 
     let handle = try await vmm.boot(spec)
     let server = try await serving.value
@@ -416,7 +434,6 @@ import Testing
         == expectedBootRequests(vmm, spec).filter { $0.path != "/boot-source" })
 
     // The chroot holds links to the kernel and initrd, and the disk handed to the jailed user.
-    let root = "\(runtime)/jail/fake-firecracker/abcdefghijkl/root"
     #expect(
       try FileManager.default.destinationOfSymbolicLink(atPath: work)
         == "jail/fake-firecracker/abcdefghijkl/root")
@@ -425,7 +442,7 @@ import Testing
     let disk = inode("\(root)/rootfs")
     #expect(disk.ino == inode("\(dir)/disk.img").ino && disk.uid == 4242 && disk.gid == 4343)
 
-    // The jailer got its options; Firecracker runs in the chroot with the jailer's `--id=`.
+    // The jailer got its options; Firecracker runs in the chroot with the jailer's `--id`.
     try await waitFor { vmm.consoleTail(runtimeDirectory: runtime).contains("fake firecracker") }
     let console = vmm.consoleTail(runtimeDirectory: runtime)
     #expect(
@@ -442,9 +459,9 @@ import Testing
       vmm.vsockEndpoint(port: 9998, runtimeDirectory: runtime)
         == .hybridVsock(path: "\(work)/vsock.sock", port: 9998))
 
-    // A snapshot is written in the chroot (as Firecracker would), then moved out.
-    try Data("memory".utf8).write(to: URL(fileURLWithPath: "\(root)/snapshot.mem"))
-    try Data("state".utf8).write(to: URL(fileURLWithPath: "\(root)/snapshot.mem.vmstate"))
+    // A snapshot is written in the chroot (by the fake API, as Firecracker would), then moved
+    // out. Leftovers of an earlier save are cleared first.
+    try Data("stale".utf8).write(to: URL(fileURLWithPath: "\(root)/snapshot.mem"))
     try FileManager.default.createDirectory(
       atPath: "\(dir)/snap", withIntermediateDirectories: true)
     try await vmm.saveState(handle, to: "\(dir)/snap/memory")
@@ -458,6 +475,20 @@ import Testing
     #expect(
       FileManager.default.contents(atPath: "\(dir)/snap/memory.vmstate") == Data("state".utf8))
     #expect(!FileManager.default.fileExists(atPath: "\(root)/snapshot.mem"))
+    // Out of the jail, the snapshot is root's and read-only.
+    var saved = stat()
+    #expect(stat("\(dir)/snap/memory", &saved) == 0)
+    #expect(saved.st_uid == 0 && saved.st_mode & 0o777 == 0o444)
+
+    // A jailed process cannot hand back a link to a host file as its snapshot.
+    snapshotKind.withLock { $0 = "symlink" }
+    await #expect(throws: VMMError.self) {
+      try await vmm.saveState(handle, to: "\(dir)/snap/evil")
+    }
+    #expect(!FileManager.default.fileExists(atPath: "\(dir)/snap/evil"))
+    var hostFile = stat()
+    #expect(stat("\(dir)/host-file", &hostFile) == 0 && hostFile.st_mode & 0o777 != 0o444)
+    #expect(try String(contentsOfFile: "\(dir)/host-file", encoding: .utf8) == "secret\n")
 
     await vmm.kill(handle)
     #expect(!vmm.isRunning(handle))
@@ -474,14 +505,14 @@ import Testing
     let restoreServer = try await restoreServing.value
     defer { restoreServer.stop() }
     let newRoot = "\(restored.runtimeDirectory)/jail/fake-firecracker/restoredxyz1/root"
-    #expect(inode("\(newRoot)/snapshot.mem").ino == inode("\(dir)/snap/memory").ino)
+    #expect(inode("\(newRoot)/restored.mem").ino == inode("\(dir)/snap/memory").ino)
     #expect(
-      inode("\(newRoot)/snapshot.mem.vmstate").ino == inode("\(dir)/snap/memory.vmstate").ino)
+      inode("\(newRoot)/restored.mem.vmstate").ino == inode("\(dir)/snap/memory.vmstate").ino)
     let load = try #require(restoreServer.requests.first { $0.path == "/snapshot/load" })
     let loadBody = try jsonObject(load.body)
-    #expect(loadBody["snapshot_path"] as? String == "/snapshot.mem.vmstate")
+    #expect(loadBody["snapshot_path"] as? String == "/restored.mem.vmstate")
     #expect(
-      (loadBody["mem_backend"] as? [String: Any])?["backend_path"] as? String == "/snapshot.mem")
+      (loadBody["mem_backend"] as? [String: Any])?["backend_path"] as? String == "/restored.mem")
     await vmm.kill(restoredHandle)
     #expect(!vmm.isRunning(restoredHandle))
   }
@@ -820,6 +851,9 @@ final class FakeFirecrackerAPI: Sendable {
   let socketPath: String
   private let listener: Int32
   private let failures: [String: String]
+  /// Called with the method and path of each request before it is answered (to act as
+  /// Firecracker would, e.g. write snapshot files).
+  private let onRequest: @Sendable (String, String) -> Void
   private struct State {
     var requests: [RecordedRequest] = []
     var rawHeads: [String] = []
@@ -827,9 +861,13 @@ final class FakeFirecrackerAPI: Sendable {
   }
   private let state = Mutex(State())
 
-  init(socketPath: String, failures: [String: String] = [:]) throws {
+  init(
+    socketPath: String, failures: [String: String] = [:],
+    onRequest: @escaping @Sendable (String, String) -> Void = { _, _ in }
+  ) throws {
     self.socketPath = socketPath
     self.failures = failures
+    self.onRequest = onRequest
     listener = try UnixSocket.listen(socketPath)
     OSThread { [self] in self.acceptLoop() }.start()
   }
@@ -869,6 +907,7 @@ final class FakeFirecrackerAPI: Sendable {
         state.rawHeads.append(head + "\r\n\r\n")
         state.requests.append(RecordedRequest(method: parts[0], path: parts[1], body: body))
       }
+      onRequest(parts[0], parts[1])
       let answer: String
       if let fault = failures["\(parts[0]) \(parts[1])"] {
         let json = String(

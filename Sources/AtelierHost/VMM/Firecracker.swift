@@ -176,7 +176,9 @@ public struct FirecrackerVMM: VirtualMachineManager {
   /// Starts `firecracker` (or the jailer, which becomes it) in the runtime directory, writes
   /// its pid file and waits for its API socket. Throws (leaving no process) when it exits or
   /// never listens.
-  func launch(_ spec: VMSpec) async throws -> VMHandle {
+  func launch(_ spec: VMSpec, jailFiles: [(source: String, name: String)] = []) async throws
+    -> VMHandle
+  {
     let dir = spec.runtimeDirectory
     let files = FileManager.default
     try files.createDirectory(atPath: dir, withIntermediateDirectories: true)
@@ -189,7 +191,7 @@ public struct FirecrackerVMM: VirtualMachineManager {
     let executable: String
     let arguments: [String]
     if let jail {
-      try jail.prepare(spec, firecracker: binary)
+      try jail.prepare(spec, firecracker: binary, extraFiles: jailFiles)
       executable = jail.jailerBinary
       arguments = jail.arguments(
         firecracker: binary, sandboxId: spec.sandboxId, runtimeDirectory: dir)
@@ -282,8 +284,14 @@ public struct FirecrackerVMM: VirtualMachineManager {
     }
     // The executable (or the script an interpreter runs) is named for Firecracker, as the
     // jailer requires.
-    return commandLine.prefix(2).contains { $0.hasSuffix("firecracker") }
-      && commandLine.contains("--id=\(handle.sandboxId)")
+    // The jailer passes `--id <id>` (its docs say `--id=<id>`; both are accepted).
+    guard commandLine.prefix(2).contains(where: { $0.hasSuffix("firecracker") }) else {
+      return false
+    }
+    if commandLine.contains("--id=\(handle.sandboxId)") { return true }
+    return zip(commandLine, commandLine.dropFirst()).contains {
+      $0 == "--id" && $1 == handle.sandboxId
+    }
   }
 
   public func kill(_ handle: VMHandle) async {
@@ -366,6 +374,12 @@ public struct FirecrackerVMM: VirtualMachineManager {
   /// Jailed, Firecracker writes inside its chroot; the files are moved out to `path` after.
   public func saveState(_ handle: VMHandle, to path: String) async throws {
     let memory = jail == nil ? path : "/\(FirecrackerJail.memoryName)"
+    if jail != nil {
+      // Whatever an earlier, failed save left there.
+      let inJail = "\(workDirectory(handle.runtimeDirectory))\(memory)"
+      unlink(inJail)
+      unlink(Self.stateFile(forMemory: inJail))
+    }
     let request = FirecrackerSnapshotCreate(
       snapshotType: .full, snapshotPath: Self.stateFile(forMemory: memory), memFilePath: memory)
     // Writing the memory takes seconds per GiB.
@@ -374,8 +388,8 @@ public struct FirecrackerVMM: VirtualMachineManager {
     }
     guard jail != nil else { return }
     let inJail = "\(workDirectory(handle.runtimeDirectory))/\(FirecrackerJail.memoryName)"
-    try FirecrackerJail.move(inJail, to: path)
-    try FirecrackerJail.move(
+    try FirecrackerJail.takeOut(inJail, to: path)
+    try FirecrackerJail.takeOut(
       Self.stateFile(forMemory: inJail), to: Self.stateFile(forMemory: path))
   }
 
@@ -385,18 +399,19 @@ public struct FirecrackerVMM: VirtualMachineManager {
   public func restore(_ spec: VMSpec, statePath: String) async throws -> VMHandle {
     let tap = try Self.tapDevice(spec)
     try Self.checkDisk(spec.disk)
-    let handle = try await launch(spec)
+    // Jailed, the snapshot's files are linked into the chroot (read-only: the memory is
+    // mapped privately, never written).
+    let restored = FirecrackerJail.restoredMemoryName
+    let handle = try await launch(
+      spec,
+      jailFiles: jail == nil
+        ? []
+        : [
+          (statePath, restored),
+          (Self.stateFile(forMemory: statePath), Self.stateFile(forMemory: restored)),
+        ])
     do {
-      var memory = statePath
-      if let jail {
-        // The snapshot's files go into the chroot too (links: the memory is mapped, not read).
-        memory = "/\(FirecrackerJail.memoryName)"
-        let inJail = "\(workDirectory(spec.runtimeDirectory))\(memory)"
-        try jail.place(statePath, at: inJail, owned: true)
-        try jail.place(
-          Self.stateFile(forMemory: statePath), at: Self.stateFile(forMemory: inJail),
-          owned: true)
-      }
+      let memory = jail == nil ? statePath : "/\(restored)"
       try await loadSnapshot(statePath: memory, tap: tap, api: api(spec.runtimeDirectory))
     } catch {
       // Firecracker ends itself after a failed load; make sure.

@@ -26,7 +26,10 @@ public struct FirecrackerJail: Sendable, Equatable {
   /// Where the kernel, the initrd and the snapshot files are inside the chroot.
   static let kernelName = "vmlinux"
   static let initrdName = "initrd"
+  /// Where a snapshot is written, and where the snapshot a VM was restored from is linked:
+  /// two names, so saving never writes into the files a restore maps.
   static let memoryName = "snapshot.mem"
+  static let restoredMemoryName = "restored.mem"
 
   static func rootLink(_ runtimeDirectory: String) -> String {
     "\(runtimeDirectory)/\(rootLinkName)"
@@ -49,8 +52,13 @@ public struct FirecrackerJail: Sendable, Equatable {
     ]
   }
 
-  /// Creates the chroot and the link to it, and places the kernel, the initrd and the disk.
-  func prepare(_ spec: VMSpec, firecracker: String) throws {
+  /// Creates the chroot and the link to it, and places the kernel, the initrd, the disk and
+  /// `extraFiles` (read-only, by name in the chroot), all before the jailed process exists.
+  func prepare(
+    _ spec: VMSpec, firecracker: String, extraFiles: [(source: String, name: String)] = []
+  )
+    throws
+  {
     let relative = Self.chrootRelative(firecracker: firecracker, sandboxId: spec.sandboxId)
     let root = "\(spec.runtimeDirectory)/\(relative)"
     let files = FileManager.default
@@ -64,6 +72,9 @@ public struct FirecrackerJail: Sendable, Equatable {
       try place(spec.initrdPath, at: "\(root)/\(Self.initrdName)", owned: false)
     }
     try placeDisk(spec.disk.path, at: "\(root)/\(FirecrackerVMM.diskLinkName)")
+    for file in extraFiles {
+      try place(file.source, at: "\(root)/\(file.name)", owned: false)
+    }
   }
 
   /// A block device gets a node of its own (same device number) owned by the jailed user;
@@ -74,17 +85,27 @@ public struct FirecrackerJail: Sendable, Equatable {
       throw VMMError("cannot use the disk \(disk): \(String(cString: strerror(errno)))")
     }
     if (info.st_mode & S_IFMT) == S_IFBLK {
-      guard mknod(target, S_IFBLK | 0o600, info.st_rdev) == 0, chown(target, uid, gid) == 0 else {
+      guard mknod(target, S_IFBLK | 0o600, info.st_rdev) == 0, lchown(target, uid, gid) == 0
+      else {
         throw VMMError(
           "cannot make the disk node \(target): \(String(cString: strerror(errno)))")
       }
       return
     }
-    try place(disk, at: target, owned: true)
+    // Never a copy: the VM would write to the copy and the volume would not see it.
+    guard link(disk, target) == 0 else {
+      throw VMMError(
+        "cannot link the disk \(disk) into the jail (it must be on the file system of the "
+          + "sandboxes folder): \(String(cString: strerror(errno)))")
+    }
+    guard lchown(target, uid, gid) == 0 else {
+      throw VMMError(
+        "cannot hand \(target) to the jailed user: \(String(cString: strerror(errno)))")
+    }
   }
 
-  /// Hard-links `source` to `target`, or copies it when they are on different file systems.
-  /// `owned`: the jailed user must be able to write it.
+  /// Hard-links `source` to `target`, or copies it when they are on different file systems
+  /// (read-only files: the kernel, the initrd, a snapshot).
   func place(_ source: String, at target: String, owned: Bool) throws {
     if link(source, target) != 0 {
       guard errno == EXDEV else {
@@ -97,23 +118,43 @@ public struct FirecrackerJail: Sendable, Equatable {
         throw VMMError("cannot copy \(source) into the jail: \(error)")
       }
     }
-    if owned, chown(target, uid, gid) != 0 {
+    if owned, lchown(target, uid, gid) != 0 {
       throw VMMError(
         "cannot hand \(target) to the jailed user: \(String(cString: strerror(errno)))")
     }
   }
 
-  /// Moves a file Firecracker wrote in the chroot to where the manager keeps it.
-  static func move(_ source: String, to target: String) throws {
-    if rename(source, target) == 0 { return }
-    guard errno == EXDEV else {
-      throw VMMError("cannot move \(source) to \(target): \(String(cString: strerror(errno)))")
+  /// Moves a file the jailed Firecracker wrote out of its chroot, to where the manager keeps
+  /// it, and makes it root's and read-only. The chroot is the jailed user's, so the moved file
+  /// itself is checked: a regular file with no other link (not a symlink, not a hard link to
+  /// some host file), else it is removed and refused.
+  static func takeOut(_ source: String, to target: String) throws {
+    if rename(source, target) != 0 {
+      guard errno == EXDEV else {
+        throw VMMError(
+          "cannot move \(source) to \(target): \(String(cString: strerror(errno)))")
+      }
+      var info = stat()
+      guard lstat(source, &info) == 0, (info.st_mode & S_IFMT) == S_IFREG else {
+        throw VMMError("\(source) is not a regular file")
+      }
+      do {
+        try FileManager.default.copyItem(atPath: source, toPath: target)
+        try FileManager.default.removeItem(atPath: source)
+      } catch {
+        throw VMMError("cannot move \(source) to \(target): \(error)")
+      }
     }
-    do {
-      try FileManager.default.copyItem(atPath: source, toPath: target)
-      try FileManager.default.removeItem(atPath: source)
-    } catch {
-      throw VMMError("cannot move \(source) to \(target): \(error)")
+    let fd = open(target, O_RDONLY | O_NOFOLLOW | O_CLOEXEC)
+    var info = stat()
+    guard fd >= 0, fstat(fd, &info) == 0, (info.st_mode & S_IFMT) == S_IFREG,
+      info.st_nlink == 1, fchown(fd, 0, 0) == 0, fchmod(fd, 0o444) == 0
+    else {
+      let reason = String(cString: strerror(errno))
+      if fd >= 0 { close(fd) }
+      unlink(target)
+      throw VMMError("refused \(source) from the jail: not a plain file of its own (\(reason))")
     }
+    close(fd)
   }
 }
