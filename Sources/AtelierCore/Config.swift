@@ -152,6 +152,8 @@ public struct Config: Sendable, Equatable {
     },
     Key(path: "lvmVg") { $0.lvmVg = try nonEmpty($1) },
     Key(path: "lvmPool") { $0.lvmPool = try nonEmpty($1) },
+    // The earlier name (LVM only), read first so that `diskSizeGb` wins when both are set.
+    Key(path: "lvmVolumeSizeGb") { $0.diskSizeGb = try integer($1, in: 1...16384) },
     Key(path: "diskSizeGb") { $0.diskSizeGb = try integer($1, in: 1...16384) },
     Key(path: "agentPath") { $0.agentPath = $1 },
     Key(path: "recipesDir") { $0.recipesDir = $1 },

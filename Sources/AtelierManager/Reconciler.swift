@@ -99,6 +99,8 @@ extension SandboxService {
   @discardableResult
   public func reconcile() async -> ReconcileReport {
     var report = ReconcileReport()
+    // Busy first, then the rows: a row read after is never older than what `busy` says.
+    let busy = inFlight.union(await locks.held)
     let rows: [SandboxRecord]
     do { rows = try database.sandboxes() } catch {
       logger.error("reconcile: cannot read sandboxes: \(error)")
@@ -110,7 +112,6 @@ extension SandboxService {
     let directories =
       ((try? FileManager.default.contentsOfDirectory(atPath: config.sandboxesDir)) ?? [])
       .filter { Identifier.isValid($0) }
-    let busy = inFlight.union(await locks.held)
     let actions = ReconcilePlanner.plan(
       rows: rows.map { RowState(id: $0.id, status: $0.status) }, liveVMs: live, volumes: volumes,
       runtimeDirectories: directories, inFlight: busy)
@@ -131,7 +132,7 @@ extension SandboxService {
         try? database.update(updated)
         report.adopted.append(id)
       case .markError(let id, let reason):
-        guard let row = byId[id] else { continue }
+        guard let row = byId[id], await unchanged(row) else { continue }
         let runtime = Self.runtime(row)
         if let network = runtime.network {
           await drivers.network.release(sandboxId: id, attachment: network)
@@ -139,6 +140,9 @@ extension SandboxService {
         try? updateRuntime(id) {
           $0.vm = nil
           $0.network = nil
+        }
+        if let (target, _) = runtime.network?.agent.vsockTarget {
+          VsockForwarders.shared.stopAll(target)
         }
         _ = try? setStatus(id, .error, error: reason)
         logger.warning("sandbox marked error: \(reason)", metadata: ["sandbox": "\(id)"])
@@ -149,7 +153,7 @@ extension SandboxService {
         _ = try? database.deleteSandbox(id: id)
         report.abandonedCreates.append(id)
       case .finishStop(let id, let pid):
-        guard let row = byId[id] else { continue }
+        guard let row = byId[id], await unchanged(row) else { continue }
         var runtime = Self.runtime(row)
         if let pid {
           runtime.vm = VMHandle(sandboxId: id, pid: pid, runtimeDirectory: runtimeDirectory(id))
@@ -188,6 +192,15 @@ extension SandboxService {
         ])
     }
     return report
+  }
+
+  /// Whether a row the plan was made from still says the same and no operation took it
+  /// meanwhile (the plan is made across awaits; a user's stop or start may have run).
+  func unchanged(_ row: SandboxRecord) async -> Bool {
+    guard let current = try? record(row.id), current.status == row.status,
+      current.updatedAt == row.updatedAt, !inFlight.contains(row.id)
+    else { return false }
+    return !(await locks.held).contains(row.id)
   }
 
   /// Snapshot folders (memory files) with no snapshot row.

@@ -10,6 +10,9 @@ struct SnapshotState: Codable, Sendable {
   var disk: DiskAttachment
   var memoryPath: String
   var kernel: GuestKernel
+  /// The VMM and the devices of the VM (`SandboxService.deviceLayout`): a restore must
+  /// recreate the same ones. Absent in snapshots from before it was recorded.
+  var devices: String?
 }
 
 /// Memory + disk snapshots, restores (a create that does not boot) and forks.
@@ -80,7 +83,7 @@ extension SandboxService {
       }
       let state = SnapshotState(
         volume: VolumeNames.snapshot(snapshotId), disk: plan.frozen, memoryPath: memoryPath,
-        kernel: kernel)
+        kernel: kernel, devices: deviceLayout(network))
       let diskBytes =
         await drivers.volumes.allocatedBytes(of: VolumeNames.snapshot(snapshotId))
         ?? Self.allocatedBytes(plan.frozen.path)
@@ -116,6 +119,23 @@ extension SandboxService {
     return Int64(info.st_blocks) * 512
   }
 
+  /// The VMM and the network devices a VM of `network` has, e.g. `qemu/user+private-nic`.
+  func deviceLayout(_ network: NetworkAttachment?) -> String {
+    guard let network else { return "\(drivers.vmm.name)/none" }
+    let backend =
+      switch network.backend {
+      case .userMode: "user"
+      case .tap: "tap"
+      }
+    let channel =
+      switch network.agentChannel {
+      case .sharedInterface: "shared"
+      case .privateInterface: "private-nic"
+      case .vsock: "vsock"
+      }
+    return "\(drivers.vmm.name)/\(backend)+\(channel)"
+  }
+
   /// A new sandbox from a snapshot: its own disk (a clone of the frozen one), port forward,
   /// id and hostname; memory restored instead of booting; then the guest is told who it is
   /// now, the time, and given fresh entropy.
@@ -141,6 +161,14 @@ extension SandboxService {
       }
       let cloned = ContinuousClock.now
       let network = try await attachNetwork(row.id, undo: &undo)
+      // Snapshots from before the layout was recorded all had the agent on eth0's forward.
+      let taken = state.devices ?? "qemu/user+shared"
+      guard taken == deviceLayout(network) else {
+        throw AtelierError.conflict(
+          "snapshot \(snapshotId) was taken on a VM with \(taken); this manager makes "
+            + "\(deviceLayout(network)) (ATELIER_VMM, ATELIER_NETWORK or ATELIER_QEMU_VSOCK "
+            + "changed since), so it cannot be restored here")
+      }
       let spec = try vmSpec(try record(row.id), network: network)
       let directory = spec.runtimeDirectory
       undo.push { try? FileManager.default.removeItem(atPath: directory) }

@@ -39,13 +39,13 @@ struct AgentProxy: Sendable {
       outgoing.body = .stream(request.body, length: length.map { .known($0) } ?? .unknown)
     }
     // A request in flight is activity for as long as it lasts (a long upload, download or
-    // batch must not see its sandbox paused as idle under it).
-    await service.connectionOpened(id)
+    // batch must not see its sandbox paused as idle under it), until its response body is
+    // written or dropped, whichever way that happens.
+    let activity = await ActivityLease(service: service, sandboxId: id)
     let response: HTTPClientResponse
     do {
       response = try await HTTPClient.shared.execute(outgoing, timeout: .hours(2))
     } catch {
-      await service.connectionClosed(id)
       logger.warning("agent proxy failed", metadata: ["sandbox": "\(id)", "error": "\(error)"])
       throw AtelierError(.unavailable, "the agent of sandbox \(id) is unreachable")
     }
@@ -59,15 +59,10 @@ struct AgentProxy: Sendable {
     let body = response.body
     return Response(
       status: .init(code: Int(response.status.code)), headers: headers,
-      body: ResponseBody(contentLength: length) { [service] writer in
-        do {
-          for try await buffer in body { try await writer.write(buffer) }
-          try await writer.finish(nil)
-        } catch {
-          await service.connectionClosed(id)
-          throw error
-        }
-        await service.connectionClosed(id)
+      body: ResponseBody(contentLength: length) { writer in
+        defer { withExtendedLifetime(activity) {} }
+        for try await buffer in body { try await writer.write(buffer) }
+        try await writer.finish(nil)
       })
   }
 
@@ -108,5 +103,22 @@ extension WebSocketMessage {
     case .text(let text): .text(text)
     case .binary(let buffer): .binary(buffer)
     }
+  }
+}
+
+/// Counts as an open connection of a sandbox from creation until it is released: when the
+/// last reference goes, wherever that happens (a response written, a client gone).
+final class ActivityLease: Sendable {
+  let service: SandboxService
+  let sandboxId: String
+
+  init(service: SandboxService, sandboxId: String) async {
+    self.service = service
+    self.sandboxId = sandboxId
+    await service.connectionOpened(sandboxId)
+  }
+
+  deinit {
+    Task { [service, sandboxId] in await service.connectionClosed(sandboxId) }
   }
 }

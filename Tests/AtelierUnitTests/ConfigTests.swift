@@ -31,6 +31,14 @@ import Testing
     #expect(both.dataDir == "/srv/b")
   }
 
+  @Test func theEarlierDiskSizeNameStillWorks() throws {
+    #expect(try Config.load(environment: ["ATELIER_LVM_VOLUME_SIZE_GB": "20"]).diskSizeGb == 20)
+    #expect(
+      try Config.load(environment: [
+        "ATELIER_LVM_VOLUME_SIZE_GB": "20", "ATELIER_DISK_SIZE_GB": "30",
+      ]).diskSizeGb == 30)
+  }
+
   @Test func maxSandboxesHasTheShortEnvironmentNameToo() throws {
     #expect(try Config.load(environment: ["ATELIER_MAX_SANDBOXES": "7"]).maxSandboxes == 7)
     // The name the file path gives wins when both are set.

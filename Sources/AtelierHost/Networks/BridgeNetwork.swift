@@ -88,7 +88,12 @@ public struct BridgeNetwork: NetworkProvider {
   }
 
   func createTap(_ tap: String) async throws {
-    let exists = await runner.probe(Command("ip", ["link", "show", "dev", tap])).exitCode == 0
+    var exists = await runner.probe(Command("ip", ["link", "show", "dev", tap])).exitCode == 0
+    if exists && tapOwner != nil {
+      // A leftover may belong to root: the jailed user could not open it.
+      await removeTap(tap)
+      exists = false
+    }
     do {
       if !exists {
         var add = ["tuntap", "add", "dev", tap, "mode", "tap"]
