@@ -41,12 +41,14 @@ public struct SandboxInfo: Codable, Sendable, Equatable {
   public var snapshotId: String?
   /// The guest's address on the host bridge (bridge networking only).
   public var ipAddress: String?
+  /// The size of the sandbox's disk (its root file system fills it).
+  public var diskGb: Int?
 
   public init(
     id: String, status: SandboxStatus, image: String, vcpus: Int, memoryMb: Int,
     hostname: String, createdAt: Date, updatedAt: Date, timings: SpawnTimings? = nil,
     error: String? = nil, timeoutSeconds: Int? = nil, onIdle: IdleAction? = nil,
-    snapshotId: String? = nil, ipAddress: String? = nil
+    snapshotId: String? = nil, ipAddress: String? = nil, diskGb: Int? = nil
   ) {
     self.id = id
     self.status = status
@@ -62,6 +64,7 @@ public struct SandboxInfo: Codable, Sendable, Equatable {
     self.onIdle = onIdle
     self.snapshotId = snapshotId
     self.ipAddress = ipAddress
+    self.diskGb = diskGb
   }
 }
 
@@ -73,9 +76,11 @@ public struct CreateSandboxRequest: Codable, Sendable {
   public var snapshot: String?
   public var timeoutSeconds: Int?
   public var onIdle: IdleAction?
+  /// Disk size; default `ATELIER_DISK_SIZE_GB`, never smaller than the image's disk.
+  public var diskGb: Int?
   public init(
     image: String? = nil, vcpus: Int? = nil, memoryMb: Int? = nil, snapshot: String? = nil,
-    timeoutSeconds: Int? = nil, onIdle: IdleAction? = nil
+    timeoutSeconds: Int? = nil, onIdle: IdleAction? = nil, diskGb: Int? = nil
   ) {
     self.image = image
     self.vcpus = vcpus
@@ -83,10 +88,12 @@ public struct CreateSandboxRequest: Codable, Sendable {
     self.snapshot = snapshot
     self.timeoutSeconds = timeoutSeconds
     self.onIdle = onIdle
+    self.diskGb = diskGb
   }
 
   public static let vcpuRange = 1...8
   public static let memoryRange = 128...16384
+  public static let diskRange = 1...16384
 }
 
 /// `PATCH /api/sandboxes/{id}`: idle policy (`timeoutSeconds: 0` turns it off).

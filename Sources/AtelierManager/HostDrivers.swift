@@ -43,6 +43,8 @@ struct SandboxRuntime: Codable, Sendable, Equatable {
   var disk: DiskAttachment?
   var kernel: GuestKernel?
   var imageBuild: String?
+  /// The disk's size in GiB, as given to the VM.
+  var diskGb: Int?
 }
 
 enum VolumeNames {

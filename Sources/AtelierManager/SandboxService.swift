@@ -73,7 +73,8 @@ public actor SandboxService {
       },
       error: record.error, timeoutSeconds: record.timeoutSeconds,
       onIdle: record.onIdle.flatMap(IdleAction.init(rawValue:)), snapshotId: record.snapshotId,
-      ipAddress: runtime(record).network.flatMap { $0.mac == nil ? nil : $0.guestIPv4 })
+      ipAddress: runtime(record).network.flatMap { $0.mac == nil ? nil : $0.guestIPv4 },
+      diskGb: runtime(record).diskGb)
   }
 
   static func status(_ record: SandboxRecord) -> SandboxStatus {
@@ -158,9 +159,12 @@ public actor SandboxService {
   public func create(_ request: CreateSandboxRequest) async throws -> SandboxInfo {
     let idle = try Self.validateIdle(timeoutSeconds: request.timeoutSeconds, onIdle: request.onIdle)
     if let snapshotId = request.snapshot {
-      guard request.image == nil, request.vcpus == nil, request.memoryMb == nil else {
+      guard request.image == nil, request.vcpus == nil, request.memoryMb == nil,
+        request.diskGb == nil
+      else {
         throw AtelierError.validation(
-          "a restore takes its image, vcpus and memory from the snapshot; give only snapshot")
+          "a restore takes its image, vcpus, memory and disk from the snapshot; give only snapshot"
+        )
       }
       return try await restore(snapshotId: snapshotId, idle: idle)
     }
@@ -172,6 +176,9 @@ public actor SandboxService {
     guard CreateSandboxRequest.memoryRange.contains(memoryMb) else {
       throw AtelierError.validation("memoryMb must be between 128 and 16384")
     }
+    if let diskGb = request.diskGb, !CreateSandboxRequest.diskRange.contains(diskGb) {
+      throw AtelierError.validation("diskGb must be between 1 and 16384")
+    }
     let imageName = request.image ?? config.defaultImage
     guard ImageName.isValid(imageName) else {
       throw AtelierError.validation("invalid image name \(imageName)")
@@ -180,13 +187,22 @@ public actor SandboxService {
       throw AtelierError.notFound(
         "image \(imageName) is not built; run `atelier images build \(imageName)`")
     }
+    // The disk: what was asked, else the configured size; never smaller than the image's.
+    let imageGb = Int((image.diskBytes + (1 << 30) - 1) >> 30)
+    let diskGb = max(request.diskGb ?? config.diskSizeGb, imageGb)
+    if let asked = request.diskGb, asked < imageGb {
+      throw AtelierError.validation(
+        "diskGb \(asked) is smaller than the disk of image \(imageName) (\(imageGb) GiB)")
+    }
     let row = try reserve(
       image: imageName, vcpus: vcpus, memoryMb: memoryMb, idle: idle, snapshotId: nil,
-      runtime: SandboxRuntime(kernel: image.kernel, imageBuild: image.buildId))
+      runtime: SandboxRuntime(kernel: image.kernel, imageBuild: image.buildId, diskGb: diskGb))
     return try await build(row.id) { undo in
       let started = ContinuousClock.now
       let volumeName = VolumeNames.sandbox(row.id)
-      let disk = try await cloneVolume(base: try await drivers.imageDisk(image), to: volumeName)
+      let disk = try await cloneVolume(
+        base: try await drivers.imageDisk(image), to: volumeName,
+        minimumSizeBytes: UInt64(diskGb) << 30)
       undo.push { [drivers] in try? await drivers.volumes.remove(volumeName) }
       try updateRuntime(row.id) {
         $0.volume = volumeName
@@ -269,9 +285,12 @@ public actor SandboxService {
   }
 
   /// A new sandbox disk; a nearly full thin pool is a 429, not a boot failure.
-  func cloneVolume(base: DiskAttachment, to name: String) async throws -> DiskAttachment {
+  func cloneVolume(base: DiskAttachment, to name: String, minimumSizeBytes: UInt64 = 0)
+    async throws -> DiskAttachment
+  {
     do {
-      return try await drivers.volumes.clone(base: base, to: name)
+      return try await drivers.volumes.clone(
+        base: base, to: name, minimumSizeBytes: minimumSizeBytes)
     } catch let full as ThinPoolNearlyFull {
       throw AtelierError(.resourceExhausted, "\(full)")
     }

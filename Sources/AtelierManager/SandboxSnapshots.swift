@@ -13,6 +13,8 @@ struct SnapshotState: Codable, Sendable {
   /// The VMM and the devices of the VM (`SandboxService.deviceLayout`): a restore must
   /// recreate the same ones. Absent in snapshots from before it was recorded.
   var devices: String?
+  /// The disk size of the sandbox it was taken from (restores get the same).
+  var diskGb: Int?
 }
 
 /// Memory + disk snapshots, restores (a create that does not boot) and forks.
@@ -83,7 +85,7 @@ extension SandboxService {
       }
       let state = SnapshotState(
         volume: VolumeNames.snapshot(snapshotId), disk: plan.frozen, memoryPath: memoryPath,
-        kernel: kernel, devices: deviceLayout(network))
+        kernel: kernel, devices: deviceLayout(network), diskGb: runtime.diskGb)
       let diskBytes =
         await drivers.volumes.allocatedBytes(of: VolumeNames.snapshot(snapshotId))
         ?? Self.allocatedBytes(plan.frozen.path)
@@ -149,7 +151,7 @@ extension SandboxService {
     else { throw AtelierError.conflict("snapshot \(snapshotId) has no memory state left") }
     let row = try reserve(
       image: snapshot.image, vcpus: snapshot.vcpus, memoryMb: snapshot.memoryMb, idle: idle,
-      snapshotId: snapshotId, runtime: SandboxRuntime(kernel: state.kernel))
+      snapshotId: snapshotId, runtime: SandboxRuntime(kernel: state.kernel, diskGb: state.diskGb))
     return try await build(row.id) { undo in
       let started = ContinuousClock.now
       let volumeName = VolumeNames.sandbox(row.id)

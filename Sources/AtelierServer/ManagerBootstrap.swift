@@ -150,16 +150,14 @@ public enum ManagerBootstrap {
     switch config.storage {
     case .file:
       return HostDrivers(
-        vmm: vmm,
-        volumes: FileVolumeStore(
-          directory: volumesDirectory(config), minimumSizeBytes: UInt64(config.diskSizeGb) << 30),
+        // Disk sizes come with each clone (the request's, else ATELIER_DISK_SIZE_GB).
+        vmm: vmm, volumes: FileVolumeStore(directory: volumesDirectory(config)),
         network: network,
         images: images, acceleration: acceleration,
         usesUncompressedKernel: config.vmm == .firecracker)
     case .lvm:
       let store = LVMThinVolumeStore(
-        volumeGroup: config.lvmVg, thinPool: config.lvmPool,
-        volumeSizeBytes: UInt64(config.diskSizeGb) << 30, runner: runner)
+        volumeGroup: config.lvmVg, thinPool: config.lvmPool, volumeSizeBytes: 0, runner: runner)
       return HostDrivers(
         vmm: vmm, volumes: store, network: network, images: images, acceleration: acceleration,
         imageDisk: { image in

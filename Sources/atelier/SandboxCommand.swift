@@ -18,6 +18,8 @@ struct SandboxCommand: AsyncParsableCommand {
     @Option(help: "Image name.") var image: String?
     @Option(help: "Virtual CPUs (1–8).") var vcpus: Int?
     @Option(name: .customLong("memory"), help: "Memory in MiB (128–16384).") var memoryMb: Int?
+    @Option(name: .customLong("disk"), help: "Disk size in GiB (default: the manager's).")
+    var diskGb: Int?
     @Option(help: "Restore this snapshot instead of booting an image.") var snapshot: String?
     @Option(help: "Idle seconds before --on-idle happens.") var timeout: Int?
     @Option(help: "pause or stop.") var onIdle: String?
@@ -30,7 +32,7 @@ struct SandboxCommand: AsyncParsableCommand {
         CreateSandboxRequest(
           image: image, vcpus: vcpus, memoryMb: memoryMb, snapshot: snapshot,
           timeoutSeconds: timeout,
-          onIdle: try onIdle.map(parseIdleAction)),
+          onIdle: try onIdle.map(parseIdleAction), diskGb: diskGb),
         as: SandboxInfo.self)
       if json { return try printJSON(sandbox) }
       let total = sandbox.timings.map { " in \($0.totalMs) ms" } ?? ""
@@ -75,6 +77,7 @@ struct SandboxCommand: AsyncParsableCommand {
       var rows = [
         ["id", sandbox.id], ["status", sandbox.status.rawValue], ["image", sandbox.image],
         ["vcpus", "\(sandbox.vcpus)"], ["memory", "\(sandbox.memoryMb) MiB"],
+        ["disk", sandbox.diskGb.map { "\($0) GiB" } ?? "-"],
         ["hostname", sandbox.hostname], ["created", ISO8601.format(sandbox.createdAt)],
       ]
       if let timings = sandbox.timings {

@@ -217,7 +217,9 @@ extension VMTests {
 
     @Test func snapshotsRestoresAndForks() async throws {
       try await withManager { manager in
-        let sandbox = try await manager.createSandbox()
+        // A disk of its own size; restores and forks get the same.
+        let sandbox = try await manager.createSandbox(["diskGb": 2])
+        #expect(sandbox["diskGb"] as? Int == 2)
         let id = try #require(sandbox["id"] as? String)
         #expect(
           try await manager.exec(
@@ -245,6 +247,14 @@ extension VMTests {
           guard let restoredId = restore.json["id"] as? String else { continue }
           restoredIds.append(restoredId)
           #expect(restore.json["snapshotId"] as? String == snapshotId)
+          #expect(restore.json["diskGb"] as? Int == 2)
+          let rootKiB = try await manager.exec(
+            restoredId, ["command": "df -k / | tail -1 | awk '{print $2}'"])
+          let kib =
+            Int(
+              (rootKiB.json["stdout"] as? String ?? "").trimmingCharacters(
+                in: .whitespacesAndNewlines)) ?? 0
+          #expect(kib > 1_800_000 && kib < 2_200_000, "\(kib) KiB")
           let state = try await manager.exec(
             restoredId, ["command": "cat /root/file; hostname; ls /root"])
           #expect(state.json["stdout"] as? String == "original\nsbx-\(restoredId)\ncounter\nfile\n")

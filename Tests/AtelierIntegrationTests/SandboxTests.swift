@@ -48,6 +48,7 @@ extension VMTests {
 
         for body in [
           ["vcpus": 0], ["vcpus": 9], ["memoryMb": 64], ["memoryMb": 20000], ["vcpus": "two"],
+          ["diskGb": 0], ["diskGb": 20000],
         ] {
           let answer = try await manager.request(.POST, "/api/sandboxes", json: body)
           #expect(answer.status == 400, "\(body)")
@@ -134,6 +135,7 @@ extension VMTests {
         let id = try #require(sandbox["id"] as? String)
         #expect(sandbox["status"] as? String == "running")
         #expect(sandbox["image"] as? String == "tiny")
+        #expect(sandbox["diskGb"] as? Int == 3)
         let timings = try #require(sandbox["timings"] as? [String: Int])
         #expect((timings["totalMs"] ?? 0) > 0)
         #expect((timings["totalMs"] ?? 0) >= (timings["agentMs"] ?? 0))

@@ -86,6 +86,14 @@ import Testing
     let sameJSON =
       try JSONSerialization.jsonObject(with: Data(sameInfo.stdoutText.utf8)) as? [String: Any]
     #expect(sameJSON?["virtual-size"] as? Int == 1 << 20)
+    // A size asked for one clone.
+    let asked = try await large.clone(
+      base: DiskAttachment(path: base, format: .raw), to: "sandbox-asked",
+      minimumSizeBytes: 2 << 30)
+    let askedInfo = try await qemuImg(["info", "--output=json", asked.path])
+    let askedJSON =
+      try JSONSerialization.jsonObject(with: Data(askedInfo.stdoutText.utf8)) as? [String: Any]
+    #expect(askedJSON?["virtual-size"] as? Int == 2 << 30)
   }
 
   @Test func cpioArchiveHasNewcHeadersAndTrailer() {

@@ -93,6 +93,13 @@ final class LVMRecordingRunner: CommandRunning {
       ])
     // Numbers are parsed in the C locale whatever the host's.
     #expect(runner.commands.allSatisfy { $0.environment["LC_ALL"] == "C" })
+
+    // A size asked for one clone, larger than the store's.
+    let asked = LVMRecordingRunner()
+    cloneScript(asked)
+    _ = try await store(asked).clone(
+      base: image("tiny"), to: "sandbox-big", minimumSizeBytes: 20 << 30)
+    #expect(asked.lines.last == "lvextend -L 21474836480B sandbox-vg/sandbox-big")
   }
 
   @Test func cloneActivatesAnInactiveSnapshotAndKeepsALargeOneAsItIs() async throws {

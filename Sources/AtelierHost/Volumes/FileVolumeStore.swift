@@ -24,7 +24,10 @@ public struct FileVolumeStore: VolumeStore {
     "\(directory)/\(name).\(format == .qcow2 ? "qcow2" : "img")"
   }
 
-  public func clone(base: DiskAttachment, to name: String) async throws -> DiskAttachment {
+  public func clone(base: DiskAttachment, to name: String, minimumSizeBytes requested: UInt64)
+    async throws -> DiskAttachment
+  {
+    let minimumSizeBytes = max(self.minimumSizeBytes, requested)
     try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
     if base.format == .raw {
       let target = path(name, .raw)

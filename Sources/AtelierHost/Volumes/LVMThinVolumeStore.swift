@@ -261,7 +261,10 @@ public struct LVMThinVolumeStore: VolumeStore {
 
   // MARK: VolumeStore
 
-  public func clone(base: DiskAttachment, to name: String) async throws -> DiskAttachment {
+  public func clone(base: DiskAttachment, to name: String, minimumSizeBytes: UInt64) async throws
+    -> DiskAttachment
+  {
+    let targetSize = max(volumeSizeBytes, minimumSizeBytes)
     let origin = try logicalVolume(of: base)
     let lv = try checkedLogicalVolume(for: name)
     try await checkPoolHasRoom()
@@ -288,10 +291,10 @@ public struct LVMThinVolumeStore: VolumeStore {
         try await run(
           command("lvchange", ["-ay", "-K", "\(volumeGroup)/\(lv)"]), "activate volume \(lv)")
       }
-      if size < volumeSizeBytes {
+      if size < targetSize {
         try await run(
-          command("lvextend", ["-L", "\(volumeSizeBytes)B", "\(volumeGroup)/\(lv)"]),
-          "grow volume \(lv) to \(volumeSizeBytes) bytes")
+          command("lvextend", ["-L", "\(targetSize)B", "\(volumeGroup)/\(lv)"]),
+          "grow volume \(lv) to \(targetSize) bytes")
       }
     } catch {
       _ = await runner.probe(command("lvremove", ["-f", "\(volumeGroup)/\(lv)"]))

@@ -2,8 +2,10 @@
 /// disk), made in O(1) on the common path.
 public protocol VolumeStore: Sendable {
   var name: String { get }
-  /// Creates volume `name` as a clone of `base`; the result is what the VMM attaches.
-  func clone(base: DiskAttachment, to name: String) async throws -> DiskAttachment
+  /// Creates volume `name` as a clone of `base`, grown to `minimumSizeBytes` (and to the
+  /// store's own minimum) when `base` is smaller; the result is what the VMM attaches.
+  func clone(base: DiskAttachment, to name: String, minimumSizeBytes: UInt64) async throws
+    -> DiskAttachment
   func remove(_ name: String) async throws
   /// Names of all volumes in the store.
   func list() async throws -> [String]
@@ -27,6 +29,10 @@ public protocol VolumeStore: Sendable {
 }
 
 extension VolumeStore {
+  public func clone(base: DiskAttachment, to name: String) async throws -> DiskAttachment {
+    try await clone(base: base, to: name, minimumSizeBytes: 0)
+  }
+
   public func allocatedBytes(of name: String) async -> Int64? { nil }
 }
 
