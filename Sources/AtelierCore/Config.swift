@@ -185,12 +185,15 @@ public struct Config: Sendable, Equatable {
     var config = Config.defaults(environment: environment)
     if let file = environment["ATELIER_CONFIG"], !file.isEmpty {
       let values = try readFile(file)
-      for (path, value) in values {
-        guard let key = keys.first(where: { $0.path == path }) else {
-          throw ConfigError(key: path, source: file, message: "unknown key")
-        }
-        do { try key.apply(&config, value) } catch let problem as ConfigProblem {
-          throw ConfigError(key: path, source: file, message: "\(value): \(problem.reason)")
+      for (path, _) in values where !keys.contains(where: { $0.path == path }) {
+        throw ConfigError(key: path, source: file, message: "unknown key")
+      }
+      // In the order of `keys`, so a later key (a current name) wins over an earlier alias.
+      for key in keys {
+        for (path, value) in values where path == key.path {
+          do { try key.apply(&config, value) } catch let problem as ConfigProblem {
+            throw ConfigError(key: path, source: file, message: "\(value): \(problem.reason)")
+          }
         }
       }
     }

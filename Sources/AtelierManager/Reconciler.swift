@@ -120,53 +120,64 @@ extension SandboxService {
       switch action {
       case .adopt(let id):
         guard let row = byId[id], let pid = live[id] else { continue }
-        var runtime = Self.runtime(row)
-        let handle = VMHandle(sandboxId: id, pid: pid, runtimeDirectory: runtimeDirectory(id))
-        guard runtime.vm != handle else { continue }  // already ours
-        runtime.vm = handle
-        if let network = runtime.network {
-          await drivers.network.adopt(sandboxId: id, attachment: network)
+        let adopted = await underLockIfUnchanged(row) {
+          var runtime = Self.runtime(row)
+          let handle = VMHandle(sandboxId: id, pid: pid, runtimeDirectory: runtimeDirectory(id))
+          guard runtime.vm != handle else { return false }  // already ours
+          runtime.vm = handle
+          if let network = runtime.network {
+            await drivers.network.adopt(sandboxId: id, attachment: network)
+          }
+          try updateRuntime(id) { $0.vm = handle }
+          return true
         }
-        var updated = row
-        updated.runtime = Self.encode(runtime)
-        try? database.update(updated)
-        report.adopted.append(id)
+        if adopted { report.adopted.append(id) }
       case .markError(let id, let reason):
-        guard let row = byId[id], await unchanged(row) else { continue }
-        let runtime = Self.runtime(row)
-        if let network = runtime.network {
-          await drivers.network.release(sandboxId: id, attachment: network)
+        guard let row = byId[id] else { continue }
+        let marked = await underLockIfUnchanged(row) {
+          let runtime = Self.runtime(row)
+          if let network = runtime.network {
+            await drivers.network.release(sandboxId: id, attachment: network)
+            if let (target, _) = network.agent.vsockTarget {
+              VsockForwarders.shared.stopAll(target)
+            }
+          }
+          try updateRuntime(id) {
+            $0.vm = nil
+            $0.network = nil
+          }
+          _ = try setStatus(id, .error, error: reason)
+          return true
         }
-        try? updateRuntime(id) {
-          $0.vm = nil
-          $0.network = nil
+        if marked {
+          logger.warning("sandbox marked error: \(reason)", metadata: ["sandbox": "\(id)"])
+          report.markedError.append(id)
         }
-        if let (target, _) = runtime.network?.agent.vsockTarget {
-          VsockForwarders.shared.stopAll(target)
-        }
-        _ = try? setStatus(id, .error, error: reason)
-        logger.warning("sandbox marked error: \(reason)", metadata: ["sandbox": "\(id)"])
-        report.markedError.append(id)
       case .abandonCreate(let id):
         guard let row = byId[id] else { continue }
         await releaseResources(id: id, runtime: Self.runtime(row))
         _ = try? database.deleteSandbox(id: id)
         report.abandonedCreates.append(id)
       case .finishStop(let id, let pid):
-        guard let row = byId[id], await unchanged(row) else { continue }
-        var runtime = Self.runtime(row)
-        if let pid {
-          runtime.vm = VMHandle(sandboxId: id, pid: pid, runtimeDirectory: runtimeDirectory(id))
-          report.killedProcesses.append(pid)
+        guard let row = byId[id] else { continue }
+        let finished = await underLockIfUnchanged(row) {
+          var runtime = Self.runtime(row)
+          if let pid {
+            runtime.vm = VMHandle(sandboxId: id, pid: pid, runtimeDirectory: runtimeDirectory(id))
+          }
+          await stopVMProcess(id: id, runtime: runtime)
+          try updateRuntime(id) {
+            $0.vm = nil
+            $0.network = nil
+          }
+          _ = try setStatus(id, .stopped)
+          return true
         }
-        await stopVMProcess(id: id, runtime: runtime)
-        try? updateRuntime(id) {
-          $0.vm = nil
-          $0.network = nil
+        if finished {
+          if let pid { report.killedProcesses.append(pid) }
+          report.finishedStops.append(id)
+          logger.warning("an interrupted stop was finished", metadata: ["sandbox": "\(id)"])
         }
-        _ = try? setStatus(id, .stopped)
-        report.finishedStops.append(id)
-        logger.warning("an interrupted stop was finished", metadata: ["sandbox": "\(id)"])
       case .killOrphanVM(let id, let pid):
         await drivers.vmm.kill(
           VMHandle(sandboxId: id, pid: pid, runtimeDirectory: runtimeDirectory(id)))
@@ -194,13 +205,18 @@ extension SandboxService {
     return report
   }
 
-  /// Whether a row the plan was made from still says the same and no operation took it
-  /// meanwhile (the plan is made across awaits; a user's stop or start may have run).
-  func unchanged(_ row: SandboxRecord) async -> Bool {
-    guard let current = try? record(row.id), current.status == row.status,
-      current.updatedAt == row.updatedAt, !inFlight.contains(row.id)
-    else { return false }
-    return !(await locks.held).contains(row.id)
+  /// Runs a repair with the sandbox's lock held (no operation runs on it meanwhile), if the
+  /// row still says what the plan was made from: the plan is made across awaits, and a user's
+  /// stop or start may have run since. False when it did not run or `body` said so.
+  func underLockIfUnchanged(_ row: SandboxRecord, _ body: () async throws -> Bool) async -> Bool {
+    guard !(await locks.held).contains(row.id), !inFlight.contains(row.id) else { return false }
+    return
+      (try? await withSandboxLock(row.id) {
+        guard let current = try? record(row.id), current.status == row.status,
+          current.updatedAt == row.updatedAt, !inFlight.contains(row.id)
+        else { return false }
+        return try await body()
+      }) ?? false
   }
 
   /// Snapshot folders (memory files) with no snapshot row.

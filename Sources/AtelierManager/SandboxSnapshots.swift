@@ -163,12 +163,15 @@ extension SandboxService {
       }
       let cloned = ContinuousClock.now
       let network = try await attachNetwork(row.id, undo: &undo)
-      // Snapshots from before the layout was recorded all had the agent on eth0's forward.
-      let taken = state.devices ?? "qemu/user+shared"
-      guard taken == deviceLayout(network) else {
+      // Snapshots from before the layout was recorded: only QEMU user-mode sandboxes have
+      // changed since (their agent moved from eth0's forward to a private NIC).
+      let current = deviceLayout(network)
+      let taken =
+        state.devices ?? (current == "qemu/user+private-nic" ? "qemu/user+shared" : current)
+      guard taken == current else {
         throw AtelierError.conflict(
           "snapshot \(snapshotId) was taken on a VM with \(taken); this manager makes "
-            + "\(deviceLayout(network)) (ATELIER_VMM, ATELIER_NETWORK or ATELIER_QEMU_VSOCK "
+            + "\(current) (ATELIER_VMM, ATELIER_NETWORK or ATELIER_QEMU_VSOCK "
             + "changed since), so it cannot be restored here")
       }
       let spec = try vmSpec(try record(row.id), network: network)

@@ -39,6 +39,14 @@ import Testing
       ]).diskSizeGb == 30)
   }
 
+  @Test func inAFileTheCurrentDiskSizeNameWinsToo() throws {
+    let file = NSTemporaryDirectory() + "atelier-config-\(UUID().uuidString).json"
+    defer { try? FileManager.default.removeItem(atPath: file) }
+    try #"{"lvmVolumeSizeGb": 10, "diskSizeGb": 20}"#.write(
+      toFile: file, atomically: true, encoding: .utf8)
+    #expect(try Config.load(environment: ["ATELIER_CONFIG": file]).diskSizeGb == 20)
+  }
+
   @Test func maxSandboxesHasTheShortEnvironmentNameToo() throws {
     #expect(try Config.load(environment: ["ATELIER_MAX_SANDBOXES": "7"]).maxSandboxes == 7)
     // The name the file path gives wins when both are set.

@@ -386,7 +386,12 @@ public struct FirecrackerVMM: VirtualMachineManager {
     try await call(handle, timeout: .seconds(1800)) {
       try await $0.put("/snapshot/create", request)
     }
-    guard jail != nil else { return }
+    guard jail != nil else {
+      // Read-only, and readable by a jailed Firecracker should the jailer be turned on later.
+      chmod(path, 0o444)
+      chmod(Self.stateFile(forMemory: path), 0o444)
+      return
+    }
     let inJail = "\(workDirectory(handle.runtimeDirectory))/\(FirecrackerJail.memoryName)"
     try FirecrackerJail.takeOut(inJail, to: path)
     try FirecrackerJail.takeOut(
