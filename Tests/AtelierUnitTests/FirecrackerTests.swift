@@ -844,12 +844,44 @@ struct HTTPRequestReader {
   }
 }
 
+/// A Unix socket server for the fakes: one thread accepting, one per connection, until
+/// `stop()`.
+final class FakeUnixServer: Sendable {
+  private let listener: Int32
+  private let stopped = Mutex(false)
+
+  init(socketPath: String) throws {
+    listener = try UnixSocket.listen(socketPath)
+  }
+
+  func start(serving handler: @escaping @Sendable (Int32) -> Void) {
+    OSThread { [self] in
+      defer { close(listener) }
+      while true {
+        let fd = accept(listener, nil, nil)
+        if fd < 0 {
+          if stopped.withLock({ $0 }) { return }
+          continue
+        }
+        OSThread { handler(fd) }.start()
+      }
+    }.start()
+  }
+
+  func stop() {
+    stopped.withLock { stopped in
+      guard !stopped else { return }
+      stopped = true
+      shutdown(listener, Int32(SHUT_RDWR))
+    }
+  }
+}
+
 /// A stand-in for Firecracker's API: HTTP/1.1 on a Unix socket, each request recorded; 204 for
 /// every PUT/PATCH, the version for `GET /version`, and a 400 with `fault_message` for the
 /// requests named in `failures` ("METHOD /path").
 final class FakeFirecrackerAPI: Sendable {
   let socketPath: String
-  private let listener: Int32
   private let failures: [String: String]
   /// Called with the method and path of each request before it is answered (to act as
   /// Firecracker would, e.g. write snapshot files).
@@ -857,9 +889,9 @@ final class FakeFirecrackerAPI: Sendable {
   private struct State {
     var requests: [RecordedRequest] = []
     var rawHeads: [String] = []
-    var stopped = false
   }
   private let state = Mutex(State())
+  private let server: FakeUnixServer
 
   init(
     socketPath: String, failures: [String: String] = [:],
@@ -868,32 +900,14 @@ final class FakeFirecrackerAPI: Sendable {
     self.socketPath = socketPath
     self.failures = failures
     self.onRequest = onRequest
-    listener = try UnixSocket.listen(socketPath)
-    OSThread { [self] in self.acceptLoop() }.start()
+    server = try FakeUnixServer(socketPath: socketPath)
+    server.start { [self] in self.serve($0) }
   }
 
   var requests: [RecordedRequest] { state.withLock { $0.requests } }
   var rawHeads: [String] { state.withLock { $0.rawHeads } }
 
-  func stop() {
-    state.withLock { state in
-      guard !state.stopped else { return }
-      state.stopped = true
-      shutdown(listener, Int32(SHUT_RDWR))
-    }
-  }
-
-  private func acceptLoop() {
-    defer { close(listener) }
-    while true {
-      let fd = accept(listener, nil, nil)
-      if fd < 0 {
-        if state.withLock({ $0.stopped }) { return }
-        continue
-      }
-      OSThread { [self] in self.serve(fd) }.start()
-    }
-  }
+  func stop() { server.stop() }
 
   /// Keeps the connection open for more requests, as Firecracker does.
   private func serve(_ fd: Int32) {
@@ -931,43 +945,24 @@ final class FakeFirecrackerAPI: Sendable {
 /// A stand-in for Firecracker's hybrid vsock socket with a guest agent behind it: reads the
 /// `CONNECT` line, sends `answer`, then serves HTTP requests.
 final class FakeVsockServer: Sendable {
-  private let listener: Int32
   private let answer: String
   private struct State {
     var connectLines: [String] = []
     var requestLines: [String] = []
-    var stopped = false
   }
   private let state = Mutex(State())
+  private let server: FakeUnixServer
 
   init(socketPath: String, answer: String) throws {
     self.answer = answer
-    listener = try UnixSocket.listen(socketPath)
-    OSThread { [self] in self.acceptLoop() }.start()
+    server = try FakeUnixServer(socketPath: socketPath)
+    server.start { [self] in self.serve($0) }
   }
 
   var connectLines: [String] { state.withLock { $0.connectLines } }
   var requestLines: [String] { state.withLock { $0.requestLines } }
 
-  func stop() {
-    state.withLock { state in
-      guard !state.stopped else { return }
-      state.stopped = true
-      shutdown(listener, Int32(SHUT_RDWR))
-    }
-  }
-
-  private func acceptLoop() {
-    defer { close(listener) }
-    while true {
-      let fd = accept(listener, nil, nil)
-      if fd < 0 {
-        if state.withLock({ $0.stopped }) { return }
-        continue
-      }
-      OSThread { [self] in self.serve(fd) }.start()
-    }
-  }
+  func stop() { server.stop() }
 
   private func serve(_ fd: Int32) {
     defer { close(fd) }

@@ -347,9 +347,7 @@ public struct FirecrackerVMM: VirtualMachineManager {
 
   /// Handle for a runtime directory whose pid file names a live VM of this sandbox.
   public func adopt(sandboxId: String, runtimeDirectory: String) -> VMHandle? {
-    guard let text = try? String(contentsOfFile: Self.pidFile(runtimeDirectory), encoding: .utf8),
-      let pid = Int32(text.trimmingCharacters(in: .whitespacesAndNewlines))
-    else { return nil }
+    guard let pid = HostProcesses.pid(inFile: Self.pidFile(runtimeDirectory)) else { return nil }
     let handle = VMHandle(sandboxId: sandboxId, pid: pid, runtimeDirectory: runtimeDirectory)
     return isRunning(handle) ? handle : nil
   }

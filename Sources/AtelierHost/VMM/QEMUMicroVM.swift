@@ -152,9 +152,7 @@ public struct QEMUMicroVM: VirtualMachineManager {
         "qemu did not start: \(failure.stderr.trimmingCharacters(in: .whitespacesAndNewlines))",
         consoleTail: consoleTail(runtimeDirectory: dir, lines: 25))
     }
-    guard let pidText = try? String(contentsOfFile: Self.pidFile(dir), encoding: .utf8),
-      let pid = Int32(pidText.trimmingCharacters(in: .whitespacesAndNewlines))
-    else {
+    guard let pid = HostProcesses.pid(inFile: Self.pidFile(dir)) else {
       throw VMMError("qemu started but wrote no pid file")
     }
     logger.info("qemu started", metadata: ["sandbox": "\(spec.sandboxId)", "pid": "\(pid)"])
@@ -243,9 +241,7 @@ public struct QEMUMicroVM: VirtualMachineManager {
 
   /// Handle for a runtime directory whose pid file names a live VM of this sandbox.
   public func adopt(sandboxId: String, runtimeDirectory: String) -> VMHandle? {
-    guard let text = try? String(contentsOfFile: Self.pidFile(runtimeDirectory), encoding: .utf8),
-      let pid = Int32(text.trimmingCharacters(in: .whitespacesAndNewlines))
-    else { return nil }
+    guard let pid = HostProcesses.pid(inFile: Self.pidFile(runtimeDirectory)) else { return nil }
     let handle = VMHandle(sandboxId: sandboxId, pid: pid, runtimeDirectory: runtimeDirectory)
     return isRunning(handle) ? handle : nil
   }

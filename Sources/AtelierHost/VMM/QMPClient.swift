@@ -62,37 +62,18 @@ public struct QMPClient: Sendable {
 
   static func roundTrip(path: String, payload: Data, timeoutSeconds: Int) -> Result<Data, QMPError>
   {
-    let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
-    guard fd >= 0 else { return .failure(QMPError("socket: \(String(cString: strerror(errno)))")) }
+    let fd: Int32
+    do { fd = try UnixSocket.connect(path) } catch {
+      return .failure(QMPError("\(error)"))
+    }
     defer { close(fd) }
-    var timeout = timeval(tv_sec: timeoutSeconds, tv_usec: 0)
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
-    var address = sockaddr_un()
-    address.sun_family = sa_family_t(AF_UNIX)
-    let pathBytes = Array(path.utf8)
-    guard pathBytes.count < MemoryLayout.size(ofValue: address.sun_path) else {
-      return .failure(QMPError("socket path too long: \(path)"))
-    }
-    withUnsafeMutableBytes(of: &address.sun_path) { raw in
-      raw.copyBytes(from: pathBytes)
-      raw[pathBytes.count] = 0
-    }
-    let connected = withUnsafePointer(to: &address) {
-      $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-        connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
-      }
-    }
-    guard connected == 0 else {
-      return .failure(QMPError("cannot connect to \(path): \(String(cString: strerror(errno)))"))
-    }
+    UnixSocket.setTimeouts(fd, seconds: timeoutSeconds)
     var reader = LineReader(fd: fd)
     guard reader.next() != nil else { return .failure(QMPError("no QMP greeting")) }
     for message in [Data(#"{"execute":"qmp_capabilities"}"#.utf8), payload] {
-      let bytes = [UInt8](message) + [10]
-      guard
-        bytes.withUnsafeBytes({ send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) })
-          == bytes.count
-      else { return .failure(QMPError("QMP write failed")) }
+      guard UnixSocket.sendAll(fd, [UInt8](message) + [10]) else {
+        return .failure(QMPError("QMP write failed"))
+      }
       // Skip asynchronous events until the answer to this command.
       while true {
         guard let line = reader.next() else { return .failure(QMPError("QMP connection closed")) }
@@ -117,11 +98,8 @@ struct LineReader {
         buffer.removeSubrange(...newline)
         return line
       }
-      var chunk = [UInt8](repeating: 0, count: 65536)
-      let count = chunk.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
-      if count < 0 && errno == EINTR { continue }
-      guard count > 0 else { return nil }
-      buffer += chunk[0..<count]
+      guard let chunk = UnixSocket.receive(fd), !chunk.isEmpty else { return nil }
+      buffer += chunk
     }
   }
 }

@@ -237,6 +237,12 @@ enum HostProcesses {
     return state != "Z" && state != "X"
   }
 
+  /// The pid a pid file holds.
+  static func pid(inFile path: String) -> Int32? {
+    (try? String(contentsOfFile: path, encoding: .utf8))
+      .flatMap { Int32($0.trimmingCharacters(in: .whitespacesAndNewlines)) }
+  }
+
   static func allPids() -> [Int32] {
     ((try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []).compactMap { Int32($0) }
   }
