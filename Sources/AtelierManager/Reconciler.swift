@@ -1,5 +1,6 @@
 import AtelierCore
 import AtelierHost
+import AtelierProcess
 import AtelierStore
 import Foundation
 
@@ -287,44 +288,15 @@ extension SandboxService {
 
 /// CPU, memory and disk of this host.
 enum HostStats {
-  static func cpuTimes() -> (busy: Double, total: Double) {
-    guard
-      let line = (try? String(contentsOfFile: "/proc/stat", encoding: .utf8))?.split(
-        separator: "\n"
-      ).first
-    else { return (0, 0) }
-    let values = line.split(separator: " ").dropFirst().compactMap { Double($0) }
-    let idle = values.count > 4 ? values[3] + values[4] : 0
-    let total = values.reduce(0, +)
-    return (total - idle, total)
-  }
-
   static func sample(dataDirectory: String) async -> SandboxService.SystemStats.Host {
-    let first = cpuTimes()
-    try? await Task.sleep(for: .milliseconds(100))
-    let second = cpuTimes()
-    let usage =
-      second.total > first.total
-      ? (second.busy - first.busy) / (second.total - first.total) * 100 : 0
-    var memory: [String: Int64] = [:]
-    for line in ((try? String(contentsOfFile: "/proc/meminfo", encoding: .utf8)) ?? "").split(
-      separator: "\n")
-    {
-      let parts = line.split(separator: ":")
-      if parts.count == 2, let kib = parts[1].split(separator: " ").first.flatMap({ Int64($0) }) {
-        memory[String(parts[0])] = kib * 1024
-      }
-    }
+    let usage = await ProcStats.cpuUsagePercent()
+    let memory = ProcStats.meminfo()
     var disk = statvfs()
     statvfs(dataDirectory, &disk)
-    let load = ((try? String(contentsOfFile: "/proc/loadavg", encoding: .utf8)) ?? "").split(
-      separator: " "
-    )
-    .prefix(3).compactMap { Double($0) }
     return .init(
       cpuCount: ProcessInfo.processInfo.activeProcessorCount,
-      cpuUsagePercent: (usage * 10).rounded() / 10,
-      load: load, memoryTotalBytes: memory["MemTotal"] ?? 0,
+      cpuUsagePercent: usage, load: ProcStats.loadAverage(),
+      memoryTotalBytes: memory["MemTotal"] ?? 0,
       memoryAvailableBytes: memory["MemAvailable"] ?? 0,
       diskTotalBytes: Int64(disk.f_blocks) * Int64(disk.f_frsize),
       diskFreeBytes: Int64(disk.f_bavail) * Int64(disk.f_frsize))

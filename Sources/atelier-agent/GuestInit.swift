@@ -1,4 +1,5 @@
 import AtelierAgentAPI
+import AtelierProcess
 import CAtelierSys
 import Logging
 
@@ -165,20 +166,6 @@ func writeFile(_ path: String, _ contents: String, mode: mode_t = 0o644) -> Bool
   defer { close(fd) }
   let bytes = Array(contents.utf8)
   return bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) } == bytes.count
-}
-
-func readTextFile(_ path: String, limit: Int = 1 << 20) -> String? {
-  let fd = open(path, O_RDONLY | O_CLOEXEC)
-  guard fd >= 0 else { return nil }
-  defer { close(fd) }
-  var result: [UInt8] = []
-  var buffer = [UInt8](repeating: 0, count: 16384)
-  while result.count < limit {
-    let n = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-    if n <= 0 { break }
-    result += buffer[0..<n]
-  }
-  return String(decoding: result, as: UTF8.self)
 }
 
 /// stat(2) (a free function, so `stat` names the call and not the struct).

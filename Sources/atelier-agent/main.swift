@@ -1,4 +1,5 @@
 import AtelierAgentAPI
+import AtelierProcess
 import Hummingbird
 import HummingbirdWebSocket
 import Logging
