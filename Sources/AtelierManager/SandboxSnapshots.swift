@@ -68,11 +68,14 @@ extension SandboxService {
       if !wasPaused { try await drivers.vmm.pause(vm) }
       let plan = try await drivers.volumes.prepareFreeze(
         volume, as: VolumeNames.snapshot(snapshotId))
-      do {
-        try await drivers.vmm.switchDisk(vm, to: plan.next)
-      } catch {
-        await drivers.volumes.abortFreeze(plan)
-        throw error
+      // A store that froze the disk without a new top (LVM thin snapshots) needs no switch.
+      if plan.next != plan.previous {
+        do {
+          try await drivers.vmm.switchDisk(vm, to: plan.next)
+        } catch {
+          await drivers.volumes.abortFreeze(plan)
+          throw error
+        }
       }
       try await drivers.volumes.commitFreeze(plan)
       let disk = drivers.volumes.disk(of: volume) ?? plan.next

@@ -93,11 +93,13 @@ actor ServiceSupervisor {
     }
   }
 
-  /// Services the image declares; those with `autostart` (the default) start now.
+  /// Services the image declares and no earlier boot persisted; those with `autostart` (the
+  /// default) start now.
   func loadDeclared(from directory: String = "/etc/atelier/services") {
     let files = (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []
     for file in files.sorted() where file.hasSuffix(".json") {
       let name = String(file.dropLast(5))
+      guard entries[name] == nil else { continue }
       guard (try? Self.checkName(name)) != nil,
         let data = FileManager.default.contents(atPath: "\(directory)/\(file)"),
         let definition = try? JSONDecoder().decode(ServiceDefinition.self, from: data)

@@ -58,8 +58,10 @@ if let vsockPort = bootParameters?.vsockPort {
 let supervisor = ServiceSupervisor(
   stateDirectory: option("--state") ?? "/var/lib/atelier-agent", logger: logger)
 if isInit {
-  await supervisor.loadDeclared()
+  // What was persisted (started, stopped or changed through the API) wins over what the
+  // image declares: a declared service is persisted once it starts, and must not start twice.
   await supervisor.loadPersisted()
+  await supervisor.loadDeclared()
 }
 let router = Router(context: AgentContext.self)
 AgentRoutes(
