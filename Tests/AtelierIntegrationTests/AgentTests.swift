@@ -123,9 +123,13 @@ extension VMTests {
         let exit = connection.frames.last { $0["type"] as? String == "exit" }
         #expect(exit?["exitCode"] as? Int == 137)
       }
-      // A missing token is refused before the upgrade.
-      let refused = try await manager.request(.GET, "/api/sandboxes/\(id)/exec/stream")
-      #expect(refused.status == 400)
+      // A missing token is refused before the upgrade; with one, a plain GET is not a
+      // WebSocket upgrade.
+      let refused = try await manager.request(
+        .GET, "/api/sandboxes/\(id)/exec/stream", authorized: false)
+      #expect(refused.status == 401)
+      let notUpgrade = try await manager.request(.GET, "/api/sandboxes/\(id)/exec/stream")
+      #expect(notUpgrade.status == 400)
     }
 
     func files(_ manager: ManagerProcess, id: String) async throws {

@@ -122,15 +122,20 @@ final class NamespacedManager: @unchecked Sendable {
     return HTTPAnswer(status: status, body: Data(text[..<newline].utf8))
   }
 
+  /// Runs a command in the guest; an exec that did not happen is a failure, never an output.
   func exec(_ id: String, _ command: String) async throws -> (code: Int, stdout: String) {
     let answer = try await request("POST", "/api/sandboxes/\(id)/exec", json: ["command": command])
-    return (answer.json["exitCode"] as? Int ?? -1, answer.json["stdout"] as? String ?? "")
+    guard answer.status == 200, let code = answer.json["exitCode"] as? Int else {
+      throw TestFailure("exec in \(id) answered \(answer.status): \(answer.text)")
+    }
+    return (code, answer.json["stdout"] as? String ?? "")
   }
 
   /// From inside the guest: does a TCP connection to host:port get an answer?
   func reaches(_ id: String, _ host: String, _ port: Int) async throws -> Bool {
     let result = try await exec(
       id, "printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 3 \(host) \(port) | head -c 64; true")
+    guard result.code == 0 else { throw TestFailure("the reachability probe in \(id) failed") }
     return !result.stdout.isEmpty
   }
 
@@ -214,7 +219,9 @@ extension VMTests {
         _ = try await manager.exec(
           id, "(while true; do echo hello | nc -l -p 8080; done) >/dev/null 2>&1 &")
       }
-      #expect(try await manager.reaches(ids[0], "127.0.0.1", 8080))  // the listener works
+      // The listeners work.
+      #expect(try await manager.reaches(ids[0], "127.0.0.1", 8080))
+      #expect(try await manager.reaches(ids[1], "127.0.0.1", 8080))
       #expect(!(try await manager.reaches(ids[0], addresses[1], 8080)))
       #expect(!(try await manager.reaches(ids[1], addresses[0], 8080)))
       #expect(

@@ -9,8 +9,15 @@ import Testing
     let provider = KernelProvider(
       kernelsDirectory: "\(shared)/kernels", cacheDirectory: "\(shared)/cache",
       runner: SystemCommandRunner())
-    let kernel = try #require(provider.installed())
-    try? FileManager.default.removeItem(atPath: kernel.vmlinuxPath)
+    let installed = try #require(provider.installed())
+    // A copy of the kernel in a folder of its own: the shared folder's vmlinux stays as it is
+    // for whoever else uses it.
+    let folder = try TestEnvironment.temporaryDirectory("atl-kernel")
+    defer { try? FileManager.default.removeItem(atPath: folder) }
+    try FileManager.default.copyItem(atPath: installed.kernelPath, toPath: "\(folder)/vmlinuz")
+    var kernel = installed
+    kernel.kernelPath = "\(folder)/vmlinuz"
+    #expect(!FileManager.default.fileExists(atPath: kernel.vmlinuxPath))
     let started = ContinuousClock.now
     let path = try await provider.ensureVmlinux(kernel)
     let elapsed = ContinuousClock.now - started
