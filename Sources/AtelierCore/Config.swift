@@ -257,11 +257,6 @@ public struct Config: Sendable, Equatable {
     return "1.1.1.1"
   }
 
-  /// The bridge's /24 as three octets, e.g. "172.16.0".
-  public var bridgeSubnetPrefix: String {
-    bridgeIp.split(separator: ".").prefix(3).joined(separator: ".")
-  }
-
   static func integer(_ value: String, in range: ClosedRange<Int>) throws -> Int {
     guard let number = Int(value), range.contains(number) else {
       throw ConfigProblem("expected a whole number from \(range.lowerBound) to \(range.upperBound)")

@@ -61,8 +61,6 @@ public final class EventBus: Sendable {
     }
     return stream
   }
-
-  public var subscriberCount: Int { state.withLock { $0.subscribers.count } }
 }
 
 /// The payload of `sandbox.*` events.

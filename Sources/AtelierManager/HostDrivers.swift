@@ -12,8 +12,6 @@ public struct HostDrivers: Sendable {
   /// The disk a sandbox of this image is cloned from (the image file, or its copy on a thin
   /// volume for LVM).
   public var imageDisk: @Sendable (ImageRecord) async throws -> DiskAttachment
-  /// Firecracker boots the uncompressed `vmlinux`.
-  public var usesUncompressedKernel: Bool
   /// Thin pool data and metadata usage in percent, for stores that have a pool.
   public var poolUsage: @Sendable () async -> (data: Double, metadata: Double)?
 
@@ -21,7 +19,6 @@ public struct HostDrivers: Sendable {
     vmm: any VirtualMachineManager, volumes: any VolumeStore, network: any NetworkProvider,
     images: ImageCatalog, acceleration: AccelerationProbe.Verdict,
     imageDisk: @escaping @Sendable (ImageRecord) async throws -> DiskAttachment = { $0.disk },
-    usesUncompressedKernel: Bool = false,
     poolUsage: @escaping @Sendable () async -> (data: Double, metadata: Double)? = { nil }
   ) {
     self.vmm = vmm
@@ -30,7 +27,6 @@ public struct HostDrivers: Sendable {
     self.images = images
     self.acceleration = acceleration
     self.imageDisk = imageDisk
-    self.usesUncompressedKernel = usesUncompressedKernel
     self.poolUsage = poolUsage
   }
 }

@@ -122,10 +122,9 @@ extension SandboxService {
       case .adopt(let id):
         guard let row = byId[id], let pid = live[id] else { continue }
         let adopted = await underLockIfUnchanged(row) {
-          var runtime = Self.runtime(row)
+          let runtime = Self.runtime(row)
           let handle = VMHandle(sandboxId: id, pid: pid, runtimeDirectory: runtimeDirectory(id))
           guard runtime.vm != handle else { return false }  // already ours
-          runtime.vm = handle
           if let network = runtime.network {
             await drivers.network.adopt(sandboxId: id, attachment: network)
           }
@@ -137,12 +136,7 @@ extension SandboxService {
         guard let row = byId[id] else { continue }
         let marked = await underLockIfUnchanged(row) {
           let runtime = Self.runtime(row)
-          if let network = runtime.network {
-            await drivers.network.release(sandboxId: id, attachment: network)
-            if let (target, _) = network.agent.vsockTarget {
-              VsockForwarders.shared.stopAll(target)
-            }
-          }
+          if let network = runtime.network { await releaseNetwork(id, network) }
           try updateRuntime(id) {
             $0.vm = nil
             $0.network = nil

@@ -64,7 +64,8 @@ public actor SandboxService {
   }
 
   static func info(_ record: SandboxRecord) -> SandboxInfo {
-    SandboxInfo(
+    let runtime = runtime(record)
+    return SandboxInfo(
       id: record.id, status: status(record), image: record.image, vcpus: record.vcpus,
       memoryMb: record.memoryMb, hostname: record.hostname, createdAt: record.createdAt,
       updatedAt: record.updatedAt,
@@ -73,8 +74,8 @@ public actor SandboxService {
       },
       error: record.error, timeoutSeconds: record.timeoutSeconds,
       onIdle: record.onIdle.flatMap(IdleAction.init(rawValue:)), snapshotId: record.snapshotId,
-      ipAddress: runtime(record).network.flatMap { $0.mac == nil ? nil : $0.guestIPv4 },
-      diskGb: runtime(record).diskGb)
+      ipAddress: runtime.network.flatMap { $0.mac == nil ? nil : $0.guestIPv4 },
+      diskGb: runtime.diskGb)
   }
 
   static func status(_ record: SandboxRecord) -> SandboxStatus {
@@ -304,7 +305,7 @@ public actor SandboxService {
     }
     return VMSpec(
       sandboxId: row.id, runtimeDirectory: runtimeDirectory(row.id),
-      kernelPath: drivers.usesUncompressedKernel ? kernel.vmlinuxPath : kernel.kernelPath,
+      kernelPath: drivers.vmm.bootsUncompressedKernel ? kernel.vmlinuxPath : kernel.kernelPath,
       initrdPath: kernel.initrdPath,
       kernelArguments: network.bootParameters(sandboxId: row.id, hostname: row.hostname)
         .kernelArguments,
@@ -343,12 +344,12 @@ public actor SandboxService {
         network.agent = try drivers.vmm.vsockEndpoint(
           port: port, runtimeDirectory: runtimeDirectory(id))
       } catch {
-        await drivers.network.release(sandboxId: id, attachment: network)
+        await releaseNetwork(id, network)
         throw error
       }
     }
     let attached = network
-    undo.push { [drivers] in await drivers.network.release(sandboxId: id, attachment: attached) }
+    undo.push { await self.releaseNetwork(id, attached) }
     try updateRuntime(id) { $0.network = network }
     return network
   }
@@ -402,11 +403,15 @@ public actor SandboxService {
         VMHandle(sandboxId: id, pid: observed.pid, runtimeDirectory: runtimeDirectory(id)))
     }
     if let network = runtime.network {
-      await drivers.network.release(sandboxId: id, attachment: network)
-      if let (target, _) = network.agent.vsockTarget {
-        VsockForwarders.shared.stopAll(target)
-      }
+      await releaseNetwork(id, network)
     }
+  }
+
+  /// Gives back what a network attachment holds: the provider's part (ports, TAP) and the
+  /// loopback forwarders into the guest's vsock.
+  func releaseNetwork(_ id: String, _ network: NetworkAttachment) async {
+    await drivers.network.release(sandboxId: id, attachment: network)
+    if let (target, _) = network.agent.vsockTarget { VsockForwarders.shared.stopAll(target) }
   }
 
   // MARK: Exec and agent access

@@ -90,8 +90,7 @@ extension SandboxService {
         volume: VolumeNames.snapshot(snapshotId), disk: plan.frozen, memoryPath: memoryPath,
         kernel: kernel, devices: deviceLayout(network), diskGb: runtime.diskGb)
       let diskBytes =
-        await drivers.volumes.allocatedBytes(of: VolumeNames.snapshot(snapshotId))
-        ?? Self.allocatedBytes(plan.frozen.path)
+        await drivers.volumes.allocatedBytes(of: VolumeNames.snapshot(snapshotId)) ?? 0
       let record = SnapshotRecord(
         id: snapshotId, sandboxId: row.id, name: name ?? "\(row.id)-\(ISO8601.format(Date()))",
         image: row.image, vcpus: row.vcpus, memoryMb: row.memoryMb, createdAt: Date(),

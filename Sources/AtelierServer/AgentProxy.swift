@@ -72,8 +72,8 @@ struct AgentProxy: Sendable {
     outbound: WebSocketOutboundWriter
   ) async throws {
     let url = try await baseURL(id, scheme: "ws") + agentPath
-    await service.connectionOpened(id)
-    defer { Task { await service.connectionClosed(id) } }
+    let activity = await ActivityLease(service: service, sandboxId: id)
+    defer { withExtendedLifetime(activity) {} }
     _ = try await WebSocketClient.connect(
       url: url, configuration: .init(maxFrameSize: 1 << 20), logger: logger
     ) { agentInbound, agentOutbound, _ in

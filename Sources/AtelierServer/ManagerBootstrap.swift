@@ -152,12 +152,10 @@ public enum ManagerBootstrap {
       return HostDrivers(
         // Disk sizes come with each clone (the request's, else ATELIER_DISK_SIZE_GB).
         vmm: vmm, volumes: FileVolumeStore(directory: volumesDirectory(config)),
-        network: network,
-        images: images, acceleration: acceleration,
-        usesUncompressedKernel: config.vmm == .firecracker)
+        network: network, images: images, acceleration: acceleration)
     case .lvm:
       let store = LVMThinVolumeStore(
-        volumeGroup: config.lvmVg, thinPool: config.lvmPool, volumeSizeBytes: 0, runner: runner)
+        volumeGroup: config.lvmVg, thinPool: config.lvmPool, runner: runner)
       return HostDrivers(
         vmm: vmm, volumes: store, network: network, images: images, acceleration: acceleration,
         imageDisk: { image in
@@ -166,7 +164,6 @@ public enum ManagerBootstrap {
             name: "\(image.name)-\(image.buildId)", from: image.diskPath,
             sizeBytes: UInt64(image.diskBytes))
         },
-        usesUncompressedKernel: config.vmm == .firecracker,
         poolUsage: {
           guard let usage = try? await store.poolUsage() else { return nil }
           return (usage.dataPercent, usage.metadataPercent)

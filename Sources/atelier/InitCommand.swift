@@ -146,9 +146,9 @@ struct Init: AsyncParsableCommand {
         skipReason: access("/dev/kvm", R_OK | W_OK) == 0
           ? nil : "no usable /dev/kvm: guests will run under TCG",
         isDone: { true }, apply: {}))
-    let missing = Self.packages.filter { package in
-      let status = (try? String(contentsOfFile: "/var/lib/dpkg/status", encoding: .utf8)) ?? ""
-      return !status.contains("Package: \(package)\nStatus: install ok installed")
+    let installed = (try? String(contentsOfFile: "/var/lib/dpkg/status", encoding: .utf8)) ?? ""
+    let missing = Self.packages.filter {
+      !installed.contains("Package: \($0)\nStatus: install ok installed")
     }
     steps.append(
       Step(

@@ -72,22 +72,22 @@ import Testing
     defer { try? FileManager.default.removeItem(atPath: dir) }
     let base = "\(dir)/small.img"
     FileManager.default.createFile(atPath: base, contents: Data(repeating: 7, count: 1 << 20))
-    let store = FileVolumeStore(directory: "\(dir)/volumes", minimumSizeBytes: 3 << 30)
+    let store = FileVolumeStore(directory: "\(dir)/volumes")
     let disk = try await store.clone(
-      base: DiskAttachment(path: base, format: .raw), to: "sandbox-grown")
+      base: DiskAttachment(path: base, format: .raw), to: "sandbox-grown",
+      minimumSizeBytes: 3 << 30)
     let info = try await qemuImg(["info", "--output=json", disk.path])
     let json = try JSONSerialization.jsonObject(with: Data(info.stdoutText.utf8)) as? [String: Any]
     #expect(json?["virtual-size"] as? Int == 3 << 30)
     // A base larger than the minimum keeps its own size.
-    let large = FileVolumeStore(directory: "\(dir)/volumes", minimumSizeBytes: 1 << 10)
-    let same = try await large.clone(
-      base: DiskAttachment(path: base, format: .raw), to: "sandbox-same")
+    let same = try await store.clone(
+      base: DiskAttachment(path: base, format: .raw), to: "sandbox-same", minimumSizeBytes: 1 << 10)
     let sameInfo = try await qemuImg(["info", "--output=json", same.path])
     let sameJSON =
       try JSONSerialization.jsonObject(with: Data(sameInfo.stdoutText.utf8)) as? [String: Any]
     #expect(sameJSON?["virtual-size"] as? Int == 1 << 20)
-    // A size asked for one clone.
-    let asked = try await large.clone(
+    // Another size for another clone.
+    let asked = try await store.clone(
       base: DiskAttachment(path: base, format: .raw), to: "sandbox-asked",
       minimumSizeBytes: 2 << 30)
     let askedInfo = try await qemuImg(["info", "--output=json", asked.path])

@@ -58,11 +58,13 @@ final class LVMRecordingRunner: CommandRunning {
 }
 
 @Suite struct LVMTests {
+  /// The disk size the manager asks for in these tests.
+  static let diskSize: UInt64 = 10 << 30
   static let usage = ["lvs", "--noheadings", "--nosuffix", "-o", "data_percent,metadata_percent"]
 
   func store(_ runner: LVMRecordingRunner, deviceDirectory: String = "/dev") -> LVMThinVolumeStore {
     LVMThinVolumeStore(
-      volumeGroup: "sandbox-vg", thinPool: "thin-pool", volumeSizeBytes: 10 << 30,
+      volumeGroup: "sandbox-vg", thinPool: "thin-pool",
       refuseAtPercent: 90, runner: runner, logger: .init(label: "test"),
       deviceDirectory: deviceDirectory)
   }
@@ -82,7 +84,8 @@ final class LVMRecordingRunner: CommandRunning {
   @Test func cloneSnapshotsTheBaseWithActivationSkipOffAndGrowsIt() async throws {
     let runner = LVMRecordingRunner()
     cloneScript(runner)
-    let disk = try await store(runner).clone(base: image("tiny"), to: "sandbox-abc")
+    let disk = try await store(runner).clone(
+      base: image("tiny"), to: "sandbox-abc", minimumSizeBytes: Self.diskSize)
     #expect(disk == DiskAttachment(path: "/dev/sandbox-vg/sandbox-abc", format: .raw))
     #expect(
       runner.lines == [
@@ -108,7 +111,8 @@ final class LVMRecordingRunner: CommandRunning {
     runner.on(
       "lvs", "--noheadings", "--nosuffix", "--units", "b", "-o", "lv_attr,lv_size",
       stdout: "  Vwi---tz-k  21474836480\n")
-    _ = try await store(runner).clone(base: image("tiny"), to: "sandbox-abc")
+    _ = try await store(runner).clone(
+      base: image("tiny"), to: "sandbox-abc", minimumSizeBytes: Self.diskSize)
     #expect(runner.lines(of: "lvchange", "lvextend") == ["lvchange -ay -K sandbox-vg/sandbox-abc"])
   }
 
@@ -116,7 +120,8 @@ final class LVMRecordingRunner: CommandRunning {
     let runner = LVMRecordingRunner()
     cloneScript(runner)
     let frozen = DiskAttachment(path: "/dev/sandbox-vg/frozen-snap1", format: .raw)
-    _ = try await store(runner).clone(base: frozen, to: "sandbox-new")
+    _ = try await store(runner).clone(
+      base: frozen, to: "sandbox-new", minimumSizeBytes: Self.diskSize)
     #expect(
       runner.lines(of: "lvcreate") == ["lvcreate -s -kn -n sandbox-new sandbox-vg/frozen-snap1"])
   }
@@ -133,7 +138,7 @@ final class LVMRecordingRunner: CommandRunning {
     let runner = LVMRecordingRunner()
     cloneScript(runner)
     let error = await #expect(throws: VolumeError.self) {
-      try await store(runner).clone(base: base, to: "sandbox-abc")
+      try await store(runner).clone(base: base, to: "sandbox-abc", minimumSizeBytes: Self.diskSize)
     }
     #expect(error?.message.contains("not a logical volume of sandbox-vg") == true)
     #expect(runner.commands.isEmpty)
@@ -143,7 +148,8 @@ final class LVMRecordingRunner: CommandRunning {
     let runner = LVMRecordingRunner()
     runner.on("lvs", "--noheadings", "--nosuffix", "-o", stdout: "  90.00   40.25\n")
     let error = await #expect(throws: ThinPoolNearlyFull.self) {
-      try await store(runner).clone(base: image("tiny"), to: "sandbox-abc")
+      try await store(runner).clone(
+        base: image("tiny"), to: "sandbox-abc", minimumSizeBytes: Self.diskSize)
     }
     #expect(
       error
@@ -159,7 +165,8 @@ final class LVMRecordingRunner: CommandRunning {
     cloneScript(runner)
     runner.fail("lvextend", stderr: "  Insufficient free space: 2560 extents needed\n")
     let error = await #expect(throws: VolumeError.self) {
-      try await store(runner).clone(base: image("tiny"), to: "sandbox-abc")
+      try await store(runner).clone(
+        base: image("tiny"), to: "sandbox-abc", minimumSizeBytes: Self.diskSize)
     }
     #expect(error?.message.contains("Insufficient free space: 2560 extents needed") == true)
     #expect(runner.lines.last == "lvremove -f sandbox-vg/sandbox-abc")
@@ -170,7 +177,8 @@ final class LVMRecordingRunner: CommandRunning {
       "lvcreate",
       stderr: "  Logical Volume \"sandbox-abc\" already exists in volume group \"sandbox-vg\"\n")
     let exists = await #expect(throws: VolumeError.self) {
-      try await store(failing).clone(base: image("tiny"), to: "sandbox-abc")
+      try await store(failing).clone(
+        base: image("tiny"), to: "sandbox-abc", minimumSizeBytes: Self.diskSize)
     }
     #expect(exists?.message.contains("already exists in volume group") == true)
     // Someone else's volume is not removed.
@@ -612,13 +620,13 @@ extension LVMTests {
       try await runner.run("truncate", "-s", "\(32 << 20)", rootfs)
       try await runner.run("mkfs.ext4", "-q", "-F", "-L", "atelier-test", rootfs)
       let volumes = LVMThinVolumeStore(
-        volumeGroup: group, volumeSizeBytes: 64 << 20, refuseAtPercent: 90, runner: runner)
+        volumeGroup: group, refuseAtPercent: 90, runner: runner)
       let image = try await volumes.importImage(name: "tiny", from: rootfs)
       #expect(image.path == "/dev/\(group)/image-tiny")
       // Importing again changes nothing.
       #expect(try await volumes.importImage(name: "tiny", from: rootfs) == image)
 
-      let disk = try await volumes.clone(base: image, to: "sandbox-e2e")
+      let disk = try await volumes.clone(base: image, to: "sandbox-e2e", minimumSizeBytes: 64 << 20)
       #expect(FileManager.default.fileExists(atPath: disk.path))
       #expect(volumes.disk(of: "sandbox-e2e") == disk)
       // The clone holds the image's file system and was grown to the default size.

@@ -18,6 +18,7 @@ import Logging
 /// drives have no override at all).
 public struct FirecrackerVMM: VirtualMachineManager {
   public let name = "firecracker"
+  public let bootsUncompressedKernel = true
   let binary: String
   /// Root of all runtime directories; how `discover` recognises our processes.
   let sandboxesDirectory: String
@@ -294,9 +295,8 @@ public struct FirecrackerVMM: VirtualMachineManager {
     }
   }
 
+  /// (The manager stops the loopback forwarders into the VM when it releases its network.)
   public func kill(_ handle: VMHandle) async {
-    VsockForwarders.shared.stopAll(
-      .hybrid(path: Self.vsockSocket(workDirectory(handle.runtimeDirectory))))
     guard isRunning(handle) else { return }
     logger.info(
       "killing firecracker", metadata: ["sandbox": "\(handle.sandboxId)", "pid": "\(handle.pid)"])

@@ -54,12 +54,6 @@ public struct QMPClient: Sendable {
     throw QMPError("migration did not finish within \(timeout)")
   }
 
-  /// The VM's run state (`running`, `paused`, `inmigrate`, `postmigrate`…).
-  public func status() async throws -> String {
-    let status = try await execute("query-status") as? [String: Any]
-    return status?["status"] as? String ?? "unknown"
-  }
-
   static func roundTrip(path: String, payload: Data, timeoutSeconds: Int) -> Result<Data, QMPError>
   {
     let fd: Int32

@@ -169,6 +169,8 @@ public struct VMMError: Error, CustomStringConvertible, Sendable {
 /// manager: everything needed to find one again is in its runtime directory.
 public protocol VirtualMachineManager: Sendable {
   var name: String { get }
+  /// Boots the uncompressed `vmlinux` (Firecracker) rather than the compressed `vmlinuz`.
+  var bootsUncompressedKernel: Bool { get }
   /// Starts the VM process; returns once it runs (the agent may not answer yet).
   func boot(_ spec: VMSpec) async throws -> VMHandle
   /// Whether the process is alive and is the VM of this sandbox (not a reused pid).
@@ -199,6 +201,7 @@ public protocol VirtualMachineManager: Sendable {
 }
 
 extension VirtualMachineManager {
+  public var bootsUncompressedKernel: Bool { false }
   public func pause(_ handle: VMHandle) async throws { throw VMMError.unsupported("pause", name) }
   public func resume(_ handle: VMHandle) async throws { throw VMMError.unsupported("resume", name) }
   public func switchDisk(_ handle: VMHandle, to newTop: DiskAttachment) async throws {

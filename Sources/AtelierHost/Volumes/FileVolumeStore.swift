@@ -6,17 +6,10 @@ import Logging
 public struct FileVolumeStore: VolumeStore {
   public let name = "file"
   let directory: String
-  /// Clones of smaller disks get this virtual size (sparse: nothing is written); the guest
-  /// grows its file system to fill it at boot. 0 keeps the base's size.
-  let minimumSizeBytes: UInt64
   let logger: Logger
 
-  public init(
-    directory: String, minimumSizeBytes: UInt64 = 0,
-    logger: Logger = Logger(label: "atelier.volumes.file")
-  ) {
+  public init(directory: String, logger: Logger = Logger(label: "atelier.volumes.file")) {
     self.directory = directory
-    self.minimumSizeBytes = minimumSizeBytes
     self.logger = logger
   }
 
@@ -24,10 +17,11 @@ public struct FileVolumeStore: VolumeStore {
     "\(directory)/\(name).\(format == .qcow2 ? "qcow2" : "img")"
   }
 
-  public func clone(base: DiskAttachment, to name: String, minimumSizeBytes requested: UInt64)
+  /// A clone smaller than `minimumSizeBytes` gets that virtual size (sparse: nothing is
+  /// written); the guest grows its file system to fill it at boot.
+  public func clone(base: DiskAttachment, to name: String, minimumSizeBytes: UInt64)
     async throws -> DiskAttachment
   {
-    let minimumSizeBytes = max(self.minimumSizeBytes, requested)
     try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
     if base.format == .raw {
       let target = path(name, .raw)
@@ -62,6 +56,15 @@ public struct FileVolumeStore: VolumeStore {
       let header = try handle.read(upToCount: 32) ?? Data()
       guard header.count == 32 else { throw VolumeError("\(base.path) is not a qcow2 file") }
       return header[24..<32].reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
+    }
+  }
+
+  /// The blocks its files take (a snapshot's file holds only what changed before it).
+  public func allocatedBytes(of name: String) async -> Int64? {
+    files(of: name).reduce(Int64(0)) { total, file in
+      var info = stat()
+      guard stat("\(directory)/\(file.name)", &info) == 0 else { return total }
+      return total + Int64(info.st_blocks) * 512
     }
   }
 

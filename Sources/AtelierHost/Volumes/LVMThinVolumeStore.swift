@@ -2,7 +2,7 @@ import Foundation
 import Logging
 
 /// Volumes as thin logical volumes in one LVM thin pool. Images are read-only thin volumes
-/// (`image-<name>`); a sandbox disk is a thin snapshot of one, grown to the default size; a
+/// (`image-<name>`); a sandbox disk is a thin snapshot of one, grown to the size asked for; a
 /// snapshot's frozen disk is another thin snapshot. Thin snapshots share blocks with their
 /// origin but do not depend on it, so any of them can be removed in any order.
 ///
@@ -12,8 +12,6 @@ public struct LVMThinVolumeStore: VolumeStore {
   public let name = "lvm"
   public let volumeGroup: String
   public let thinPool: String
-  /// Clones smaller than this are grown to it (the guest grows its file system at boot).
-  public let volumeSizeBytes: UInt64
   /// `clone` refuses while the pool's data or metadata usage is at or above this percentage.
   public let refuseAtPercent: Double
   let runner: any CommandRunning
@@ -23,22 +21,21 @@ public struct LVMThinVolumeStore: VolumeStore {
 
   public init(
     volumeGroup: String = "sandbox-vg", thinPool: String = "thin-pool",
-    volumeSizeBytes: UInt64 = 10 << 30, refuseAtPercent: Double = 90,
+    refuseAtPercent: Double = 90,
     runner: any CommandRunning = SystemCommandRunner(),
     logger: Logger = Logger(label: "atelier.volumes.lvm")
   ) {
     self.init(
-      volumeGroup: volumeGroup, thinPool: thinPool, volumeSizeBytes: volumeSizeBytes,
+      volumeGroup: volumeGroup, thinPool: thinPool,
       refuseAtPercent: refuseAtPercent, runner: runner, logger: logger, deviceDirectory: "/dev")
   }
 
   init(
-    volumeGroup: String, thinPool: String, volumeSizeBytes: UInt64, refuseAtPercent: Double,
+    volumeGroup: String, thinPool: String, refuseAtPercent: Double,
     runner: any CommandRunning, logger: Logger, deviceDirectory: String
   ) {
     self.volumeGroup = volumeGroup
     self.thinPool = thinPool
-    self.volumeSizeBytes = volumeSizeBytes
     self.refuseAtPercent = refuseAtPercent
     self.runner = runner
     self.logger = logger
@@ -264,7 +261,6 @@ public struct LVMThinVolumeStore: VolumeStore {
   public func clone(base: DiskAttachment, to name: String, minimumSizeBytes: UInt64) async throws
     -> DiskAttachment
   {
-    let targetSize = max(volumeSizeBytes, minimumSizeBytes)
     let origin = try logicalVolume(of: base)
     let lv = try checkedLogicalVolume(for: name)
     try await checkPoolHasRoom()
@@ -291,10 +287,10 @@ public struct LVMThinVolumeStore: VolumeStore {
         try await run(
           command("lvchange", ["-ay", "-K", "\(volumeGroup)/\(lv)"]), "activate volume \(lv)")
       }
-      if size < targetSize {
+      if size < minimumSizeBytes {
         try await run(
-          command("lvextend", ["-L", "\(targetSize)B", "\(volumeGroup)/\(lv)"]),
-          "grow volume \(lv) to \(targetSize) bytes")
+          command("lvextend", ["-L", "\(minimumSizeBytes)B", "\(volumeGroup)/\(lv)"]),
+          "grow volume \(lv) to \(minimumSizeBytes) bytes")
       }
     } catch {
       _ = await runner.probe(command("lvremove", ["-f", "\(volumeGroup)/\(lv)"]))

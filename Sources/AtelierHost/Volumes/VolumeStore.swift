@@ -2,8 +2,8 @@
 /// disk), made in O(1) on the common path.
 public protocol VolumeStore: Sendable {
   var name: String { get }
-  /// Creates volume `name` as a clone of `base`, grown to `minimumSizeBytes` (and to the
-  /// store's own minimum) when `base` is smaller; the result is what the VMM attaches.
+  /// Creates volume `name` as a clone of `base`, grown to `minimumSizeBytes` when `base` is
+  /// smaller; the result is what the VMM attaches.
   func clone(base: DiskAttachment, to name: String, minimumSizeBytes: UInt64) async throws
     -> DiskAttachment
   func remove(_ name: String) async throws
@@ -23,8 +23,7 @@ public protocol VolumeStore: Sendable {
   func disk(of name: String) -> DiskAttachment?
   /// Removes frozen snapshot disks that are neither in `keep` nor under any other volume.
   func collectGarbage(keep: Set<String>) async -> [String]
-  /// Bytes the volume takes in the store where a file's size cannot tell (a thin volume),
-  /// or nil: then the size of its disk file is the answer.
+  /// Bytes the volume takes in the store, or nil when the store cannot tell.
   func allocatedBytes(of name: String) async -> Int64?
 }
 
@@ -33,7 +32,6 @@ extension VolumeStore {
     try await clone(base: base, to: name, minimumSizeBytes: 0)
   }
 
-  public func allocatedBytes(of name: String) async -> Int64? { nil }
 }
 
 public struct FreezePlan: Sendable, Equatable {
