@@ -18,17 +18,6 @@ extension VMTests {
     }
 
     /// Polls `check` until it returns true (or the timeout passes).
-    func eventually(_ timeout: Duration = .seconds(30), _ check: () async throws -> Bool)
-      async rethrows -> Bool
-    {
-      let deadline = ContinuousClock.now + timeout
-      while ContinuousClock.now < deadline {
-        if try await check() { return true }
-        try? await Task.sleep(for: .milliseconds(250))
-      }
-      return try await check()
-    }
-
     @Test func devBaseSandbox() async throws {
       try await withManager(images: ["tiny", "dev-base"]) { manager in
         let sandbox = try await manager.createSandbox(["image": "dev-base", "memoryMb": 512])

@@ -63,17 +63,6 @@ final class EventRecorder: @unchecked Sendable {
 extension VMTests {
   @Suite(.timeLimit(.minutes(15)))
   struct LifecycleTests {
-    func eventually(_ timeout: Duration = .seconds(30), _ check: () async throws -> Bool)
-      async rethrows -> Bool
-    {
-      let deadline = ContinuousClock.now + timeout
-      while ContinuousClock.now < deadline {
-        if try await check() { return true }
-        try? await Task.sleep(for: .milliseconds(200))
-      }
-      return try await check()
-    }
-
     func status(_ manager: ManagerProcess, _ id: String) async throws -> String {
       try await manager.request(.GET, "/api/sandboxes/\(id)").json["status"] as? String ?? ""
     }

@@ -7,17 +7,6 @@ extension VMTests {
   /// two cores, and each test owns its manager and data folder.
   @Suite(.timeLimit(.minutes(10)))
   struct SandboxTests {
-    func eventually(_ timeout: Duration = .seconds(10), _ check: () async throws -> Bool)
-      async rethrows -> Bool
-    {
-      let deadline = ContinuousClock.now + timeout
-      while ContinuousClock.now < deadline {
-        if try await check() { return true }
-        try? await Task.sleep(for: .milliseconds(100))
-      }
-      return try await check()
-    }
-
     /// The loopback port forwarded to a VM's agent, read from the QEMU command line.
     func agentPort(ofQEMU pid: Int32) -> Int? {
       guard let data = FileManager.default.contents(atPath: "/proc/\(pid)/cmdline") else {

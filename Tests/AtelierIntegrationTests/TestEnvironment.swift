@@ -346,3 +346,15 @@ func withManager(
   }
   await manager.tearDown()
 }
+
+/// Polls `check` until it holds or `timeout` passes; the last answer is the result.
+func eventually(_ timeout: Duration = .seconds(30), _ check: () async throws -> Bool)
+  async rethrows -> Bool
+{
+  let deadline = ContinuousClock.now + timeout
+  while ContinuousClock.now < deadline {
+    if try await check() { return true }
+    try? await Task.sleep(for: .milliseconds(200))
+  }
+  return try await check()
+}
