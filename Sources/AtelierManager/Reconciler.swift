@@ -216,7 +216,7 @@ extension SandboxService {
 
   /// Snapshot folders (memory files) with no snapshot row.
   func removeOrphanSnapshotFiles() -> [String] {
-    let known = Set(((try? database.snapshots()) ?? []).map(\.id)).union(snapshotsInProgress)
+    let known = Set(((try? database.snapshotIds()) ?? [])).union(snapshotsInProgress)
     let folders = (try? FileManager.default.contentsOfDirectory(atPath: config.snapshotsDir)) ?? []
     var removed: [String] = []
     for folder in folders where Identifier.isValid(folder) && !known.contains(folder) {
@@ -269,7 +269,7 @@ extension SandboxService {
       sandboxes: .init(
         byStatus: complete, total: complete.values.reduce(0, +), counted: counted,
         limit: config.maxSandboxes),
-      snapshots: try database.snapshots(kind: "user").count,
+      snapshots: try database.countSnapshots(kind: "user"),
       acceleration: drivers.acceleration.acceleration.rawValue,
       storage: await {
         let usage = await drivers.poolUsage()

@@ -69,8 +69,7 @@ extension SandboxService {
     }
     // Counts against the limit again (it did not while stopped), from now: the row says
     // `stopped` until the VM runs, and creates or other starts must not take the slot meanwhile.
-    let counted = try database.count(statuses: Self.countedStatuses.map(\.rawValue))
-    guard counted + startsInProgress < config.maxSandboxes else {
+    guard try remainingCapacity() > 0 else {
       throw AtelierError(.resourceExhausted, "sandbox limit reached (\(config.maxSandboxes))")
     }
     startsInProgress += 1

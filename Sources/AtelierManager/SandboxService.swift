@@ -155,6 +155,13 @@ public actor SandboxService {
     touch(id)
   }
 
+  /// How many more sandboxes the limit allows now: it counts creating, running, paused and
+  /// stopping ones, and starts under way. (A create checks it again in its insert.)
+  func remainingCapacity() throws -> Int {
+    let counted = try database.count(statuses: Self.countedStatuses.map(\.rawValue))
+    return config.maxSandboxes - counted - startsInProgress
+  }
+
   // MARK: Create
 
   public func create(_ request: CreateSandboxRequest) async throws -> SandboxInfo {
@@ -242,7 +249,7 @@ public actor SandboxService {
     guard
       try database.insert(
         row, ifCountOf: Self.countedStatuses.map(\.rawValue),
-        below: config.maxSandboxes - startsInProgress)
+        below: config.maxSandboxes - startsInProgress)  // the count, in the same transaction
     else {
       throw AtelierError(
         .resourceExhausted,

@@ -221,12 +221,12 @@ extension SandboxService {
     let (parent, snapshot) = try await withSandboxLock(id) {
       let row = try record(id)
       try requireStatus(row, [.running], for: "fork")
-      let used = try database.count(statuses: Self.countedStatuses.map(\.rawValue))
-      guard used + count <= config.maxSandboxes else {
+      let remaining = try remainingCapacity()
+      guard count <= remaining else {
         throw AtelierError(
           .resourceExhausted,
-          "forking \(count) would exceed the sandbox limit (\(used) of \(config.maxSandboxes) used)"
-        )
+          "forking \(count) would exceed the sandbox limit (\(config.maxSandboxes - remaining) of "
+            + "\(config.maxSandboxes) used)")
       }
       return (row, try await snapshotLocked(row, name: "fork of \(id)", kind: "fork"))
     }
@@ -271,7 +271,7 @@ extension SandboxService {
   /// Removes frozen disks that no snapshot and no sandbox disk needs any more.
   @discardableResult
   func collectVolumeGarbage() async -> [String] {
-    let ids = ((try? database.snapshots()) ?? []).map(\.id) + snapshotsInProgress
+    let ids = ((try? database.snapshotIds()) ?? []) + snapshotsInProgress
     let keep = Set(ids.map { VolumeNames.snapshot($0) })
     let removed = await drivers.volumes.collectGarbage(keep: keep)
     if !removed.isEmpty {

@@ -135,11 +135,7 @@ public enum ManagerBootstrap {
     case .user:
       network = UserModeNetwork(agentOverVsock: agentOverVsock)
     case .bridge:
-      try await BridgeSetup(
-        bridge: config.bridgeName, bridgeIp: config.bridgeIp,
-        allowedPorts: config.bridgeAllowedPorts,
-        runner: runner
-      ).apply()
+      try await BridgeSetup(config: config, runner: runner).apply()
       network = BridgeNetwork(
         bridge: config.bridgeName, bridgeIp: config.bridgeIp, guestIpStart: config.guestIpStart,
         dns: config.guestDns, leases: database,

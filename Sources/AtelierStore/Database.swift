@@ -204,6 +204,15 @@ public final class AtelierDatabase: Sendable {
     try pool.read { try SnapshotRecord.fetchOne($0, key: id) }
   }
 
+  /// The ids of all snapshots (without reading their state).
+  public func snapshotIds() throws -> [String] {
+    try pool.read { try String.fetchAll($0, sql: "SELECT id FROM snapshots") }
+  }
+
+  public func countSnapshots(kind: String) throws -> Int {
+    try pool.read { try SnapshotRecord.filter(Column("kind") == kind).fetchCount($0) }
+  }
+
   public func snapshots(kind: String? = nil) throws -> [SnapshotRecord] {
     try pool.read { db in
       var request = SnapshotRecord.order(Column("createdAt"))

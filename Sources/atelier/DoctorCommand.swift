@@ -152,10 +152,7 @@ struct Doctor: AsyncParsableCommand {
             ? "thin pool \(config.lvmVg)/\(config.lvmPool) present"
             : "no thin pool \(config.lvmVg)/\(config.lvmPool)"),
         fix: "atelier init --storage loop:100G (or device:/dev/X), or use ATELIER_STORAGE=file"))
-    let bridge = await BridgeSetup(
-      bridge: config.bridgeName, bridgeIp: config.bridgeIp, allowedPorts: config.bridgeAllowedPorts,
-      runner: runner
-    ).plan()
+    let bridge = await BridgeSetup(config: config, runner: runner).plan()
     let missing = bridge.filter { !$0.done }.map(\.description)
     findings.append(
       Finding(

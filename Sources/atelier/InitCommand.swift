@@ -444,11 +444,7 @@ struct Network: AsyncParsableCommand {
       abstract: "Create the bridge and rules (idempotent).")
     func run() async throws {
       let config = try loadConfig()
-      try await BridgeSetup(
-        bridge: config.bridgeName, bridgeIp: config.bridgeIp,
-        allowedPorts: config.bridgeAllowedPorts,
-        runner: SystemCommandRunner()
-      ).apply()
+      try await BridgeSetup(config: config, runner: SystemCommandRunner()).apply()
       print("bridge \(config.bridgeName) \(config.bridgeIp)/24 ready")
     }
   }
@@ -457,11 +453,7 @@ struct Network: AsyncParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Show which parts are in place.")
     func run() async throws {
       let config = try loadConfig()
-      let plan = await BridgeSetup(
-        bridge: config.bridgeName, bridgeIp: config.bridgeIp,
-        allowedPorts: config.bridgeAllowedPorts,
-        runner: SystemCommandRunner()
-      ).plan()
+      let plan = await BridgeSetup(config: config, runner: SystemCommandRunner()).plan()
       for step in plan { print("\(step.done ? "ok  " : "MISS") \(step.description)") }
       if plan.contains(where: { !$0.done }) { throw ExitCode(1) }
     }

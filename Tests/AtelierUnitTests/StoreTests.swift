@@ -62,3 +62,18 @@ import Testing
     #expect(try db.token(hash: "abd") == nil)
   }
 }
+
+extension StoreTests {
+  @Test func snapshotIdsAndCountsByKind() throws {
+    let database = try database()
+    for (id, kind) in [("snapuser0001", "user"), ("snapfork0001", "fork")] {
+      try database.insert(
+        SnapshotRecord(
+          id: id, sandboxId: "sandbox00001", name: id, image: "tiny", vcpus: 1, memoryMb: 256,
+          createdAt: Date(), sizeBytes: 1, kind: kind, state: "{}"))
+    }
+    #expect(Set(try database.snapshotIds()) == ["snapuser0001", "snapfork0001"])
+    #expect(try database.countSnapshots(kind: "user") == 1)
+    #expect(try database.countSnapshots(kind: "fork") == 1)
+  }
+}

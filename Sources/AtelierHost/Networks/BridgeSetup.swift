@@ -1,3 +1,4 @@
+import AtelierCore
 import Foundation
 import Logging
 
@@ -23,6 +24,13 @@ public struct BridgeSetup: Sendable {
     self.allowedPorts = allowedPorts
     self.runner = runner
     self.logger = logger
+  }
+
+  /// The bridge the configuration names (`ATELIER_BRIDGE_*`).
+  public init(config: Config, runner: any CommandRunning) {
+    self.init(
+      bridge: config.bridgeName, bridgeIp: config.bridgeIp, allowedPorts: config.bridgeAllowedPorts,
+      runner: runner)
   }
 
   var subnet: String { bridgeIp.split(separator: ".").prefix(3).joined(separator: ".") + ".0/24" }
