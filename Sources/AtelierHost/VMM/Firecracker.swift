@@ -318,18 +318,8 @@ public struct FirecrackerVMM: VirtualMachineManager {
 
   public func discover() -> [ObservedVM] {
     let prefix = sandboxesDirectory.hasSuffix("/") ? sandboxesDirectory : sandboxesDirectory + "/"
-    var found: [ObservedVM] = []
-    for pid in HostProcesses.allPids() {
-      guard let commandLine = HostProcesses.commandLine(of: pid),
-        let flag = commandLine.firstIndex(of: "--api-sock"), flag + 1 < commandLine.count
-      else { continue }
-      let socket = commandLine[flag + 1]
-      guard socket.hasPrefix(prefix), socket.hasSuffix("/firecracker.sock"),
-        HostProcesses.isAlive(pid)
-      else { continue }
-      let id = socket.dropFirst(prefix.count).split(separator: "/").first.map(String.init) ?? ""
-      found.append(ObservedVM(sandboxId: id, pid: pid))
-    }
+    var found = HostProcesses.discover(
+      flag: "--api-sock", naming: Self.apiSocketName, under: sandboxesDirectory)
     // Jailed processes show no path of ours: their pid files tell.
     let directories = (try? FileManager.default.contentsOfDirectory(atPath: sandboxesDirectory))
     for id in directories ?? [] {

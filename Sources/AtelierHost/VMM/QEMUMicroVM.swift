@@ -174,20 +174,7 @@ public struct QEMUMicroVM: VirtualMachineManager {
   }
 
   public func discover() -> [ObservedVM] {
-    let prefix = sandboxesDirectory.hasSuffix("/") ? sandboxesDirectory : sandboxesDirectory + "/"
-    var found: [ObservedVM] = []
-    for pid in HostProcesses.allPids() {
-      guard let commandLine = HostProcesses.commandLine(of: pid),
-        let flag = commandLine.firstIndex(of: "-pidfile"), flag + 1 < commandLine.count
-      else { continue }
-      let pidFile = commandLine[flag + 1]
-      guard pidFile.hasPrefix(prefix), pidFile.hasSuffix("/qemu.pid"),
-        HostProcesses.isAlive(pid)
-      else { continue }
-      let id = pidFile.dropFirst(prefix.count).split(separator: "/").first.map(String.init) ?? ""
-      found.append(ObservedVM(sandboxId: id, pid: pid))
-    }
-    return found
+    HostProcesses.discover(flag: "-pidfile", naming: "qemu.pid", under: sandboxesDirectory)
   }
 
   func qmp(_ handle: VMHandle) -> QMPClient {

@@ -240,6 +240,23 @@ enum HostProcesses {
     return state != "Z" && state != "X"
   }
 
+  /// Live processes whose command line gives `flag` a file `<sandboxes>/<id>/<file>`: the VMs
+  /// of the sandboxes under `sandboxesDirectory`, whoever started them.
+  static func discover(flag: String, naming file: String, under sandboxesDirectory: String)
+    -> [ObservedVM]
+  {
+    let prefix = sandboxesDirectory.hasSuffix("/") ? sandboxesDirectory : sandboxesDirectory + "/"
+    return allPids().compactMap { pid in
+      guard let commandLine = commandLine(of: pid),
+        let index = commandLine.firstIndex(of: flag), index + 1 < commandLine.count
+      else { return nil }
+      let path = commandLine[index + 1]
+      guard path.hasPrefix(prefix), path.hasSuffix("/\(file)"), isAlive(pid) else { return nil }
+      let id = path.dropFirst(prefix.count).split(separator: "/").first.map(String.init) ?? ""
+      return ObservedVM(sandboxId: id, pid: pid)
+    }
+  }
+
   /// The pid a pid file holds.
   static func pid(inFile path: String) -> Int32? {
     (try? String(contentsOfFile: path, encoding: .utf8))
