@@ -106,10 +106,10 @@ extension VMTests {
           }
         }
         #expect(operations >= 8)
-        // And an undocumented route is not served.
+        // And an undocumented method on a known path is not served.
         let undocumented = try await manager.request(.PUT, "/api/sandboxes")
-        #expect(undocumented.status == 404)
-        #expect(undocumented.text.contains("no route"))
+        #expect(undocumented.status == 405)
+        #expect(undocumented.json["error"] as? String == "METHOD_NOT_ALLOWED")
       }
     }
 
