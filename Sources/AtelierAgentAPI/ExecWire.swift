@@ -24,7 +24,7 @@ public struct ExecBatchResult: Codable, Sendable {
 /// first, then `stdin`, `closeStdin` and `signal` frames; the agent sends `started`, `stdout`,
 /// `stderr` and finally `exit`, then closes.
 public struct ExecStreamFrame: Codable, Sendable, Equatable {
-  public enum Kind: String, Codable, Sendable {
+  public enum Kind: String, Codable, Sendable, CaseIterable {
     case started, stdout, stderr, exit, error
     case stdin, closeStdin, signal
   }

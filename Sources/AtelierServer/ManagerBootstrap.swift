@@ -41,21 +41,11 @@ public enum ManagerBootstrap {
     let service = SandboxService(
       config: config, database: database, drivers: drivers,
       logger: Logger(label: "atelier.sandboxes"))
-    let report = await service.reconcile()
-    logger.info(
-      "reconciled at start",
-      metadata: [
-        "adopted": "\(report.adopted.count)", "markedError": "\(report.markedError.count)",
-        "abandoned": "\(report.abandonedCreates.count)",
-        "killed": "\(report.killedProcesses.count)",
-      ])
-    let loops = Task { await service.runBackgroundLoops() }
-    defer { loops.cancel() }
-    let app = ManagerServer.makeApplication(
-      config: config, service: service, database: database, drivers: drivers, qemuPath: qemuPath,
+    let app = ManagerServer.buildApplication(
+      .init(
+        config: config, service: service, database: database, drivers: drivers,
+        qemuPath: qemuPath),
       logger: logger)
-    logger.notice(
-      "Atelier manager on \(config.managerURL) (admin token: \(config.adminTokenPath))")
     try await app.runService()
   }
 

@@ -31,9 +31,13 @@ extension VMTests {
         #expect(missing.json["error"] as? String == "UNAUTHORIZED")
         let wrong = try await manager.request(.GET, "/api/sandboxes", token: "atl_wrong")
         #expect(wrong.status == 401)
+        // Authentication is decided by the route: a path that is no route is a 404 (the
+        // document listing every route is public anyway), a doubled slash a 400.
         let unknownRouteWithoutToken = try await manager.request(
           .GET, "/api/nothing", authorized: false)
-        #expect(unknownRouteWithoutToken.status == 401)
+        #expect(unknownRouteWithoutToken.status == 404)
+        let doubledSlash = try await manager.request(.GET, "//api/sandboxes", authorized: false)
+        #expect(doubledSlash.status == 400)
 
         for body in [
           ["vcpus": 0], ["vcpus": 9], ["memoryMb": 64], ["memoryMb": 20000], ["vcpus": "two"],
@@ -106,10 +110,10 @@ extension VMTests {
           }
         }
         #expect(operations >= 8)
-        // And an undocumented route is not served.
+        // And an undocumented method on a known path is not served.
         let undocumented = try await manager.request(.PUT, "/api/sandboxes")
-        #expect(undocumented.status == 404)
-        #expect(undocumented.text.contains("no route"))
+        #expect(undocumented.status == 405)
+        #expect(undocumented.json["error"] as? String == "METHOD_NOT_ALLOWED")
       }
     }
 
