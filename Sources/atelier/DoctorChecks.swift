@@ -107,8 +107,8 @@ struct DoctorChecks {
       return Finding(
         name: "acceleration", ok: true,
         detail: kvm.works
-          ? "\(setting): guests run under KVM (\(kvm.phrase))"
-          : "\(setting): guests run under TCG, slower (\(kvm.phrase))",
+          ? "\(setting): guests run under KVM; \(kvm.phrase)"
+          : "\(setting): guests run under TCG, slower; \(kvm.phrase)",
         fix: "")
     }
   }
@@ -179,7 +179,7 @@ struct DoctorChecks {
 
   func firecracker(_ kvm: KVMStory) -> Finding {
     let binary = tools.find(config.firecrackerBin)
-    var parts = [binary ?? "no \(config.firecrackerBin) binary", kvm.phrase]
+    var parts = [binary ?? "\(config.firecrackerBin) not found", kvm.phrase]
     var jailReady = true
     if !config.firecrackerJailer.isEmpty {
       let jailer = tools.find(config.firecrackerJailer)
@@ -294,9 +294,13 @@ struct KVMStory {
     case .missing: return "no /dev/kvm"
     case .noAccess: return "no access to /dev/kvm"
     case .accessible:
-      guard let verdict else { return "/dev/kvm accessible, KVM not probed yet (no guest kernel)" }
+      guard let verdict else {
+        return "/dev/kvm accessible, KVM not probed yet: no guest kernel or QEMU to probe with"
+      }
+      // The probe's reason ends with what the manager does about it; each line says that.
+      let reason = verdict.reason.replacingOccurrences(of: "; using TCG", with: "")
       return verdict.acceleration == .kvm
-        ? "KVM works: \(verdict.reason)" : "KVM does not run guests here: \(verdict.reason)"
+        ? "KVM works: \(reason)" : "KVM does not run guests here: \(reason)"
     }
   }
 

@@ -24,6 +24,8 @@ struct Doctor: AsyncParsableCommand {
 
   func run() async throws {
     let config = try loadConfig()
+    // The probe's own log lines would repeat what the findings say.
+    bootstrapLogging(level: "warning")
     let findings = await DoctorChecks(config: config).all()
     if json {
       try printJSON(findings)

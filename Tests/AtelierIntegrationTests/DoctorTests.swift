@@ -22,9 +22,14 @@ import Testing
 
   /// The defects of sentences built from lists: "ports )", "missing: ;", "a, , b"…
   static let defects = [
-    #"\(\s*\)"#, #"\(\s"#, #"\s\)"#, #"[:;,]\s*[;,)]"#, #"[:;,]\s*$"#, #"\s{2,}"#, #"^\s|\s$"#,
+    #"\(\s*\)"#, #"\(\s"#, #"\s\)"#, #"\s[,;:]"#, #"[:;,]\s*[;,)]"#, #"[:;,]\s*$"#,
+    #"\s{2,}"#, #"^\s|\s$"#,
     #"\bports?\s*(\)|$|;)"#, #"missing:?\s*(\)|$|;)"#, #"\bnil\b"#, #"Optional\("#,
   ]
+
+  static func defects(in text: String) -> [String] {
+    defects.filter { text.range(of: $0, options: .regularExpression) != nil }
+  }
 
   static func expectWellFormed(_ findings: [Finding]) {
     #expect(!findings.isEmpty)
@@ -34,7 +39,7 @@ import Testing
       for key in ["detail", "fix"] {
         let text = finding[key] as? String ?? ""
         if key == "detail" { #expect(!text.isEmpty, "\(name) has no detail") }
-        for pattern in defects where text.range(of: pattern, options: .regularExpression) != nil {
+        for pattern in defects(in: text) {
           Issue.record("\(name).\(key) matches \(pattern): \(text)")
         }
       }
@@ -48,6 +53,22 @@ import Testing
     let result = try await TestEnvironment.cli(
       ["doctor", "--json"], environment: environment, timeout: .seconds(120))
     return (result, try Self.findings(result))
+  }
+
+  /// Positive control: the sentences doctor printed before are caught, good ones are not.
+  @Test func theDefectPatternsCatchTheOldSentences() {
+    for bad in [
+      "iptables ATELIER-INPUT (guests reach only ports )", "missing: ", "jailer , as atelier",
+      "configured;  no thin pool", "images: ()", "a, , b",
+    ] {
+      #expect(!Self.defects(in: bad).isEmpty, "\(bad)")
+    }
+    for good in [
+      "iptables ATELIER-INPUT (guests reach only ping, DNS and ports 80, 8080 on the host)",
+      "not configured; thin pool sandbox-vg/thin-pool present", "dev-base and tiny",
+    ] {
+      #expect(Self.defects(in: good).isEmpty, "\(good): \(Self.defects(in: good))")
+    }
   }
 
   @Test func everySentenceIsWellFormedInEveryConfiguration() async throws {
