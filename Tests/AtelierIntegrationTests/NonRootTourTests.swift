@@ -158,7 +158,12 @@ struct NonRootTourTests {
     let build = try await run(user, ["atelier", "images", "build", "tiny"], port: port)
     let buildTime = clock.now - buildStarted
     #expect(build.stdoutText.contains("built tiny"), "\(build.stdoutText)")
-    print("non-root tour: images build tiny (kernel download included) took \(buildTime)")
+    // Its own kernel, downloaded as the user (nothing shared with the tests' image).
+    #expect(build.stdoutText.contains("==> downloading linux-image-"), "\(build.stdoutText)")
+    let cache = "\(user.home)/.local/share/atelier/cache"
+    let debs = (try? FileManager.default.contentsOfDirectory(atPath: cache)) ?? []
+    #expect(debs.contains { $0.hasPrefix("linux-image-") && $0.hasSuffix(".deb") }, "\(debs)")
+    print("non-root tour: images build tiny (kernel download included): \(seconds(buildTime))")
 
     let doctor = try await ProcessRunner.run(
       try asUser(user, ["atelier", "doctor", "--json"], port: port))
@@ -215,16 +220,20 @@ struct NonRootTourTests {
         "\(process.command) (pid \(process.pid)) runs as uids \(process.uids) gids \(process.gids)")
     }
 
-    _ = try await run(user, ["atelier", "sandbox", "rm", id], port: port, namespace: namespace)
+    // While the sandbox runs (its disk, sockets and pid file are there), and after.
     let data = "\(user.home)/.local/share/atelier"
+    let running = ownership(under: data)
+    let sockets = running.keys.filter { $0.hasPrefix("sandboxes/\(id)/") && $0.hasSuffix(".sock") }
+    #expect(!sockets.isEmpty, "the sandbox's sockets: \(running.keys.sorted())")
+    expectOwned(by: user, running)
+    _ = try await run(user, ["atelier", "sandbox", "rm", id], port: port, namespace: namespace)
     let owners = ownership(under: data)
     #expect(owners.count > 10, "the walk saw the data folder: \(owners.count) entries")
     #expect(owners["admin-token"] == user.uid)
     #expect(owners["atelier.db"] == user.uid)
-    let foreign = owners.filter { $0.value != user.uid }
-    #expect(foreign.isEmpty, "not the user's: \(foreign.keys.sorted().prefix(10))")
+    expectOwned(by: user, owners)
     let total = clock.now - started
-    print("non-root tour: the whole tour took \(total) (image build \(buildTime))")
+    print("non-root tour: install, build, serve, create, exec, rm: \(seconds(total))")
     kill(manager, SIGTERM)
     _ = await ProcessReaper.shared.waitForExit(manager)
     try await scriptsRun(user: user, staging: staging, agent: agent)
@@ -274,6 +283,12 @@ struct NonRootTourTests {
     _ = await ProcessReaper.shared.waitForExit(pid)
   }
 
+  func seconds(_ duration: Duration) -> String {
+    String(
+      format: "%.1f s",
+      Double(duration.components.attoseconds) / 1e18 + Double(duration.components.seconds))
+  }
+
   // MARK: What runs and what is on disk
 
   struct ProcessEntry: CustomStringConvertible {
@@ -318,6 +333,11 @@ struct NonRootTourTests {
       frontier = Set(children.map(\.pid))
     }
     return found
+  }
+
+  func expectOwned(by user: User, _ owners: [String: UInt32]) {
+    let foreign = owners.filter { $0.value != user.uid }
+    #expect(foreign.isEmpty, "not the user's: \(foreign.keys.sorted().prefix(10))")
   }
 
   /// The owner of every entry under `folder` (symlinks themselves, not what they point at).
