@@ -124,8 +124,10 @@ extension Init {
     let bin = "\(localPrefix)/bin"
     let path = ProcessInfo.processInfo.environment["PATH"] ?? ""
     if path.split(separator: ":").contains(where: { $0 == bin }) { return }
-    print(
-      "\(bin) is not on your PATH: run `export PATH=\"\(bin):$PATH\"` (Debian's ~/.profile adds "
-        + "~/.local/bin by itself at the next login once the folder exists)")
+    let home = ProcessInfo.processInfo.environment["HOME"] ?? NSHomeDirectory()
+    // Debian's ~/.profile puts ~/.local/bin on PATH at login once the folder exists.
+    let later =
+      bin == "\(home)/.local/bin" ? " (Debian's ~/.profile adds it at your next login)" : ""
+    print("\(bin) is not on your PATH: run `export PATH=\"\(bin):$PATH\"`\(later)")
   }
 }

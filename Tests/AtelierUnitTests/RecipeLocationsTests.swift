@@ -151,6 +151,7 @@ import Testing
   }
 
   @Test func pathsAreNormalizedAsText() {
+    defer { try? fileManager.removeItem(atPath: root) }
     #expect(PathText.normalized("/a/b/../c/./d//e") == "/a/c/d/e")
     #expect(PathText.normalized("/../x") == "/x")
     #expect(RecipeLocations.checkout(containing: "/w/c/.build/x86_64/release") == "/w/c")
