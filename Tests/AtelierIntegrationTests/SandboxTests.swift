@@ -82,6 +82,28 @@ extension VMTests {
       }
     }
 
+    @Test func tokenCommandsMintListAndRevoke() async throws {
+      try await withManager { manager in
+        let created = try await manager.cli(["token", "create", "--name", "ci"])
+        #expect(created.exitCode == 0, "\(created.stderrText)")
+        let token = created.stdoutText.trimmingCharacters(in: .whitespacesAndNewlines)
+        #expect(token.hasPrefix("atl_"))
+        #expect(try await manager.request(.GET, "/api/sandboxes", token: token).status == 200)
+        let listed = try await manager.cli(["token", "list"])
+        #expect(listed.stdoutText.contains("ci") && listed.stdoutText.contains("admin"))
+        #expect(!listed.stdoutText.contains(token) && !listed.stdoutText.contains(manager.token))
+        let id = try #require(
+          listed.stdoutText.split(separator: "\n").first { $0.hasSuffix("ci") }?
+            .split(separator: " ").first.map(String.init))
+        #expect(try await manager.cli(["token", "revoke", id]).exitCode == 0)
+        #expect(try await manager.request(.GET, "/api/sandboxes", token: token).status == 401)
+        // The admin token is untouched; an unknown id is a one-line error.
+        #expect(try await manager.request(.GET, "/api/sandboxes").status == 200)
+        let unknown = try await manager.cli(["token", "revoke", "nosuchtoken0"])
+        #expect(unknown.exitCode != 0 && unknown.stderrText.contains("no token"))
+      }
+    }
+
     @Test func openAPIDocumentMatchesTheRouter() async throws {
       try await withManager { manager in
         let document = try await manager.request(.GET, "/openapi.json", authorized: false)
