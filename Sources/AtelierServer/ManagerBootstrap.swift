@@ -157,14 +157,9 @@ public enum ManagerBootstrap {
     }
   }
 
-  /// `name` if it is a path to an executable, else the first match in PATH.
+  /// `name` if it is a path to an executable, else the first match in PATH or the sbin
+  /// folders (the one lookup of `HostTools`, which the command runner uses too).
   public static func findExecutable(_ name: String) -> String? {
-    if name.contains("/") { return FileManager.default.isExecutableFile(atPath: name) ? name : nil }
-    let path = ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin"
-    for directory in path.split(separator: ":") {
-      let candidate = "\(directory)/\(name)"
-      if FileManager.default.isExecutableFile(atPath: candidate) { return candidate }
-    }
-    return nil
+    HostTools().find(name)
   }
 }
