@@ -54,6 +54,18 @@ public struct Config: Sendable, Equatable {
   public var eventsHeartbeatSeconds: Int
   public var defaultImage: String
   public var logLevel: String
+  /// The most a sandbox may ask for (within the absolute ranges of `CreateSandboxRequest`).
+  public var maxVcpus = CreateSandboxRequest.vcpuRange.upperBound
+  public var maxMemoryMb = CreateSandboxRequest.memoryRange.upperBound
+  public var maxDiskGb = CreateSandboxRequest.diskRange.upperBound
+
+  /// What a create may ask for here: the API document states the same ranges.
+  public var limits: SandboxLimits {
+    SandboxLimits(
+      vcpus: CreateSandboxRequest.vcpuRange.lowerBound...maxVcpus,
+      memoryMb: CreateSandboxRequest.memoryRange.lowerBound...maxMemoryMb,
+      diskGb: CreateSandboxRequest.diskRange.lowerBound...maxDiskGb)
+  }
 
   public static func defaults(environment: [String: String] = ProcessInfo.processInfo.environment)
     -> Config
@@ -159,6 +171,15 @@ public struct Config: Sendable, Equatable {
     // The earlier name (LVM only), read first so that `diskSizeGb` wins when both are set.
     Key(path: "lvmVolumeSizeGb") { $0.diskSizeGb = try integer($1, in: 1...16384) },
     Key(path: "diskSizeGb") { $0.diskSizeGb = try integer($1, in: 1...16384) },
+    Key(path: "limits.vcpus", environment: "ATELIER_MAX_VCPUS") {
+      $0.maxVcpus = try integer($1, in: CreateSandboxRequest.vcpuRange)
+    },
+    Key(path: "limits.memoryMb", environment: "ATELIER_MAX_MEMORY_MB") {
+      $0.maxMemoryMb = try integer($1, in: CreateSandboxRequest.memoryRange)
+    },
+    Key(path: "limits.diskGb", environment: "ATELIER_MAX_DISK_GB") {
+      $0.maxDiskGb = try integer($1, in: CreateSandboxRequest.diskRange)
+    },
     Key(path: "agentPath") { $0.agentPath = $1 },
     // The folder of image recipes; ATELIER_RECIPES_DIR is its earlier name.
     Key(path: "recipesDir", environment: "ATELIER_IMAGES_DIR", aliases: ["ATELIER_RECIPES_DIR"]) {

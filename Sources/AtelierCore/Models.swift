@@ -100,6 +100,18 @@ public struct CreateSandboxRequest: Codable, Sendable {
   public static let timeoutRange = 0...31_536_000
 }
 
+/// The sizes a sandbox may have on this host (`ATELIER_MAX_VCPUS`, `…_MEMORY_MB`, `…_DISK_GB`).
+public struct SandboxLimits: Sendable, Equatable {
+  public var vcpus: ClosedRange<Int>
+  public var memoryMb: ClosedRange<Int>
+  public var diskGb: ClosedRange<Int>
+  public init(vcpus: ClosedRange<Int>, memoryMb: ClosedRange<Int>, diskGb: ClosedRange<Int>) {
+    self.vcpus = vcpus
+    self.memoryMb = memoryMb
+    self.diskGb = diskGb
+  }
+}
+
 /// `PATCH /api/sandboxes/{id}`: idle policy (`timeoutSeconds: 0` turns it off).
 public struct UpdateSandboxRequest: Codable, Sendable {
   public var timeoutSeconds: Int?

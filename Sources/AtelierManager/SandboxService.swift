@@ -178,11 +178,10 @@ public actor SandboxService {
     }
     let vcpus = request.vcpus ?? CreateSandboxRequest.defaultVcpus
     let memoryMb = request.memoryMb ?? CreateSandboxRequest.defaultMemoryMb
-    try Self.check("vcpus", vcpus, in: CreateSandboxRequest.vcpuRange)
-    try Self.check("memoryMb", memoryMb, in: CreateSandboxRequest.memoryRange)
-    if let diskGb = request.diskGb {
-      try Self.check("diskGb", diskGb, in: CreateSandboxRequest.diskRange)
-    }
+    let limits = config.limits
+    try Self.check("vcpus", vcpus, in: limits.vcpus)
+    try Self.check("memoryMb", memoryMb, in: limits.memoryMb)
+    if let diskGb = request.diskGb { try Self.check("diskGb", diskGb, in: limits.diskGb) }
     let imageName = request.image ?? config.defaultImage
     guard ImageName.isValid(imageName) else {
       throw AtelierError.validation("invalid image name \(imageName)")

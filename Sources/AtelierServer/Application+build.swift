@@ -63,7 +63,10 @@ public enum ManagerServer {
     SnapshotsController(service: service).addRoutes(to: api)
     AgentProxyController(service: service, proxy: AgentProxy(service: service, logger: logger))
       .addRoutes(to: api)
-    document.set(OpenAPIDocument.make(routes: table.all, version: AtelierVersion.current))
+    document.set(
+      OpenAPIDocument.make(
+        routes: table.all, version: AtelierVersion.current,
+        context: SchemaContext(limits: dependencies.config.limits)))
     return (router, table)
   }
 

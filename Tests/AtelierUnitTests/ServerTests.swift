@@ -21,9 +21,10 @@ import Testing
   }
 
   func withServer(
+    configure: (inout Config) -> Void = { _ in },
     _ body: @escaping @Sendable (Setup, any TestClientProtocol) async throws -> Void
   ) async throws {
-    let host = try FakeHost()
+    let host = try FakeHost(configure: configure)
     defer { Task { await host.tearDown() } }
     let token = try #require(
       try AdminToken.ensure(database: host.database, path: "\(host.config.dataDir)/admin-token"))
@@ -157,6 +158,31 @@ import Testing
           #expect(String(buffer: response.body).contains(field), "\(body)")
         }
       }
+    }
+  }
+
+  /// A host's own limits are what the document states and what a create is held to.
+  @Test func configuredLimitsAreDocumentedAndEnforced() async throws {
+    try await withServer(configure: { $0.maxVcpus = 2 }) { setup, client in
+      try await client.execute(uri: "/openapi.json", method: .get) { response in
+        let document = try JSONDecoder().decode(JSONValue.self, from: Data(buffer: response.body))
+        let vcpus = document["components"]?["schemas"]?["CreateSandbox"]?["properties"]?["vcpus"]
+        #expect(vcpus?["maximum"] == .number(2))
+      }
+      let headers: HTTPFields = [
+        .authorization: "Bearer \(setup.token)", .contentType: "application/json",
+      ]
+      try await client.execute(
+        uri: "/api/sandboxes", method: .post, headers: headers,
+        body: ByteBuffer(string: #"{"vcpus": 3}"#)
+      ) { response in
+        #expect(response.status == .badRequest)
+        #expect(String(buffer: response.body).contains("vcpus must be between 1 and 2"))
+      }
+      try await client.execute(
+        uri: "/api/sandboxes", method: .post, headers: headers,
+        body: ByteBuffer(string: #"{"vcpus": 2}"#)
+      ) { response in #expect(response.status == .created) }
     }
   }
 

@@ -3,8 +3,8 @@ import AtelierCore
 /// OpenAPI 3.1 from the route table, with every schema derived from the types the handlers
 /// take and return.
 enum OpenAPIDocument {
-  static func make(routes: [RouteDoc], version: String) -> JSONValue {
-    let registry = SchemaRegistry()
+  static func make(routes: [RouteDoc], version: String, context: SchemaContext) -> JSONValue {
+    let registry = SchemaRegistry(context: context)
     let errorSchema = registry.schema(for: ErrorBody.self)
     var paths: [String: [String: JSONValue]] = [:]
     for route in routes {
@@ -174,7 +174,7 @@ enum OpenAPIDocument {
 
 extension ErrorBody: SchemaDescribed {
   static var schemaName: String { "Error" }
-  static func describe(_ schema: inout ObjectSchema) {
+  static func describe(_ schema: inout ObjectSchema, in context: SchemaContext) {
     schema.set("error", "enum", .array(AtelierError.Code.allCases.map { .string($0.rawValue) }))
   }
 }

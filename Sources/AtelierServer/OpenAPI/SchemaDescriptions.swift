@@ -14,7 +14,7 @@ extension TerminalControlFrame.Kind: SchemaEnumeration {}
 
 extension SandboxInfo: SchemaDescribed {
   static var schemaName: String { "Sandbox" }
-  static func describe(_ schema: inout ObjectSchema) {
+  static func describe(_ schema: inout ObjectSchema, in context: SchemaContext) {
     schema.set("id", "pattern", "^[a-z][a-z0-9]{11}$")
     schema.describe("ipAddress", "the guest's address on the host bridge (bridge networking)")
     schema.describe("snapshotId", "the snapshot it was restored from")
@@ -23,11 +23,11 @@ extension SandboxInfo: SchemaDescribed {
 
 extension CreateSandboxRequest: SchemaDescribed {
   static var schemaName: String { "CreateSandbox" }
-  static func describe(_ schema: inout ObjectSchema) {
+  static func describe(_ schema: inout ObjectSchema, in context: SchemaContext) {
     schema.description = "Boot an image, or restore a snapshot (give only snapshot)."
-    schema.bound("vcpus", vcpuRange, default: defaultVcpus)
-    schema.bound("memoryMb", memoryRange, default: defaultMemoryMb)
-    schema.bound("diskGb", diskRange)
+    schema.bound("vcpus", context.limits.vcpus, default: defaultVcpus)
+    schema.bound("memoryMb", context.limits.memoryMb, default: defaultMemoryMb)
+    schema.bound("diskGb", context.limits.diskGb)
     schema.describe("diskGb", "disk size (default ATELIER_DISK_SIZE_GB; at least the image's)")
     schema.bound("timeoutSeconds", timeoutRange)
     schema.describe("timeoutSeconds", "idle seconds before onIdle; 0 turns it off")
@@ -48,26 +48,26 @@ extension CreateSandboxRequest: SchemaDescribed {
 
 extension UpdateSandboxRequest: SchemaDescribed {
   static var schemaName: String { "UpdateSandbox" }
-  static func describe(_ schema: inout ObjectSchema) {
+  static func describe(_ schema: inout ObjectSchema, in context: SchemaContext) {
     schema.bound("timeoutSeconds", CreateSandboxRequest.timeoutRange)
     schema.describe("timeoutSeconds", "idle seconds before onIdle; 0 turns it off")
   }
 }
 
 extension SnapshotRequest: SchemaDescribed {
-  static func describe(_ schema: inout ObjectSchema) {
+  static func describe(_ schema: inout ObjectSchema, in context: SchemaContext) {
     schema.length("name", nameLength)
   }
 }
 
 extension ForkRequest: SchemaDescribed {
-  static func describe(_ schema: inout ObjectSchema) {
+  static func describe(_ schema: inout ObjectSchema, in context: SchemaContext) {
     schema.bound("count", countRange, default: 1)
   }
 }
 
 extension ExecRequest: SchemaDescribed {
-  static func describe(_ schema: inout ObjectSchema) {
+  static func describe(_ schema: inout ObjectSchema, in context: SchemaContext) {
     schema.description = "Exactly one of command (run by /bin/sh -c) or argv (run directly)."
     // The rules of `validationProblem`.
     schema.extra["oneOf"] = [
@@ -90,14 +90,14 @@ extension HealthReport: SchemaDescribed { static var schemaName: String { "Healt
 extension SpawnTimings: SchemaDescribed { static var schemaName: String { "Timings" } }
 
 extension ExecBatchRequest: SchemaDescribed {
-  static func describe(_ schema: inout ObjectSchema) {
+  static func describe(_ schema: inout ObjectSchema, in context: SchemaContext) {
     schema.set("commands", "minItems", .number(Double(commandCount.lowerBound)))
     schema.set("commands", "maxItems", .number(Double(commandCount.upperBound)))
   }
 }
 
 extension MkdirRequest: SchemaDescribed {
-  static func describe(_ schema: inout ObjectSchema) {
+  static func describe(_ schema: inout ObjectSchema, in context: SchemaContext) {
     schema.set("path", "pattern", .string(GuestFormats.pathPattern))
     schema.set("mode", "pattern", .string(GuestFormats.modePattern))
     schema.set("owner", "pattern", .string(GuestFormats.ownerPattern))
@@ -105,7 +105,7 @@ extension MkdirRequest: SchemaDescribed {
 }
 
 extension WriteFilesRequest.File: SchemaDescribed {
-  static func describe(_ schema: inout ObjectSchema) {
+  static func describe(_ schema: inout ObjectSchema, in context: SchemaContext) {
     schema.set("path", "pattern", .string(GuestFormats.pathPattern))
     schema.set("mode", "pattern", .string(GuestFormats.modePattern))
     schema.set("owner", "pattern", .string(GuestFormats.ownerPattern))
@@ -113,13 +113,13 @@ extension WriteFilesRequest.File: SchemaDescribed {
 }
 
 extension GitRepoRequest: SchemaDescribed {
-  static func describe(_ schema: inout ObjectSchema) {
+  static func describe(_ schema: inout ObjectSchema, in context: SchemaContext) {
     schema.set("repoPath", "pattern", .string(GuestFormats.pathPattern))
   }
 }
 
 extension DevCommandRequest: SchemaDescribed {
-  static func describe(_ schema: inout ObjectSchema) {
+  static func describe(_ schema: inout ObjectSchema, in context: SchemaContext) {
     schema.set("command", "minLength", 1)
     schema.bound("port", GuestFormats.portRange)
     schema.set("workdir", "pattern", .string(GuestFormats.pathPattern))
@@ -127,7 +127,7 @@ extension DevCommandRequest: SchemaDescribed {
 }
 
 extension ServiceDefinition: SchemaDescribed {
-  static func describe(_ schema: inout ObjectSchema) {
+  static func describe(_ schema: inout ObjectSchema, in context: SchemaContext) {
     schema.set("command", "minLength", 1)
     schema.bound("port", GuestFormats.portRange)
     schema.set("cwd", "pattern", .string(GuestFormats.pathPattern))
@@ -136,7 +136,7 @@ extension ServiceDefinition: SchemaDescribed {
 }
 
 extension TerminalCreateRequest: SchemaDescribed {
-  static func describe(_ schema: inout ObjectSchema) {
+  static func describe(_ schema: inout ObjectSchema, in context: SchemaContext) {
     schema.bound("cols", GuestFormats.terminalSizeRange)
     schema.bound("rows", GuestFormats.terminalSizeRange)
     schema.set("command", "minItems", 1)

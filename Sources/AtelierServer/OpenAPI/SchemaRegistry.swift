@@ -10,6 +10,10 @@ import Foundation
 final class SchemaRegistry {
   private(set) var components: [String: JSONValue] = [:]
   private var inProgress: Set<String> = []
+  /// What this manager's configuration decides about the schemas (the sizes it allows).
+  let context: SchemaContext
+
+  init(context: SchemaContext) { self.context = context }
 
   /// The schema of `type`: inline for scalars, arrays, maps and enums; a `$ref` to a component
   /// for objects.
@@ -62,7 +66,7 @@ final class SchemaRegistry {
     let recording = RecordedObject()
     _ = try? type.init(from: SchemaDecoder(registry: self, recording: recording))
     var object = ObjectSchema(properties: recording.properties, required: recording.required)
-    (type as? any SchemaDescribed.Type)?.describe(&object)
+    (type as? any SchemaDescribed.Type)?.describe(&object, in: context)
     return object
   }
 
@@ -135,17 +139,22 @@ struct ObjectSchema {
   }
 }
 
+/// What the configuration decides about schemas.
+struct SchemaContext: Sendable {
+  var limits: SandboxLimits
+}
+
 /// Types whose schema needs more than their shape: a name, bounds, defaults, descriptions.
 protocol SchemaDescribed {
   static var schemaName: String { get }
-  static func describe(_ schema: inout ObjectSchema)
+  static func describe(_ schema: inout ObjectSchema, in context: SchemaContext)
 }
 
 extension SchemaDescribed {
   static var schemaName: String {
     String(reflecting: Self.self).split(separator: ".").dropFirst().joined()
   }
-  static func describe(_ schema: inout ObjectSchema) {}
+  static func describe(_ schema: inout ObjectSchema, in context: SchemaContext) {}
 }
 
 /// String enumerations, documented with their cases.

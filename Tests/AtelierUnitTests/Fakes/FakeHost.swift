@@ -17,12 +17,13 @@ struct FakeHost {
   let network: FakeNetwork
   let service: SandboxService
 
-  init(maxSandboxes: Int = 20) throws {
+  init(maxSandboxes: Int = 20, configure: (inout Config) -> Void = { _ in }) throws {
     let data = NSTemporaryDirectory() + "atelier-fake-\(UUID().uuidString.prefix(8))"
     var config = Config.defaults()
     config.dataDir = data
     config.maxSandboxes = maxSandboxes
     config.bootTimeoutSeconds = 2
+    configure(&config)
     for directory in [config.sandboxesDir, config.snapshotsDir, config.imagesDir] {
       try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
     }
