@@ -167,6 +167,14 @@ extension VMTests {
         #expect(
           (parallel.json["stdout"] as? String)?.split(separator: "\n").sorted()
             == (1...6).map { "echo:n\($0)" }, "\(parallel.text)")
+        // A restarted manager (the VM lives on) opens tunnels to it again.
+        try await manager.restart()
+        let adopted = try await eventually(.seconds(30)) {
+          let answer = try await manager.exec(
+            id, ["command": "echo adopted | nc host.atelier.internal 7000", "timeoutMs": 10000])
+          return answer.json["stdout"] as? String == "echo:adopted\n"
+        }
+        #expect(adopted)
         // After a restore, the restored sandbox reaches it too (its tunnels are its own).
         let snapshot = try await manager.request(.POST, "/api/sandboxes/\(id)/snapshots")
         let snapshotId = try #require(snapshot.json["id"] as? String)

@@ -86,6 +86,9 @@ public struct AgentClient: Sendable, Equatable, CustomStringConvertible {
         let health = try await health(timeout: .seconds(2))
         if sandboxId == nil || health.sandboxId == sandboxId { return }
         lastError = "agent answered as \(health.sandboxId), expected \(sandboxId ?? "")"
+      } catch let error as AgentCallError where error.code == "BAD_RESPONSE" {
+        // Without the right key, health says only that the agent is up.
+        lastError = "the agent is up but did not take its key"
       } catch {
         lastError = "\(error)"
       }
