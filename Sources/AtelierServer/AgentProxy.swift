@@ -17,8 +17,10 @@ struct AgentProxy: Sendable {
   let service: SandboxService
   let logger: Logger
 
-  /// The sandbox's agent: where it answers, and its key.
-  func agent(_ id: String, scheme: String = "http") async throws -> (url: String, key: String?) {
+  /// The sandbox's agent: where it answers, and the `Authorization` value its key makes.
+  func agent(_ id: String, scheme: String = "http") async throws
+    -> (url: String, authorization: String?)
+  {
     let agent = try await service.agentClient(id)
     guard let url = try? agent.baseURL(scheme: scheme) else {
       throw AtelierError(.unavailable, "the agent of sandbox \(id) is unreachable")
@@ -33,7 +35,9 @@ struct AgentProxy: Sendable {
     if let query = request.uri.query, !query.isEmpty { url += "?\(query)" }
     var outgoing = HTTPClientRequest(url: url)
     outgoing.method = HTTPMethod(rawValue: request.method.rawValue)
-    if let key = agent.key { outgoing.headers.add(name: "authorization", value: key) }
+    if let value = agent.authorization {
+      outgoing.headers.add(name: "authorization", value: value)
+    }
     if let contentType = request.headers[.contentType] {
       outgoing.headers.add(name: "content-type", value: contentType)
     }
@@ -78,7 +82,7 @@ struct AgentProxy: Sendable {
     let activity = await ActivityLease(service: service, sandboxId: id)
     defer { withExtendedLifetime(activity) {} }
     var configuration = WebSocketClientConfiguration(maxFrameSize: 1 << 20)
-    if let key = agent.key { configuration.additionalHeaders[.authorization] = key }
+    if let value = agent.authorization { configuration.additionalHeaders[.authorization] = value }
     _ = try await WebSocketClient.connect(
       url: agent.url + agentPath, configuration: configuration, logger: logger
     ) { agentInbound, agentOutbound, _ in
