@@ -105,7 +105,9 @@ let package = Package(
       name: "AtelierUnitTests",
       dependencies: [
         "AtelierCore", "AtelierHost", "AtelierManager", "AtelierStore", "AtelierServer",
-        "AtelierAgentAPI", "AtelierProcess",
+        "AtelierAgentAPI", "AtelierProcess", "AtelierHTTP",
+        .product(name: "Hummingbird", package: "hummingbird"),
+        .product(name: "HummingbirdTesting", package: "hummingbird"),
       ],
       swiftSettings: swiftSettings),
     // The agent's logic on the host, in seconds, without VMs.

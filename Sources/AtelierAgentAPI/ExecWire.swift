@@ -9,6 +9,8 @@ public struct ExecBatchRequest: Codable, Sendable {
     self.commands = commands
     self.stopOnError = stopOnError
   }
+  /// How many commands one batch may hold.
+  public static let commandCount = 1...100
 }
 
 public struct ExecBatchResult: Codable, Sendable {

@@ -294,6 +294,8 @@ public actor SandboxService {
     } catch {
       logger.warning("create failed, rolling back: \(error)", metadata: ["sandbox": "\(id)"])
       await undo.run()
+      // A sandbox that never ran gives its address lease back too (a failed start keeps it).
+      await drivers.network.forget(sandboxId: id)
       _ = try? database.deleteSandbox(id: id)
       let event = SandboxEvent(
         sandbox: SandboxInfo(

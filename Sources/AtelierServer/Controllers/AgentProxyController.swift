@@ -16,6 +16,8 @@ struct ProxiedOperation: @unchecked Sendable {
   var status = 200
   var query: [QueryParameter] = []
   var webSocket = false
+  /// Path parameters its answer gives values for (see `RouteDoc.produces`).
+  var produces: [String: String] = [:]
 }
 
 /// The agent's routes, proxied unchanged to the sandbox's agent (bodies streamed both ways,
@@ -34,7 +36,8 @@ struct AgentProxyController {
     for operation in Self.operations {
       let path = "sandboxes/{id}\(operation.path)"
       let doc = OperationDoc(
-        operation.summary, tag: operation.tag, errors: Self.errors, query: operation.query)
+        operation.summary, tag: operation.tag, errors: Self.errors, query: operation.query,
+        produces: operation.produces)
       let agentPath = operation.path
       if operation.webSocket {
         routes.webSocket(

@@ -74,7 +74,8 @@ extension AgentProxyController {
     ProxiedOperation(
       method: .put, path: "/services/{name}", summary: "Define (or redefine) a service",
       tag: "services", body: .json(ServiceDefinition.self),
-      response: .json(ServiceStatus.self, "the service")),
+      response: .json(ServiceStatus.self, "the service"),
+      produces: ["name": "$request.path.name"]),
     ProxiedOperation(
       method: .delete, path: "/services/{name}", summary: "Stop and forget a service",
       tag: "services", response: .empty("removed"), status: 204),
@@ -99,7 +100,8 @@ extension AgentProxyController {
     ProxiedOperation(
       method: .post, path: "/dev/{name}/start", summary: "Start (or restart) a dev command",
       tag: "dev", body: .json(DevCommandRequest.self),
-      response: .json(ServiceStatus.self, "the dev command")),
+      response: .json(ServiceStatus.self, "the dev command"),
+      produces: ["name": "$request.path.name"]),
     ProxiedOperation(
       method: .post, path: "/dev/{name}/stop", summary: "Stop a dev command", tag: "dev",
       response: .json(ServiceStatus.self, "the dev command")),
@@ -137,7 +139,7 @@ extension AgentProxyController {
       method: .post, path: "/terminal/sessions",
       summary: "Start a terminal session (a shell on a PTY)", tag: "terminals",
       body: .json(TerminalCreateRequest.self), response: .json(TerminalSession.self, "started"),
-      status: 201),
+      status: 201, produces: ["sid": "$response.body#/id"]),
     ProxiedOperation(
       method: .get, path: "/terminal/sessions/{sid}", summary: "Get a terminal session",
       tag: "terminals", response: .json(TerminalSession.self, "the session")),

@@ -27,7 +27,8 @@ struct SandboxesController {
       .post, "sandboxes",
       OperationDoc(
         "Create a sandbox (returns once its agent answers)", tag: "sandboxes",
-        errors: [.notFound, .conflict, .resourceExhausted, .bootFailed]),
+        errors: [.notFound, .conflict, .resourceExhausted, .bootFailed],
+        produces: ["id": "$response.body#/id"]),
       body: CreateSandboxRequest.self, status: .created, description: "the running sandbox"
     ) { body, _, _ in try await service.create(body) }
     routes.json(
@@ -96,7 +97,8 @@ struct SnapshotsController {
       .post, "sandboxes/{id}/snapshots",
       OperationDoc(
         "Snapshot memory and disk (the VM pauses only while its memory is written)",
-        tag: "snapshots", errors: [.notFound, .conflict, .resourceExhausted, .unavailable]),
+        tag: "snapshots", errors: [.notFound, .conflict, .resourceExhausted, .unavailable],
+        produces: ["snapshotId": "$response.body#/id"]),
       body: SnapshotRequest.self, status: .created, description: "the snapshot"
     ) { body, _, context in
       try await service.snapshot(try context.parameters.require("id"), name: body.name)
@@ -105,7 +107,8 @@ struct SnapshotsController {
       .post, "sandboxes/{id}/fork",
       OperationDoc(
         "N running sandboxes continuing from this one's memory and disk", tag: "snapshots",
-        errors: [.notFound, .conflict, .resourceExhausted, .bootFailed, .unavailable]),
+        errors: [.notFound, .conflict, .resourceExhausted, .bootFailed, .unavailable],
+        produces: ["id": "$response.body#/sandboxes/0/id"]),
       body: ForkRequest.self, status: .created, description: "the forks"
     ) { body, _, context in
       ForkResponse(

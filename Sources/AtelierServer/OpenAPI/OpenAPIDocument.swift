@@ -9,7 +9,7 @@ enum OpenAPIDocument {
     var paths: [String: [String: JSONValue]] = [:]
     for route in routes {
       paths[route.path, default: [:]][route.method.rawValue.lowercased()] = operation(
-        route, registry: registry, errorSchema: errorSchema)
+        route, routes: routes, registry: registry, errorSchema: errorSchema)
     }
     return [
       "openapi": "3.1.0",
@@ -25,16 +25,39 @@ enum OpenAPIDocument {
     ]
   }
 
-  static func operation(_ route: RouteDoc, registry: SchemaRegistry, errorSchema: JSONValue)
-    -> JSONValue
-  {
+  /// OpenAPI links from a route that makes something (a sandbox, a snapshot, a service) to
+  /// every operation whose path parameters it can fill: from what it answers, or from its own
+  /// path. So stateful tests work on real ids.
+  static func links(from route: RouteDoc, to routes: [RouteDoc]) -> JSONValue {
+    var links: [String: JSONValue] = [:]
+    let own = Set(route.pathParameters)
+    for target in routes where target.path != route.path || target.method != route.method {
+      let needed = target.pathParameters
+      guard !needed.isEmpty, needed.contains(where: { route.produces[$0] != nil }),
+        needed.allSatisfy({ route.produces[$0] != nil || own.contains($0) })
+      else { continue }
+      var parameters: [String: JSONValue] = [:]
+      for name in needed {
+        parameters[name] = .string(route.produces[name] ?? "$request.path.\(name)")
+      }
+      links[operationId(target)] = [
+        "operationId": .string(operationId(target)), "parameters": .object(parameters),
+      ]
+    }
+    return .object(links)
+  }
+
+  static func operation(
+    _ route: RouteDoc, routes: [RouteDoc], registry: SchemaRegistry, errorSchema: JSONValue
+  ) -> JSONValue {
     var operation: [String: JSONValue] = [
       "summary": .string(route.summary), "tags": [.string(route.tag)],
       "operationId": .string(operationId(route)),
     ]
     var parameters: [JSONValue] = route.pathParameters.map { name in
       [
-        "name": .string(name), "in": "path", "required": true, "schema": ["type": "string"],
+        "name": .string(name), "in": "path", "required": true,
+        "schema": PathParameterDocs.schema(name),
         "description": .string(PathParameterDocs.descriptions[name] ?? name),
       ]
     }
@@ -55,7 +78,14 @@ enum OpenAPIDocument {
     if let body = route.body { operation["requestBody"] = requestBody(body, registry: registry) }
     var responses: [String: JSONValue] = [:]
     for (status, response) in route.responses {
-      responses[String(status)] = self.response(response, registry: registry)
+      var answer = self.response(response, registry: registry)
+      if (200..<300).contains(status), !route.produces.isEmpty,
+        case .object(var object) = answer
+      {
+        object["links"] = links(from: route, to: routes)
+        answer = .object(object)
+      }
+      responses[String(status)] = answer
     }
     for (status, text) in errorStatuses(route) {
       responses[String(status)] = [
@@ -113,7 +143,17 @@ enum OpenAPIDocument {
     case .eventStream:
       return [
         "description": description,
-        "content": ["text/event-stream": ["schema": ["type": "string"]]],
+        "content": [
+          "text/event-stream": [
+            "schema": [
+              "type": "object", "description": "one event",
+              "properties": [
+                "id": ["type": "string"], "event": ["type": "string"], "data": ["type": "string"],
+              ],
+              "required": ["data"],
+            ]
+          ]
+        ],
       ]
     case .empty, .webSocketUpgrade:
       return ["description": description]

@@ -48,6 +48,9 @@ struct RouteDoc: Sendable {
   var webSocket = false
   /// The error codes the handler can answer with (besides 400 and 401, which every route has).
   var errors: [AtelierError.Code] = []
+  /// Path parameters of other routes that this one's answer gives values for: name → an
+  /// OpenAPI runtime expression (`$response.body#/id`).
+  var produces: [String: String] = [:]
 
   var pathParameters: [String] {
     path.split(separator: "/").compactMap { part in
@@ -79,10 +82,21 @@ final class RouteTable: Sendable {
   }
 }
 
-/// Path parameters every route shares one description for.
+/// Path parameters every route shares one description and form for.
 enum PathParameterDocs {
   static let descriptions: [String: String] = [
     "id": "sandbox id", "snapshotId": "snapshot id", "name": "service or dev command name",
     "sid": "terminal session id",
   ]
+  /// What a value may look like (anything else is refused before routing, or not found).
+  static let patterns: [String: String] = [
+    "id": Identifier.pattern, "snapshotId": Identifier.pattern,
+    // The agent's rules: ServiceSupervisor.checkName and TerminalService's ids.
+    "name": "^[a-z0-9_-]{1,40}$", "sid": "^t[a-z0-9]{10}$",
+  ]
+
+  static func schema(_ name: String) -> JSONValue {
+    guard let pattern = patterns[name] else { return ["type": "string"] }
+    return ["type": "string", "pattern": .string(pattern)]
+  }
 }

@@ -32,6 +32,11 @@ extension CreateSandboxRequest: SchemaDescribed {
     schema.bound("timeoutSeconds", timeoutRange)
     schema.describe("timeoutSeconds", "idle seconds before onIdle; 0 turns it off")
     schema.describe("snapshot", "restore this snapshot instead of booting")
+    // A restore takes its shape from the snapshot (SandboxService.create refuses both).
+    schema.extra["allOf"] = .array(
+      ["image", "vcpus", "memoryMb", "diskGb"].map { field in
+        ["not": ["required": ["snapshot", .string(field)]]]
+      })
   }
 }
 
@@ -58,6 +63,11 @@ extension ForkRequest: SchemaDescribed {
 extension ExecRequest: SchemaDescribed {
   static func describe(_ schema: inout ObjectSchema) {
     schema.description = "Exactly one of command (run by /bin/sh -c) or argv (run directly)."
+    // The rules of `validationProblem`.
+    schema.extra["oneOf"] = [["required": ["command"]], ["required": ["argv"]]]
+    schema.set("command", "minLength", 1)
+    schema.set("argv", "minItems", 1)
+    schema.set("argv", "prefixItems", [["type": "string", "minLength": 1]])
     schema.bound("timeoutMs", timeoutRange)
     schema.describe("user", "dev where that user exists, else root")
   }
@@ -67,3 +77,10 @@ extension SnapshotInfo: SchemaDescribed { static var schemaName: String { "Snaps
 extension ImageInfo: SchemaDescribed { static var schemaName: String { "Image" } }
 extension HealthReport: SchemaDescribed { static var schemaName: String { "Health" } }
 extension SpawnTimings: SchemaDescribed { static var schemaName: String { "Timings" } }
+
+extension ExecBatchRequest: SchemaDescribed {
+  static func describe(_ schema: inout ObjectSchema) {
+    schema.set("commands", "minItems", .number(Double(commandCount.lowerBound)))
+    schema.set("commands", "maxItems", .number(Double(commandCount.upperBound)))
+  }
+}

@@ -107,13 +107,31 @@ struct ObjectSchema {
     set(property, "maxLength", .number(Double(range.upperBound)))
   }
 
+  /// Keywords for the whole object (`allOf`, `oneOf`, `dependentSchemas`…).
+  var extra: [String: JSONValue] = [:]
+
   var json: JSONValue {
-    var schema: [String: JSONValue] = [
+    // An optional field may be absent or null (both decode as nil).
+    var properties = self.properties
+    for (name, schema) in properties where !required.contains(name) {
+      properties[name] = Self.nullable(schema)
+    }
+    var schema: [String: JSONValue] = extra.merging([
       "type": "object", "properties": .object(properties),
-    ]
+    ]) { _, new in new }
     if !required.isEmpty { schema["required"] = .array(required.map { .string($0) }) }
     if let description { schema["description"] = .string(description) }
     return .object(schema)
+  }
+
+  /// `schema`, or null.
+  static func nullable(_ schema: JSONValue) -> JSONValue {
+    guard var object = schema.objectValue, case .string(let type)? = object["type"] else {
+      return ["anyOf": [schema, ["type": "null"]]]
+    }
+    object["type"] = [.string(type), "null"]
+    if case .array(let cases)? = object["enum"] { object["enum"] = .array(cases + [.null]) }
+    return .object(object)
   }
 }
 

@@ -13,14 +13,18 @@ struct OperationDoc {
   /// The error codes the handler may answer with (400 and, behind a token, 401 always apply).
   var errors: [AtelierError.Code] = []
   var query: [QueryParameter] = []
+  /// Path parameters its answer gives values for (see `RouteDoc.produces`).
+  var produces: [String: String] = [:]
 
   init(
-    _ summary: String, tag: String, errors: [AtelierError.Code] = [], query: [QueryParameter] = []
+    _ summary: String, tag: String, errors: [AtelierError.Code] = [], query: [QueryParameter] = [],
+    produces: [String: String] = [:]
   ) {
     self.summary = summary
     self.tag = tag
     self.errors = errors
     self.query = query
+    self.produces = produces
   }
 }
 
@@ -44,7 +48,7 @@ struct DocumentedRoutes {
       RouteDoc(
         method: method, path: fullPath(path), summary: doc.summary, tag: doc.tag,
         requiresAuth: requiresAuth, query: doc.query, body: body, responses: responses,
-        webSocket: webSocket, errors: doc.errors))
+        webSocket: webSocket, errors: doc.errors, produces: doc.produces))
   }
 
   /// A route answering `Output` as JSON.
