@@ -64,9 +64,11 @@ final class PTYMaster: Sendable {
 }
 
 /// One shell on a pseudo-terminal. Output is kept in a bounded replay buffer and fanned out to
-/// every attached client; the session ends when its shell exits. A client that falls more
-/// than `clientQueueLimit` bytes behind is cut off (it may attach again and get the replay),
-/// so a slow reader costs bounded memory and never holds up the others.
+/// every attached client; the session ends when its shell exits. Each client has at most
+/// `clientQueueLimit` bytes queued: while one is full the terminal is not read (the shell
+/// waits, as on a slow terminal); a client that takes nothing for `stallTimeout` is cut off
+/// (it may attach again and get the replay), so a stalled reader costs bounded memory and
+/// holds the others up once, briefly.
 final class TerminalSessionState: Sendable {
   enum Event: Sendable {
     case output([UInt8])
@@ -92,6 +94,7 @@ final class TerminalSessionState: Sendable {
 
   static let replayLimit = 256 << 10
   static let defaultClientQueueLimit = 4 << 20
+  static let defaultStallTimeout: Duration = .seconds(10)
 
   let id: String
   let title: String
@@ -101,11 +104,13 @@ final class TerminalSessionState: Sendable {
   let master: PTYMaster
   let createdAt: Double
   let clientQueueLimit: Int
+  let stallTimeout: Duration
   private let shared: Mutex<Shared>
 
   init(
     id: String, title: String, command: [String], user: String, pid: Int32, master: Int32,
-    cols: Int, rows: Int, clientQueueLimit: Int = TerminalSessionState.defaultClientQueueLimit
+    cols: Int, rows: Int, clientQueueLimit: Int = TerminalSessionState.defaultClientQueueLimit,
+    stallTimeout: Duration = TerminalSessionState.defaultStallTimeout
   ) {
     self.id = id
     self.title = title
@@ -115,6 +120,7 @@ final class TerminalSessionState: Sendable {
     self.master = PTYMaster(master)
     self.createdAt = Date().timeIntervalSince1970
     self.clientQueueLimit = clientQueueLimit
+    self.stallTimeout = stallTimeout
     self.shared = Mutex(Shared(cols: cols, rows: rows))
   }
 
@@ -166,15 +172,26 @@ final class TerminalSessionState: Sendable {
     await master.write(bytes)
   }
 
-  /// Fans a chunk of output out to the clients, cutting off those too far behind.
+  /// Fans a chunk of output out to the clients: first waits (on the reader's own thread) for
+  /// room in every client's queue, then cuts off those that made none in `stallTimeout`.
   func deliver(_ chunk: [UInt8]) {
+    let deadline = ContinuousClock.now + stallTimeout
+    while ContinuousClock.now < deadline {
+      let full = shared.withLock { state in
+        state.clients.values.contains {
+          $0.pending > 0 && $0.pending + chunk.count > clientQueueLimit
+        }
+      }
+      if !full { break }
+      usleep(2000)
+    }
     shared.withLock { state in
       state.replay += chunk
       if state.replay.count > Self.replayLimit {
         state.replay.removeFirst(state.replay.count - Self.replayLimit)
       }
       for (token, client) in state.clients {
-        if client.pending + chunk.count > clientQueueLimit {
+        if client.pending > 0 && client.pending + chunk.count > clientQueueLimit {
           client.continuation.yield(.overflow)
           client.continuation.finish()
           state.clients[token] = nil
@@ -218,8 +235,13 @@ final class TerminalSessionState: Sendable {
 final class TerminalService: Sendable {
   private let sessions = Mutex<[String: TerminalSessionState]>([:])
   let logger: Logger
+  /// How long a terminal waits for a client that takes none of its output.
+  let stallTimeout: Duration
 
-  init(logger: Logger) { self.logger = logger }
+  init(logger: Logger, stallTimeout: Duration = TerminalSessionState.defaultStallTimeout) {
+    self.logger = logger
+    self.stallTimeout = stallTimeout
+  }
 
   func list() -> [TerminalSession] {
     sessions.withLock { Array($0.values) }.map(\.info).sorted { $0.createdAt < $1.createdAt }
@@ -273,7 +295,8 @@ final class TerminalService: Sendable {
       "t" + String((0..<10).map { _ in "abcdefghijklmnopqrstuvwxyz0123456789".randomElement()! })
     let session = TerminalSessionState(
       id: id, title: request.title ?? URL(fileURLWithPath: executable).lastPathComponent,
-      command: command, user: user.name, pid: pid, master: master, cols: cols, rows: rows)
+      command: command, user: user.name, pid: pid, master: master, cols: cols, rows: rows,
+      stallTimeout: stallTimeout)
     sessions.withLock { $0[id] = session }
     session.startReading { [weak self] in
       _ = self?.sessions.withLock { $0.removeValue(forKey: id) }

@@ -362,7 +362,9 @@ public actor SandboxService {
     try updateRuntime(id) { $0.vm = vm }
     let launched = ContinuousClock.now
     try await waitForAgent(id, vm: vm, network: network)
-    try await configureGuestServices(id)
+    // A booted agent listens on no guest port until told (a restore is always told: its
+    // snapshot's agent may have listened on some).
+    if await guestServices.isEnabled { try await configureGuestServices(id) }
     return (launched, ContinuousClock.now)
   }
 
