@@ -330,7 +330,7 @@ public enum AgentOperations {
       summary:
         "Attach to a terminal (WebSocket): replay, then output as binary frames; input as "
         + "binary frames, resize as {\"type\":\"resize\",\"cols\",\"rows\"}; a client that "
-        + "falls too far behind is disconnected (close code 4008) and may attach again",
+        + "takes nothing for 10 s is disconnected (close code 4008) and may attach again",
       tag: "terminals", status: 101, isWebSocket: true),
   ]
 }
