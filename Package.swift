@@ -29,22 +29,27 @@ let package = Package(
     .target(name: "CAtelierSys"),
     .target(name: "AtelierProcess", dependencies: ["CAtelierSys"], swiftSettings: swiftSettings),
     .target(name: "AtelierAgentAPI", swiftSettings: swiftSettings),
+    // Tar streams read without trusting them (the guest agent's extraction, the CLI's cp).
+    .target(name: "AtelierTar", swiftSettings: swiftSettings),
     .target(
       name: "AtelierHTTP",
       dependencies: ["AtelierAgentAPI", .product(name: "Hummingbird", package: "hummingbird")],
       swiftSettings: swiftSettings),
 
-    // The in-guest agent and init.
-    .executableTarget(
-      name: "atelier-agent",
+    // The in-guest agent and init: a library (testable on the host) and a thin executable.
+    .target(
+      name: "AtelierAgent",
       dependencies: [
-        "AtelierAgentAPI", "AtelierHTTP", "AtelierProcess", "CAtelierSys",
+        "AtelierAgentAPI", "AtelierHTTP", "AtelierProcess", "AtelierTar", "CAtelierSys",
         .product(name: "Hummingbird", package: "hummingbird"),
         .product(name: "HummingbirdWebSocket", package: "hummingbird-websocket"),
         .product(name: "Logging", package: "swift-log"),
         .product(name: "NIOCore", package: "swift-nio"),
+        .product(name: "NIOPosix", package: "swift-nio"),
       ],
       swiftSettings: swiftSettings),
+    .executableTarget(
+      name: "atelier-agent", dependencies: ["AtelierAgent"], swiftSettings: swiftSettings),
 
     // Host side.
     .target(
@@ -61,7 +66,9 @@ let package = Package(
         "AtelierCore", "AtelierAgentAPI", "AtelierProcess", "CAtelierSys",
         .product(name: "AsyncHTTPClient", package: "async-http-client"),
         .product(name: "Crypto", package: "swift-crypto"),
+        .product(name: "HummingbirdWSClient", package: "hummingbird-websocket"),
         .product(name: "Logging", package: "swift-log"),
+        .product(name: "NIOPosix", package: "swift-nio"),
       ],
       swiftSettings: swiftSettings),
     .target(
@@ -87,6 +94,7 @@ let package = Package(
       name: "atelier",
       dependencies: [
         "AtelierCore", "AtelierHost", "AtelierServer", "AtelierAgentAPI", "AtelierProcess",
+        "AtelierTar",
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
         .product(name: "HummingbirdWSClient", package: "hummingbird-websocket"),
         .product(name: "AsyncHTTPClient", package: "async-http-client"),
@@ -100,6 +108,16 @@ let package = Package(
         "AtelierAgentAPI", "AtelierProcess", "AtelierHTTP",
         .product(name: "Hummingbird", package: "hummingbird"),
         .product(name: "HummingbirdTesting", package: "hummingbird"),
+      ],
+      swiftSettings: swiftSettings),
+    // The agent's logic on the host, in seconds, without VMs.
+    .testTarget(
+      name: "AtelierAgentTests",
+      dependencies: [
+        "AtelierAgent", "AtelierAgentAPI", "AtelierTar", "AtelierCore", "AtelierHost",
+        "AtelierManager", "AtelierProcess",
+        .product(name: "HummingbirdTesting", package: "hummingbird"),
+        .product(name: "HummingbirdWSClient", package: "hummingbird-websocket"),
       ],
       swiftSettings: swiftSettings),
     .testTarget(

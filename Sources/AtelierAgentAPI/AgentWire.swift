@@ -5,6 +5,12 @@ public enum AgentProtocol {
   /// The guest TCP (and vsock) port the agent listens on.
   public static let port = 9998
   public static let defaultOutputLimit = 10 << 20
+  /// All the output of one `/exec/batch` together.
+  public static let batchOutputLimit = 32 << 20
+  /// Output a streaming exec queues for its client (beyond it the command waits)…
+  public static let streamQueueLimit = 8 << 20
+  /// …and how long the client may take nothing before it is disconnected.
+  public static let streamStallTimeout: Duration = .seconds(30)
 }
 
 public struct AgentHealth: Codable, Sendable, Equatable {
@@ -159,10 +165,13 @@ public struct GuestResumeRequest: Codable, Sendable, Equatable {
   public var ipv4: String?
   public var gateway: String?
   public var mac: String?
+  /// The key the agent answers to from now on (`AgentKey`); this request, made with the
+  /// previous key, is the last that key opens.
+  public var agentKey: String?
 
   public init(
     unixTimeNanos: Int64, entropy: String? = nil, sandboxId: String? = nil, hostname: String? = nil,
-    ipv4: String? = nil, gateway: String? = nil, mac: String? = nil
+    ipv4: String? = nil, gateway: String? = nil, mac: String? = nil, agentKey: String? = nil
   ) {
     self.unixTimeNanos = unixTimeNanos
     self.entropy = entropy
@@ -171,5 +180,6 @@ public struct GuestResumeRequest: Codable, Sendable, Equatable {
     self.ipv4 = ipv4
     self.gateway = gateway
     self.mac = mac
+    self.agentKey = agentKey
   }
 }

@@ -1,6 +1,7 @@
 /// Batches and streaming for exec.
 
 public struct ExecBatchRequest: Codable, Sendable {
+  public static let maxCommands = 100
   public var commands: [ExecRequest]
   /// Stop at the first command that exits non-zero (default true).
   public var stopOnError: Bool?

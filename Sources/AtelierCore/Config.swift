@@ -54,6 +54,10 @@ public struct Config: Sendable, Equatable {
   public var eventsHeartbeatSeconds: Int
   public var defaultImage: String
   public var logLevel: String
+  /// Host services every guest reaches as `host.atelier.internal:<guest port>`.
+  public var guestServices: [GuestService]
+  /// Guest-service connections one sandbox may have open at once (more are refused).
+  public var maxTunnelsPerSandbox: Int
   /// The most a sandbox may ask for (within the absolute ranges of `CreateSandboxRequest`).
   public var maxVcpus = CreateSandboxRequest.vcpuRange.upperBound
   public var maxMemoryMb = CreateSandboxRequest.memoryRange.upperBound
@@ -82,7 +86,7 @@ public struct Config: Sendable, Equatable {
       diskSizeGb: 10, agentPath: "", recipesDir: "",
       bootTimeoutSeconds: 90, reconcileIntervalSeconds: 30, idleCheckSeconds: 2,
       eventsHeartbeatSeconds: 15,
-      defaultImage: "tiny", logLevel: "info")
+      defaultImage: "tiny", logLevel: "info", guestServices: [], maxTunnelsPerSandbox: 64)
   }
 
   /// A key as it appears in the file (`path`) and in the environment (`envName`).
@@ -197,6 +201,8 @@ public struct Config: Sendable, Equatable {
       guard ImageName.isValid(value) else { throw ConfigProblem("expected an image name") }
       config.defaultImage = value
     },
+    Key(path: "guestServices") { $0.guestServices = try GuestService.parseList($1) },
+    Key(path: "maxTunnelsPerSandbox") { $0.maxTunnelsPerSandbox = try integer($1, in: 1...4096) },
     Key(path: "logLevel") { config, value in
       let levels = ["trace", "debug", "info", "notice", "warning", "error", "critical"]
       guard levels.contains(value) else {

@@ -41,6 +41,9 @@ struct SandboxRuntime: Codable, Sendable, Equatable {
   var imageBuild: String?
   /// The disk's size in GiB, as given to the VM.
   var diskGb: Int?
+  /// What the agent must be shown (`AgentKey`): on its key drive at boot, replaced after a
+  /// restore. Never in API answers or logs.
+  var agentKey: String?
 }
 
 enum VolumeNames {

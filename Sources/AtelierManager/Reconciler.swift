@@ -122,6 +122,7 @@ extension SandboxService {
     }
     report.removedVolumes += await collectVolumeGarbage()
     report.removedSnapshotFiles = removeOrphanSnapshotFiles()
+    await reconcileGuestServices()
     if !report.isEmpty {
       logger.info(
         "reconciled",

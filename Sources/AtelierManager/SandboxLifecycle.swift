@@ -29,10 +29,11 @@ extension SandboxService {
     let id = row.id
     let wasPaused = Self.status(row) == .paused
     _ = try setStatus(id, .stopping)
+    await guestServices.stop(id)
     let runtime = Self.runtime(row)
     if let vm = runtime.vm, let network = runtime.network {
       if wasPaused { try? await drivers.vmm.resume(vm) }
-      try? await AgentClient(endpoint: network.agent).powerOff()
+      try? await AgentClient(endpoint: network.agent, key: runtime.agentKey).powerOff()
       let deadline = ContinuousClock.now + .seconds(15)
       while drivers.vmm.isRunning(vm) && ContinuousClock.now < deadline {
         try? await Task.sleep(for: .milliseconds(50))
@@ -94,6 +95,7 @@ extension SandboxService {
     }
     let started = try setStatus(id, .running)
     touch(id)
+    await startGuestServices(started)
     logger.info("sandbox started", metadata: ["sandbox": "\(id)"])
     return Self.info(started)
   }
@@ -133,17 +135,20 @@ extension SandboxService {
       do { try await drivers.vmm.resume(vm) } catch {
         throw AtelierError(.unavailable, "cannot resume sandbox \(id): \(error)")
       }
-      try? await syncGuest(network, identity: nil)
+      try? await syncGuest(
+        AgentClient(endpoint: network.agent, key: runtime.agentKey), network: network,
+        identity: nil)
       touch(id)
       return Self.info(try setStatus(id, .running))
     }
   }
 
   /// Tells the guest the time (and, after a restore, its identity, its own address and MAC on
-  /// a shared network, and fresh entropy).
-  func syncGuest(_ network: NetworkAttachment, identity: (id: String, hostname: String)?)
-    async throws
-  {
+  /// a shared network, fresh entropy, and its new key).
+  func syncGuest(
+    _ agent: AgentClient, network: NetworkAttachment, identity: (id: String, hostname: String)?,
+    newKey: String? = nil
+  ) async throws {
     var entropy: String?
     if identity != nil {
       var generator = SystemRandomNumberGenerator()
@@ -153,13 +158,13 @@ extension SandboxService {
     let now = Date().timeIntervalSince1970
     var request = GuestResumeRequest(
       unixTimeNanos: Int64(now * 1_000_000_000), entropy: entropy, sandboxId: identity?.id,
-      hostname: identity?.hostname)
+      hostname: identity?.hostname, agentKey: newKey)
     if identity != nil, let mac = network.mac {
       request.mac = mac
       request.ipv4 = "\(network.guestIPv4)/\(network.prefixLength)"
       request.gateway = network.gateway
     }
-    _ = try await AgentClient(endpoint: network.agent).resumeGuest(request)
+    _ = try await agent.resumeGuest(request)
   }
 
   /// `PATCH`: the idle policy.

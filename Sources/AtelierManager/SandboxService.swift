@@ -15,6 +15,8 @@ public actor SandboxService {
   let drivers: HostDrivers
   let logger: Logger
   public let events: EventBus
+  /// Tunnels for host services, one pool per running sandbox.
+  let guestServices: GuestServiceTunnels
   let locks = KeyedLock()
   /// Sandboxes whose create is running in this process (the reconciler leaves them alone).
   var inFlight: Set<String> = []
@@ -39,6 +41,9 @@ public actor SandboxService {
     self.drivers = drivers
     self.events = events
     self.logger = logger
+    self.guestServices = GuestServiceTunnels(
+      services: config.guestServices, maxTunnels: config.maxTunnelsPerSandbox,
+      logger: Logger(label: "atelier.guest-services"))
   }
 
   // MARK: Reads
@@ -199,7 +204,9 @@ public actor SandboxService {
     }
     let row = try reserve(
       image: imageName, vcpus: vcpus, memoryMb: memoryMb, idle: idle, snapshotId: nil,
-      runtime: SandboxRuntime(kernel: image.kernel, imageBuild: image.buildId, diskGb: diskGb))
+      runtime: SandboxRuntime(
+        kernel: image.kernel, imageBuild: image.buildId, diskGb: diskGb,
+        agentKey: AgentKey.generate()))
     return try await build(row.id) { undo in
       let started = ContinuousClock.now
       let volumeName = VolumeNames.sandbox(row.id)
@@ -279,6 +286,7 @@ public actor SandboxService {
       row.timings = Self.encode(timings)
       row = try save(row, from: .creating)
       touch(id)
+      await startGuestServices(row)
       logger.info(
         "sandbox running", metadata: ["sandbox": "\(id)", "totalMs": "\(timings.totalMs)"])
       return Self.info(row)
@@ -322,7 +330,8 @@ public actor SandboxService {
       initrdPath: kernel.initrdPath,
       kernelArguments: network.bootParameters(sandboxId: row.id, hostname: row.hostname)
         .kernelArguments,
-      disk: disk, vcpus: row.vcpus, memoryMb: row.memoryMb, network: network)
+      disk: disk, vcpus: row.vcpus, memoryMb: row.memoryMb, network: network,
+      agentKeyDrive: runtime.agentKey == nil ? nil : keyDrivePath(row.id))
   }
 
   /// Attaches the network, boots the VM from the sandbox's disk, waits for the agent.
@@ -331,9 +340,15 @@ public actor SandboxService {
     ContinuousClock.Instant, ContinuousClock.Instant
   ) {
     let network = try await attachNetwork(id, undo: &undo)
-    let spec = try vmSpec(try record(id), network: network)
+    if Self.runtime(try record(id)).agentKey == nil {
+      // A sandbox from before agent keys gets one at its next boot.
+      try updateRuntime(id) { $0.agentKey = AgentKey.generate() }
+    }
+    let row = try record(id)
+    let spec = try vmSpec(row, network: network)
     let directory = spec.runtimeDirectory
     undo.push { try? FileManager.default.removeItem(atPath: directory) }
+    try writeKeyDrive(id, key: Self.runtime(row).agentKey)
     let vm: VMHandle
     do {
       vm = try await drivers.vmm.boot(spec)
@@ -346,6 +361,9 @@ public actor SandboxService {
     try updateRuntime(id) { $0.vm = vm }
     let launched = ContinuousClock.now
     try await waitForAgent(id, vm: vm, network: network)
+    // A booted agent listens on no guest port until told (a restore is always told: its
+    // snapshot's agent may have listened on some).
+    if await guestServices.isEnabled { try await configureGuestServices(id) }
     return (launched, ContinuousClock.now)
   }
 
@@ -368,7 +386,7 @@ public actor SandboxService {
   }
 
   func waitForAgent(_ id: String, vm: VMHandle, network: NetworkAttachment) async throws {
-    let agent = AgentClient(endpoint: network.agent)
+    let agent = AgentClient(endpoint: network.agent, key: Self.runtime(try record(id)).agentKey)
     do {
       try await agent.waitUntilReady(
         sandboxId: id, timeout: .seconds(config.bootTimeoutSeconds),
@@ -402,6 +420,7 @@ public actor SandboxService {
 
   /// Kills the VM and removes its disk, network and files. Safe on partial state.
   func releaseResources(id: String, runtime: SandboxRuntime) async {
+    await guestServices.stop(id)
     await stopVMProcess(id: id, runtime: runtime)
     try? await drivers.volumes.remove(runtime.volume ?? VolumeNames.sandbox(id))
     try? FileManager.default.removeItem(atPath: runtimeDirectory(id))
@@ -431,7 +450,7 @@ public actor SandboxService {
 
   public func exec(_ id: String, _ request: ExecRequest) async throws -> ExecResult {
     if let problem = request.validationProblem { throw AtelierError.validation(problem) }
-    let agent = AgentClient(endpoint: try await agentEndpoint(id))
+    let agent = try await agentClient(id)
     // Running is activity: a long command must not see its sandbox paused as idle.
     connectionOpened(id)
     defer { connectionClosed(id) }
@@ -455,6 +474,12 @@ public actor SandboxService {
       throw AtelierError(.sandboxNotRunning, "sandbox \(id) is \(row.status), not running")
     }
     return network.agent
+  }
+
+  /// The agent of a running sandbox (resumed first if paused), with its key.
+  public func agentClient(_ id: String) async throws -> AgentClient {
+    let endpoint = try await agentEndpoint(id)
+    return AgentClient(endpoint: endpoint, key: Self.runtime(try record(id)).agentKey)
   }
 
   static func map(_ error: AgentCallError, id: String) -> AtelierError {

@@ -15,6 +15,9 @@ struct SnapshotState: Codable, Sendable {
   var devices: String?
   /// The disk size of the sandbox it was taken from (restores get the same).
   var diskGb: Int?
+  /// The agent key in the snapshot's memory: a restore authenticates with it once, to give
+  /// the agent a key of its own. Absent in snapshots from before agent keys.
+  var agentKey: String?
 }
 
 /// Memory + disk snapshots, restores (a create that does not boot) and forks.
@@ -86,11 +89,14 @@ extension SandboxService {
       try await drivers.vmm.saveState(vm, to: memoryPath)
       if !wasPaused {
         try await drivers.vmm.resume(vm)
-        try? await syncGuest(network, identity: nil)
+        try? await syncGuest(
+          AgentClient(endpoint: network.agent, key: runtime.agentKey), network: network,
+          identity: nil)
       }
       let state = SnapshotState(
         volume: VolumeNames.snapshot(snapshotId), disk: plan.frozen, memoryPath: memoryPath,
-        kernel: kernel, devices: deviceLayout(network), diskGb: runtime.diskGb)
+        kernel: kernel, devices: deviceLayout(network), diskGb: runtime.diskGb,
+        agentKey: runtime.agentKey)
       let diskBytes =
         await drivers.volumes.allocatedBytes(of: VolumeNames.snapshot(snapshotId)) ?? 0
       let record = SnapshotRecord(
@@ -153,9 +159,15 @@ extension SandboxService {
       let state = try? JSONDecoder().decode(SnapshotState.self, from: Data(snapshot.state.utf8)),
       FileManager.default.fileExists(atPath: state.memoryPath)
     else { throw AtelierError.conflict("snapshot \(snapshotId) has no memory state left") }
+    guard state.agentKey != nil else {
+      throw AtelierError.conflict(
+        "snapshot \(snapshotId) is from before agent keys: its agent cannot be given one")
+    }
     let row = try reserve(
       image: snapshot.image, vcpus: snapshot.vcpus, memoryMb: snapshot.memoryMb, idle: idle,
-      snapshotId: snapshotId, runtime: SandboxRuntime(kernel: state.kernel, diskGb: state.diskGb))
+      snapshotId: snapshotId,
+      runtime: SandboxRuntime(
+        kernel: state.kernel, diskGb: state.diskGb, agentKey: AgentKey.generate()))
     return try await build(row.id) { undo in
       let started = ContinuousClock.now
       let volumeName = VolumeNames.sandbox(row.id)
@@ -181,6 +193,9 @@ extension SandboxService {
       let spec = try vmSpec(try record(row.id), network: network)
       let directory = spec.runtimeDirectory
       undo.push { try? FileManager.default.removeItem(atPath: directory) }
+      // The drive holds the new key (what a later boot reads); the restored agent has the
+      // snapshot's in memory until it is told.
+      try writeKeyDrive(row.id, key: Self.runtime(try record(row.id)).agentKey)
       let vm: VMHandle
       do {
         vm = try await drivers.vmm.restore(spec, statePath: state.memoryPath)
@@ -194,17 +209,20 @@ extension SandboxService {
       try updateRuntime(row.id) { $0.vm = vm }
       try await drivers.vmm.resume(vm)
       let launched = ContinuousClock.now
-      let agent = AgentClient(endpoint: network.agent)
+      let agent = AgentClient(endpoint: network.agent, key: state.agentKey)
       do {
-        // The restored agent still answers as the original until it is told otherwise.
+        // The restored agent still answers as the original (and to its key) until told.
         try await agent.waitUntilReady(
           sandboxId: nil, timeout: .seconds(config.bootTimeoutSeconds),
           stillBooting: { [drivers] in drivers.vmm.isRunning(vm) })
-        try await syncGuest(network, identity: (row.id, row.hostname))
+        try await replaceAgentKey(
+          row.id, snapshotKey: state.agentKey, network: network,
+          identity: (row.id, row.hostname))
       } catch {
         throw AtelierError(.bootFailed, "restored sandbox did not answer: \(error)")
       }
       try await waitForAgent(row.id, vm: vm, network: network)
+      try await configureGuestServices(row.id)
       let ready = ContinuousClock.now
       return SpawnTimings(
         cloneMs: (cloned - started).wholeMilliseconds,

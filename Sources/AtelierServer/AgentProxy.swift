@@ -17,20 +17,27 @@ struct AgentProxy: Sendable {
   let service: SandboxService
   let logger: Logger
 
-  func baseURL(_ id: String, scheme: String = "http") async throws -> String {
-    let endpoint = try await service.agentEndpoint(id)
-    guard let (host, port) = try? endpoint.tcpAddress() else {
+  /// The sandbox's agent: where it answers, and the `Authorization` value its key makes.
+  func agent(_ id: String, scheme: String = "http") async throws
+    -> (url: String, authorization: String?)
+  {
+    let agent = try await service.agentClient(id)
+    guard let url = try? agent.baseURL(scheme: scheme) else {
       throw AtelierError(.unavailable, "the agent of sandbox \(id) is unreachable")
     }
-    return "\(scheme)://\(host):\(port)"
+    return (url, agent.authorization)
   }
 
   func forward(_ request: Request, sandboxId id: String, agentPath: String) async throws -> Response
   {
-    var url = try await baseURL(id) + agentPath
+    let agent = try await agent(id)
+    var url = agent.url + agentPath
     if let query = request.uri.query, !query.isEmpty { url += "?\(query)" }
     var outgoing = HTTPClientRequest(url: url)
     outgoing.method = HTTPMethod(rawValue: request.method.rawValue)
+    if let value = agent.authorization {
+      outgoing.headers.add(name: "authorization", value: value)
+    }
     if let contentType = request.headers[.contentType] {
       outgoing.headers.add(name: "content-type", value: contentType)
     }
@@ -71,11 +78,13 @@ struct AgentProxy: Sendable {
     sandboxId id: String, agentPath: String, inbound: WebSocketInboundStream,
     outbound: WebSocketOutboundWriter
   ) async throws {
-    let url = try await baseURL(id, scheme: "ws") + agentPath
+    let agent = try await agent(id, scheme: "ws")
     let activity = await ActivityLease(service: service, sandboxId: id)
     defer { withExtendedLifetime(activity) {} }
+    var configuration = WebSocketClientConfiguration(maxFrameSize: 1 << 20)
+    if let value = agent.authorization { configuration.additionalHeaders[.authorization] = value }
     _ = try await WebSocketClient.connect(
-      url: url, configuration: .init(maxFrameSize: 1 << 20), logger: logger
+      url: agent.url + agentPath, configuration: configuration, logger: logger
     ) { agentInbound, agentOutbound, _ in
       let upstream = Task {
         do {

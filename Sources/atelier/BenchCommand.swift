@@ -110,17 +110,21 @@ struct Bench: AsyncParsableCommand {
             sandboxId: id, hostname: id, ipv4: "10.0.2.15/24", gateway: "10.0.2.2", dns: "10.0.2.3"
           ).kernelArguments,
           disk: DiskAttachment(path: disk, format: .qcow2), vcpus: 1, memoryMb: 256,
-          network: network)
+          network: network, agentKeyDrive: "\(scratch)/vms/\(id)/\(AgentKeyDrive.fileName)")
         let arguments = vmm.arguments(for: spec)
         try FileManager.default.createDirectory(
           atPath: spec.runtimeDirectory, withIntermediateDirectories: true)
+        // The agent answers only to its key, as under the manager.
+        let key = AgentKey.generate()
+        try Data(AgentKeyDrive.contents(key: key)).write(
+          to: URL(fileURLWithPath: spec.agentKeyDrive!))
         let started = ContinuousClock.now
         let launch = try await ProcessRunner.run(
           SpawnOptions(
             executable: config.qemuBinary, arguments: arguments,
             environment: ProcessInfo.processInfo.environment))
         guard launch.exitCode == 0 else { throw CLIError("qemu failed: \(launch.stderrText)") }
-        let agent = AgentClient(endpoint: network.agent)
+        let agent = AgentClient(endpoint: network.agent, key: key)
         try await agent.waitUntilReady(
           sandboxId: id, timeout: .seconds(120), stillBooting: { true })
         times.append(milliseconds(since: started))
@@ -166,6 +170,7 @@ struct Bench: AsyncParsableCommand {
       defer { Task { _ = try? await manager.send(.DELETE, "/api/sandboxes/\(sandbox.id)") } }
       let agentPort = try manager.agentPort(of: sandbox.id)
       let agent = "http://127.0.0.1:\(agentPort)"
+      let key = try manager.agentKey(of: sandbox.id)
 
       try await Task.sleep(for: .seconds(2))
       let idle = try await manager.send(.GET, "/api/sandboxes/\(sandbox.id)/metrics")
@@ -180,7 +185,7 @@ struct Bench: AsyncParsableCommand {
       var proxied: [Double] = []
       for _ in 0..<execs {
         var started = ContinuousClock.now
-        _ = try await send(.POST, "\(agent)/exec", token: "", body: body)
+        _ = try await send(.POST, "\(agent)/exec", token: key, body: body)
         direct.append(milliseconds(since: started))
         started = ContinuousClock.now
         _ = try await manager.send(.POST, "/api/sandboxes/\(sandbox.id)/exec", body: body)
@@ -206,7 +211,7 @@ struct Bench: AsyncParsableCommand {
         (0..<(megabytes << 20)).map { UInt8(truncatingIfNeeded: $0 &* 2654435761 >> 13) })
       for (label, base, token) in [
         ("manager", manager.baseURL + "/api/sandboxes/\(sandbox.id)", manager.token),
-        ("agent", agent, ""),
+        ("agent", agent, key),
       ] {
         var started = ContinuousClock.now
         let (status, _) = try await send(
@@ -420,6 +425,16 @@ struct BenchManager {
   }
 
   /// The loopback port forwarded to a sandbox's agent, from its QEMU command line.
+  /// The agent key of a sandbox, from its key drive (the bench's manager is ours).
+  func agentKey(of id: String) throws -> String {
+    let drive = FileManager.default.contents(
+      atPath: "\(dataDirectory)/sandboxes/\(id)/\(AgentKeyDrive.fileName)")
+    guard let key = drive.flatMap({ AgentKeyDrive.key(in: Array($0)) }) else {
+      throw CLIError("cannot read the agent key of \(id)")
+    }
+    return key
+  }
+
   func agentPort(of id: String) throws -> Int {
     let pidText = try String(
       contentsOfFile: "\(dataDirectory)/sandboxes/\(id)/qemu.pid", encoding: .utf8)

@@ -2,6 +2,7 @@ import ArgumentParser
 import AsyncHTTPClient
 import AtelierAgentAPI
 import AtelierProcess
+import AtelierTar
 import Foundation
 import NIOCore
 
@@ -82,23 +83,14 @@ extension SandboxCommand {
       var isDirectory: ObjCBool = false
       let localExists = FileManager.default.fileExists(atPath: local, isDirectory: &isDirectory)
       var target = local
-      if localExists && isDirectory.boolValue { target = "\(local)/\(entry.name)" }
+      // The name is the one asked for, not what the guest answered (hostile input).
+      let name = origin.path.split(separator: "/").last.map(String.init) ?? "root"
+      if localExists && isDirectory.boolValue { target = "\(local)/\(name)" }
       if entry.type == .directory {
         try FileManager.default.createDirectory(atPath: target, withIntermediateDirectories: true)
         let response = try await client.stream(
           .GET, "/api/sandboxes/\(origin.id)/files/archive?\(query(origin.path))")
-        let tar = try RunningProcess.start(
-          SpawnOptions(
-            executable: "tar", arguments: ["-x", "-f", "-", "-C", target],
-            environment: ProcessInfo.processInfo.environment),
-          stdin: true, stdout: false, stderr: false)
-        for try await buffer in response.body {
-          guard await BlockingIO.write(tar.stdin, Array(buffer.readableBytesView)) else { break }
-        }
-        tar.closeStdin()
-        let status = await tar.waitForExit()
-        tar.closeAll()
-        guard status == .exited(0) else { throw CLIError("tar could not extract into \(target)") }
+        try await Self.unpack(response.body, into: target)
       } else {
         let response = try await client.stream(
           .GET, "/api/sandboxes/\(origin.id)/files?\(query(origin.path))")
@@ -110,6 +102,28 @@ extension SandboxCommand {
             throw CLIError("\(target): \(String(cString: strerror(errno)))")
           }
         }
+      }
+    }
+
+    /// A tar stream the guest produced is hostile input: unpacked by Atelier's own reader with
+    /// no owners, the user's rwx only, no devices, FIFOs, `..` or absolute members, and no
+    /// links out of `target` (the system's tar cannot promise all of that). What is skipped
+    /// is said on stderr.
+    static func unpack(_ body: HTTPClientResponse.Body, into target: String) async throws {
+      let extractor: TarExtractor
+      do {
+        extractor = try TarExtractor(directory: target, policy: .untrusted)
+      } catch {
+        throw CLIError("cannot extract into \(target): \(error)")
+      }
+      do {
+        for try await buffer in body { try extractor.write(Array(buffer.readableBytesView)) }
+        try extractor.finish()
+      } catch let error as TarError {
+        throw CLIError("the sandbox sent a broken archive: \(error)")
+      }
+      for skipped in extractor.skipped {
+        FileHandle.standardError.write(Data("atelier: \(skipped)\n".utf8))
       }
     }
 

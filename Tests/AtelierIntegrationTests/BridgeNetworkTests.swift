@@ -41,6 +41,8 @@ final class NamespacedManager: @unchecked Sendable {
     environment["ATELIER_BRIDGE_NAME"] = bridge
     environment["ATELIER_BRIDGE_IP"] = bridgeIp
     environment["ATELIER_BRIDGE_ALLOWED_PORTS"] = String(allowedPort)
+    // A host service for guests, on the namespace's loopback (reached only through tunnels).
+    environment["ATELIER_GUEST_SERVICES"] = "7000=127.0.0.1:\(allowedPort + 2)"
     environment["ATELIER_LOG_LEVEL"] = "debug"
     self.environment = environment
     try await run(["ip", "netns", "add", namespace])
@@ -179,15 +181,17 @@ extension VMTests {
       defer { try? FileManager.default.removeItem(atPath: www) }
       try Data("served\n".utf8).write(to: URL(fileURLWithPath: "\(www)/index.html"))
       var servers: [Int32] = []
-      for port in [allowedPort, allowedPort + 1] {
+      for (port, address) in [
+        (allowedPort, manager.bridgeIp), (allowedPort + 1, manager.bridgeIp),
+        (allowedPort + 2, "127.0.0.1"),
+      ] {
         servers.append(
           try ProcessReaper.shared.spawn(
             SpawnOptions(
               executable: "/usr/sbin/ip",
               arguments: [
                 "netns", "exec", manager.namespace, "python3", "-m", "http.server", String(port),
-                "--bind",
-                manager.bridgeIp, "--directory", www,
+                "--bind", address, "--directory", www,
               ],
               environment: ProcessInfo.processInfo.environment)))
       }
@@ -213,6 +217,10 @@ extension VMTests {
         #expect(try await manager.reaches(id, manager.bridgeIp, allowedPort))
         #expect(!(try await manager.reaches(id, manager.bridgeIp, allowedPort + 1)))
         #expect(!(try await manager.reaches(id, manager.bridgeIp, manager.port)))
+        // The guest service on the host's loopback, by name through a tunnel, as in user mode
+        // (and not directly: it listens on loopback only).
+        #expect(try await manager.reaches(id, "host.atelier.internal", 7000))
+        #expect(!(try await manager.reaches(id, manager.bridgeIp, allowedPort + 2)))
       }
       // The guests cannot reach each other (a listener on each, tried from the other).
       for id in ids {

@@ -61,6 +61,13 @@ import Testing
     ("ATELIER_MAX_SANDBOXES", "x"), ("ATELIER_ACCEL", "fast"), ("ATELIER_DATA_DIR", "relative"),
     ("ATELIER_MAX_SANDBOXES", "0"),
     ("ATELIER_SERVER_MAX_SANDBOXES", "0"), ("ATELIER_LOG_LEVEL", "loud"),
+    ("ATELIER_GUEST_SERVICES", "9418"), ("ATELIER_GUEST_SERVICES", "9418=127.0.0.1"),
+    ("ATELIER_GUEST_SERVICES", "0=127.0.0.1:9418"), ("ATELIER_GUEST_SERVICES", "x=1.2.3.4:5"),
+    ("ATELIER_GUEST_SERVICES", "9418=git.example.com:9418"),
+    ("ATELIER_GUEST_SERVICES", "9418=127.0.0.1:70000"),
+    ("ATELIER_GUEST_SERVICES", "9418=127.0.0.1:1,9418=127.0.0.1:2"),
+    ("ATELIER_GUEST_SERVICES", "9418=[nothex]:1"),
+    ("ATELIER_MAX_TUNNELS_PER_SANDBOX", "0"), ("ATELIER_MAX_TUNNELS_PER_SANDBOX", "many"),
   ])
   func invalidEnvironmentValueNamesTheKey(key: String, value: String) throws {
     let error = try #require(throws: ConfigError.self) {
@@ -83,6 +90,25 @@ import Testing
     }
     #expect(unknownError.key == "server.prot")
     #expect(unknownError.message == "unknown key")
+  }
+
+  @Test func guestServicesAndTheTunnelLimit() throws {
+    let defaults = try Config.load(environment: [:])
+    #expect(defaults.guestServices.isEmpty)
+    #expect(defaults.maxTunnelsPerSandbox == 64)
+    let config = try Config.load(environment: [
+      "ATELIER_GUEST_SERVICES": "9418=127.0.0.1:9418, 3142=127.0.0.1:3143,80=[::1]:8080",
+      "ATELIER_MAX_TUNNELS_PER_SANDBOX": "8",
+    ])
+    #expect(
+      config.guestServices == [
+        GuestService(guestPort: 9418, hostAddress: "127.0.0.1", hostPort: 9418),
+        GuestService(guestPort: 3142, hostAddress: "127.0.0.1", hostPort: 3143),
+        GuestService(guestPort: 80, hostAddress: "::1", hostPort: 8080),
+      ])
+    #expect(config.maxTunnelsPerSandbox == 8)
+    let file = try temporaryFile(#"{"guestServices": ["9418=127.0.0.1:9418"]}"#)
+    #expect(try Config.load(environment: ["ATELIER_CONFIG": file]).guestServices.count == 1)
   }
 
   @Test func missingConfigFileIsAnError() {

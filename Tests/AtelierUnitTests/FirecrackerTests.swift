@@ -696,6 +696,8 @@ import Testing
     #expect(handles.count == 2 && handles.allSatisfy { !vmm.isRunning($0) })
   }
 
+  static let agentKey = AgentKey.generate()
+
   func bootPauseSnapshotRestore(
     vmm: FirecrackerVMM, kernel: FirecrackerHost.Kernel, dir: String, taps: [String],
     runner: SystemCommandRunner, started: (VMHandle) -> Void
@@ -709,6 +711,12 @@ import Testing
         "atelier.gw=10.0.9.1", "atelier.dns=10.0.9.1", "atelier.listen=127.0.0.1",
         "atelier.vsock=9998",
       ]
+      // One key for both VMs: the restore keeps the original's (nothing here replaces it).
+      let keyDrive = "\(dir)/sandboxes/\(id)/\(AgentKeyDrive.fileName)"
+      try FileManager.default.createDirectory(
+        atPath: "\(dir)/sandboxes/\(id)", withIntermediateDirectories: true)
+      try Data(AgentKeyDrive.contents(key: Self.agentKey)).write(
+        to: URL(fileURLWithPath: keyDrive))
       return VMSpec(
         sandboxId: id, runtimeDirectory: "\(dir)/sandboxes/\(id)", kernelPath: kernel.vmlinux,
         initrdPath: kernel.initrd, kernelArguments: arguments,
@@ -717,10 +725,11 @@ import Testing
           backend: .tap(device: tap, mac: "06:00:0a:00:09:02"), guestIPv4: "10.0.9.2",
           prefixLength: 24, gateway: "10.0.9.1", dns: "10.0.9.1",
           agent: vmm.vsockEndpoint(port: 9998, runtimeDirectory: "\(dir)/sandboxes/\(id)"),
-          agentChannel: .vsock(port: 9998)))
+          agentChannel: .vsock(port: 9998)),
+        agentKeyDrive: keyDrive)
     }
     func agent(_ spec: VMSpec) throws -> AgentClient {
-      AgentClient(endpoint: try spec.network.agent.overTCP())
+      AgentClient(endpoint: try spec.network.agent.overTCP(), key: Self.agentKey)
     }
 
     let original = try await makeSpec("fcoriginal01", tap: taps[0])

@@ -1,3 +1,4 @@
+import AtelierAgentAPI
 import AtelierCore
 import Foundation
 import Hummingbird
@@ -207,11 +208,22 @@ import Testing
           create?["vcpus"]?["maximum"] == .number(Double(CreateSandboxRequest.vcpuRange.upperBound))
         )
       }
-      // Every agent operation users may reach is served under /api/sandboxes/{id}.
-      for operation in AgentProxyController.operations {
-        let path = "/api/sandboxes/{id}\(operation.path)"
-        #expect(setup.table.all.contains { $0.path == path && $0.method == operation.method })
-      }
+      // Every agent operation users may reach is served under /api/sandboxes/{id}, and
+      // nothing else is.
+      let proxied = Set(
+        AgentOperations.proxied.map { "\($0.method.rawValue) /api/sandboxes/{id}\($0.path)" })
+      let underSandbox = Set(
+        setup.table.all.filter { $0.path.hasPrefix("/api/sandboxes/{id}/") }.map {
+          "\($0.method.rawValue) \($0.path)"
+        })
+      let managerOwn: Set<String> = [
+        "POST /api/sandboxes/{id}/exec", "POST /api/sandboxes/{id}/stop",
+        "POST /api/sandboxes/{id}/start", "POST /api/sandboxes/{id}/restart",
+        "POST /api/sandboxes/{id}/pause", "POST /api/sandboxes/{id}/resume",
+        "POST /api/sandboxes/{id}/snapshots", "POST /api/sandboxes/{id}/fork",
+      ]
+      #expect(underSandbox.subtracting(managerOwn) == proxied.subtracting(managerOwn))
+      #expect(proxied.isSubset(of: underSandbox))
     }
   }
 }

@@ -13,21 +13,34 @@ public struct AgentCallError: Error, CustomStringConvertible, Sendable {
   public var description: String { "agent \(status.map(String.init) ?? "unreachable"): \(message)" }
 }
 
-/// Talks HTTP/1.1 + JSON to one guest agent.
-public struct AgentClient: Sendable {
+/// Talks HTTP/1.1 + JSON to one guest agent, showing it its key on every request.
+public struct AgentClient: Sendable, Equatable, CustomStringConvertible {
   public let endpoint: AgentEndpoint
+  let key: String?
   let http: HTTPClient
 
-  public init(endpoint: AgentEndpoint, http: HTTPClient = .shared) {
+  /// `key` nil: an agent from before keys (it asks for none).
+  public init(endpoint: AgentEndpoint, key: String?, http: HTTPClient = .shared) {
     self.endpoint = endpoint
+    self.key = key
     self.http = http
   }
 
+  public static func == (lhs: AgentClient, rhs: AgentClient) -> Bool {
+    lhs.endpoint == rhs.endpoint && lhs.key == rhs.key
+  }
+
+  /// Never the key.
+  public var description: String { "agent at \(endpoint)" }
+
+  /// The `Authorization` header value for this agent.
+  public var authorization: String? { key.map { "Bearer \($0)" } }
+
   /// Hybrid vsock agents are reached through a loopback forwarder (HTTP clients speak TCP).
-  func baseURL() throws -> String {
+  public func baseURL(scheme: String = "http") throws -> String {
     do {
       let (host, port) = try endpoint.tcpAddress()
-      return "http://\(host):\(port)"
+      return "\(scheme)://\(host):\(port)"
     } catch {
       throw AgentCallError(status: nil, code: "AGENT_UNREACHABLE", message: "\(error)")
     }
@@ -45,6 +58,13 @@ public struct AgentClient: Sendable {
 
   public func resumeGuest(_ request: GuestResumeRequest) async throws -> AgentHealth {
     try await call(.POST, "/system/resume", body: request, timeout: .seconds(10))
+  }
+
+  /// The guest ports of host services, and the tunnel limit.
+  public func configureGuestServices(_ request: GuestServicesRequest) async throws
+    -> GuestServicesStatus
+  {
+    try await call(.PUT, "/system/guest-services", body: request, timeout: .seconds(10))
   }
 
   public func powerOff() async throws {
@@ -66,6 +86,9 @@ public struct AgentClient: Sendable {
         let health = try await health(timeout: .seconds(2))
         if sandboxId == nil || health.sandboxId == sandboxId { return }
         lastError = "agent answered as \(health.sandboxId), expected \(sandboxId ?? "")"
+      } catch let error as AgentCallError where error.code == "BAD_RESPONSE" {
+        // Without the right key, health says only that the agent is up.
+        lastError = "the agent is up but did not take its key"
       } catch {
         lastError = "\(error)"
       }
@@ -96,6 +119,7 @@ public struct AgentClient: Sendable {
   {
     var request = HTTPClientRequest(url: try baseURL() + path)
     request.method = method
+    if let authorization { request.headers.add(name: "authorization", value: authorization) }
     if let body {
       request.headers.add(name: "content-type", value: "application/json")
       request.body = .bytes(ByteBuffer(bytes: body))

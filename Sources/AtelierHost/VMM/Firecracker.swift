@@ -31,6 +31,9 @@ public struct FirecrackerVMM: VirtualMachineManager {
   /// The guest's vsock CID (0–2 are reserved; each VM has its own device, so all use 3).
   public static let guestCID = 3
   static let driveId = "rootfs"
+  static let keyDriveId = "agentkey"
+  /// The key drive, relative to the process's directory (where the manager writes it).
+  static let keyDriveName = "agent-key.img"
   static let interfaceId = "eth0"
   static let diskLinkName = "rootfs"
   static let vsockSocketName = "vsock.sock"
@@ -158,6 +161,15 @@ public struct FirecrackerVMM: VirtualMachineManager {
         FirecrackerDrive(
           driveId: Self.driveId, pathOnHost: Self.diskLinkName, isRootDevice: true,
           isReadOnly: false))
+    }
+    if spec.agentKeyDrive != nil {
+      try await call(api) {
+        try await $0.put(
+          "/drives/\(Self.keyDriveId)",
+          FirecrackerDrive(
+            driveId: Self.keyDriveId, pathOnHost: Self.keyDriveName, isRootDevice: false,
+            isReadOnly: true))
+      }
     }
     try await call(api) {
       try await $0.put(

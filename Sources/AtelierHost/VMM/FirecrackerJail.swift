@@ -75,6 +75,10 @@ public struct FirecrackerJail: Sendable, Equatable {
     for file in extraFiles {
       try place(file.source, at: "\(root)/\(file.name)", owned: false)
     }
+    if let keyDrive = spec.agentKeyDrive {
+      // The jailed user opens it (0600, its own from now on); nobody else can.
+      try place(keyDrive, at: "\(root)/\(FirecrackerVMM.keyDriveName)", owned: true)
+    }
   }
 
   /// A block device gets a node of its own (same device number) owned by the jailed user;

@@ -100,6 +100,12 @@ public struct QEMUMicroVM: VirtualMachineManager {
       "-qmp", "unix:\(Self.qmpSocket(dir)),server=on,wait=off",
       "-pidfile", Self.pidFile(dir), "-daemonize",
     ]
+    if let keyDrive = spec.agentKeyDrive {
+      arguments += [
+        "-drive", "id=agentkey,file=\(keyDrive),format=raw,if=none,readonly=on",
+        "-device", "virtio-blk-device,drive=agentkey",
+      ]
+    }
     if acceleration == .tcg { arguments += ["-cpu", "max"] }
     switch spec.network.backend {
     case .userMode(let forwards):

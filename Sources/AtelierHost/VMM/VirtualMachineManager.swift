@@ -110,11 +110,14 @@ public struct VMSpec: Sendable {
   public var vcpus: Int
   public var memoryMb: Int
   public var network: NetworkAttachment
+  /// The agent's key drive (`AgentKeyDrive`, a 4 KiB raw file), attached read-only after the
+  /// root disk; nil for none.
+  public var agentKeyDrive: String?
 
   public init(
     sandboxId: String, runtimeDirectory: String, kernelPath: String, initrdPath: String,
     kernelArguments: [String], disk: DiskAttachment, vcpus: Int, memoryMb: Int,
-    network: NetworkAttachment
+    network: NetworkAttachment, agentKeyDrive: String? = nil
   ) {
     self.sandboxId = sandboxId
     self.runtimeDirectory = runtimeDirectory
@@ -125,6 +128,7 @@ public struct VMSpec: Sendable {
     self.vcpus = vcpus
     self.memoryMb = memoryMb
     self.network = network
+    self.agentKeyDrive = agentKeyDrive
   }
 }
 

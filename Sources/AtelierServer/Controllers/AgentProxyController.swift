@@ -4,73 +4,105 @@ import AtelierManager
 import Hummingbird
 import HummingbirdWebSocket
 
-/// One agent operation as the manager exposes it under `/api/sandboxes/{id}`.
-struct ProxiedOperation: @unchecked Sendable {
-  var method: HTTPRequest.Method
-  /// The agent's path, e.g. `/services/{name}`.
-  var path: String
-  var summary: String
-  var tag: String
-  var body: BodyDoc?
-  var response: ResponseDoc
-  var status = 200
-  var query: [QueryParameter] = []
-  var webSocket = false
-  /// Path parameters its answer gives values for (see `RouteDoc.produces`).
-  var produces: [String: String] = [:]
-}
-
-/// The agent's routes, proxied unchanged to the sandbox's agent (bodies streamed both ways,
-/// WebSockets piped frame by frame).
+/// The agent's routes that users reach, proxied unchanged to the sandbox's agent (bodies
+/// streamed both ways, WebSockets piped frame by frame), from the agent's own operation table:
+/// a route cannot be on the agent and not here, or documented and not served.
 struct AgentProxyController {
   let service: SandboxService
   let proxy: AgentProxy
 
-  static let errors: [AtelierError.Code] = [
-    .notFound, .conflict, .sandboxNotRunning, .unavailable, .forbidden,
+  /// What the manager itself may answer, besides what the agent may.
+  static let managerErrors: [AtelierError.Code] = [
+    .notFound, .sandboxNotRunning, .unavailable,
   ]
 
+  /// Operations whose answer names something later operations take in their path (for the
+  /// document's links).
+  static let produces: [AgentOperation.ID: [String: String]] = [
+    .serviceDefine: ["name": "$request.path.name"], .devStart: ["name": "$request.path.name"],
+    .terminalCreate: ["sid": "$response.body#/id"],
+  ]
+
+  /// Proxied operations the manager answers itself (`exec` counts as activity and resumes a
+  /// paused sandbox; `SandboxesController` serves it).
+  static let servedByManager: Set<AgentOperation.ID> = [.exec]
+
   func addRoutes(to routes: DocumentedRoutes) {
-    let service = self.service
-    let proxy = self.proxy
-    for operation in Self.operations {
-      let path = "sandboxes/{id}\(operation.path)"
-      let doc = OperationDoc(
-        operation.summary, tag: operation.tag, errors: Self.errors, query: operation.query,
-        produces: operation.produces)
-      let agentPath = operation.path
-      if operation.webSocket {
-        routes.webSocket(
-          path, doc,
-          shouldUpgrade: { _, context in
-            _ = try await service.agentEndpoint(try context.parameters.require("id"))
-          },
-          onUpgrade: { inbound, outbound, context in
-            let parameters = context.requestContext.parameters
-            try await proxy.pipe(
-              sandboxId: try parameters.require("id"),
-              agentPath: try Self.fill(agentPath, from: parameters),
-              inbound: inbound, outbound: outbound)
-          })
-        continue
-      }
-      routes.raw(
-        operation.method, path, doc, body: operation.body,
-        responses: [operation.status: operation.response]
-      ) { request, context in
-        try await proxy.forward(
-          request, sandboxId: try context.parameters.require("id"),
-          agentPath: try Self.fill(agentPath, from: context.parameters))
-      }
+    for operation in AgentOperations.proxied where !Self.servedByManager.contains(operation.id) {
+      add(operation, to: routes)
     }
   }
 
-  /// The agent path with the request's `{name}` and `{sid}` filled in.
-  static func fill(_ template: String, from parameters: Parameters) throws -> String {
-    var path = template
-    for name in ["name", "sid"] where path.contains("{\(name)}") {
-      path = path.replacingOccurrences(of: "{\(name)}", with: try parameters.require(name))
+  func add(_ operation: AgentOperation, to routes: DocumentedRoutes) {
+    let service = self.service
+    let proxy = self.proxy
+    let path = "sandboxes/{id}\(operation.path)"
+    let errors = Set(operation.errors + Self.managerErrors).subtracting([.unauthorized, .internal])
+    let doc = OperationDoc(
+      operation.summary, tag: operation.tag,
+      errors: AtelierError.Code.allCases.filter(errors.contains),
+      query: operation.query.map(Self.queryParameter),
+      produces: Self.produces[operation.id] ?? [:])
+    if operation.isWebSocket {
+      routes.webSocket(
+        path, doc,
+        shouldUpgrade: { _, context in
+          _ = try await service.agentEndpoint(try context.parameters.require("id"))
+        },
+        onUpgrade: { inbound, outbound, context in
+          let parameters = context.requestContext.parameters
+          try await proxy.pipe(
+            sandboxId: try parameters.require("id"),
+            agentPath: Self.agentPath(operation, parameters), inbound: inbound,
+            outbound: outbound)
+        })
+      return
     }
-    return path
+    routes.raw(
+      HTTPRequest.Method(rawValue: operation.method.rawValue)!, path, doc,
+      body: operation.request.map(Self.bodyDoc),
+      responses: [operation.status: Self.responseDoc(operation)]
+    ) { request, context in
+      try await proxy.forward(
+        request, sandboxId: try context.parameters.require("id"),
+        agentPath: Self.agentPath(operation, context.parameters))
+    }
+  }
+
+  /// The agent's path for this request (its `{name}` and `{sid}` filled in).
+  static func agentPath(_ operation: AgentOperation, _ parameters: Parameters) -> String {
+    var values: [String: String] = [:]
+    for parameter in operation.pathParameters {
+      values[parameter.name] = parameters.get(parameter.name)
+    }
+    return operation.concretePath(values)
+  }
+
+  static func bodyDoc(_ body: AgentBody) -> BodyDoc {
+    switch body {
+    case .json(let type): .json(type)
+    case .raw(let contentType): .binary("the raw bytes (\(contentType))")
+    }
+  }
+
+  static func responseDoc(_ operation: AgentOperation) -> ResponseDoc {
+    switch operation.response {
+    case .json(let type): .json(type, "the result")
+    case .raw(let contentType): .binary("the raw bytes (\(contentType))")
+    case nil: .empty("done")
+    }
+  }
+
+  static func queryParameter(_ parameter: AgentParameter) -> QueryParameter {
+    let schema: JSONValue =
+      switch parameter.format {
+      case .text: ["type": "string"]
+      case .pattern(let pattern): ["type": "string", "pattern": .string(pattern)]
+      case .boolean: ["type": "boolean"]
+      case .integer(let minimum): ["type": "integer", "minimum": .number(Double(minimum))]
+      }
+    return QueryParameter(
+      name: parameter.name, description: parameter.description, schema: schema,
+      required: parameter.required)
   }
 }

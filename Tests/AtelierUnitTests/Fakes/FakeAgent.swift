@@ -6,7 +6,7 @@ import Logging
 import Synchronization
 
 /// A stand-in guest agent on a loopback port: what the manager calls during a sandbox's life
-/// (health, exec, resume after a restore, power off). It answers as the sandbox it was booted
+/// (health, exec, resume after a restore, guest services, power off). It answers as the sandbox it was booted
 /// as until a resume tells it otherwise, as a restored agent does.
 final class FakeAgent: Sendable {
   let port: Int
@@ -37,6 +37,13 @@ final class FakeAgent: Sendable {
     router.post("/system/poweroff") { [self] _, _ in
       onPowerOff()
       return Response(status: .accepted)
+    }
+    router.put("/system/guest-services") { request, _ in
+      let body = try await request.decodeJSON(GuestServicesRequest.self)
+      return jsonResponse(
+        GuestServicesStatus(
+          ports: body.ports, maxTunnels: body.maxTunnels, activeTunnels: 0, idleTunnels: 0,
+          refused: 0))
     }
     router.post("/exec") { request, _ in
       let body = try await request.decodeJSON(ExecRequest.self)

@@ -47,6 +47,16 @@ enum GuestInit {
     }
   }
 
+  /// What a distribution's sysctl defaults would set: no following a symlink or hard link
+  /// planted in a world-writable folder by another user (the agent runs as root).
+  static func hardenKernel(logger: Logger) {
+    for setting in ["fs/protected_symlinks", "fs/protected_hardlinks"] {
+      if !writeFile("/proc/sys/\(setting)", "1\n") {
+        logger.warning("cannot set \(setting): \(String(cString: strerror(errno)))")
+      }
+    }
+  }
+
   /// The host may hand over a disk larger than the image's file system (a clone grown to the
   /// configured size); the root file system grows online to fill it. Nothing to do is cheap.
   static func growRootFileSystem(logger: Logger) {
@@ -81,6 +91,7 @@ enum GuestInit {
     let hosts = """
       127.0.0.1\tlocalhost
       127.0.1.1\t\(hostname)
+      \(GuestServices.guestAddress)\t\(GuestServices.hostName)
       ::1\tlocalhost ip6-localhost ip6-loopback
 
       """

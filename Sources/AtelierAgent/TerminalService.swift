@@ -7,6 +7,10 @@ import Logging
 import NIOCore
 import Synchronization
 
+#if canImport(Dispatch)
+  import Dispatch
+#endif
+
 #if canImport(FoundationEssentials)
   import FoundationEssentials
 #else
@@ -16,17 +20,72 @@ import Synchronization
   import Glibc
 #endif
 
+/// The master side of a pseudo-terminal, shared by the reader thread and every client.
+/// Writes and the close take the same lock, so input after the shell exited goes nowhere
+/// instead of into whatever file later reuses the descriptor's number.
+final class PTYMaster: Sendable {
+  private let fd: Mutex<Int32>
+
+  init(_ fd: Int32) { self.fd = Mutex(fd) }
+
+  /// The descriptor to read from (only the reader thread reads, and it closes it after).
+  var readDescriptor: Int32 { fd.withLock { $0 } }
+
+  /// Writes everything; false once the terminal is closed (or the write failed).
+  func write(_ bytes: [UInt8]) async -> Bool {
+    await withCheckedContinuation { continuation in
+      DispatchQueue.global().async {
+        let ok = self.fd.withLock { fd -> Bool in
+          guard fd >= 0 else { return false }
+          var offset = 0
+          while offset < bytes.count {
+            let n = bytes[offset...].withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
+            if n < 0 && errno == EINTR { continue }
+            guard n > 0 else { return false }
+            offset += n
+          }
+          return true
+        }
+        continuation.resume(returning: ok)
+      }
+    }
+  }
+
+  func resize(rows: UInt16, cols: UInt16) {
+    fd.withLock { fd in if fd >= 0 { _ = atelier_set_winsize(fd, rows, cols) } }
+  }
+
+  func close() {
+    fd.withLock { fd in
+      if fd >= 0 { Glibc.close(fd) }
+      fd = -1
+    }
+  }
+}
+
 /// One shell on a pseudo-terminal. Output is kept in a bounded replay buffer and fanned out to
-/// every attached client; the session ends when its shell exits.
+/// every attached client; the session ends when its shell exits. Each client has at most
+/// `clientQueueLimit` bytes queued: while one is full the terminal is not read (the shell
+/// waits, as on a slow terminal); a client that takes nothing for `stallTimeout` is cut off
+/// (it may attach again and get the replay), so a stalled reader costs bounded memory and
+/// holds the others up once, briefly.
 final class TerminalSessionState: Sendable {
   enum Event: Sendable {
     case output([UInt8])
     case exit(Int32)
+    /// The client fell too far behind and was detached.
+    case overflow
+  }
+
+  struct Client {
+    var continuation: AsyncStream<Event>.Continuation
+    /// Bytes yielded to it and not yet written out.
+    var pending = 0
   }
 
   struct Shared {
     var replay: [UInt8] = []
-    var clients: [Int: AsyncStream<Event>.Continuation] = [:]
+    var clients: [Int: Client] = [:]
     var nextClient = 0
     var cols: Int
     var rows: Int
@@ -34,27 +93,34 @@ final class TerminalSessionState: Sendable {
   }
 
   static let replayLimit = 256 << 10
+  static let defaultClientQueueLimit = 4 << 20
+  static let defaultStallTimeout: Duration = .seconds(10)
 
   let id: String
   let title: String
   let command: [String]
   let user: String
   let pid: Int32
-  let master: Int32
+  let master: PTYMaster
   let createdAt: Double
+  let clientQueueLimit: Int
+  let stallTimeout: Duration
   private let shared: Mutex<Shared>
 
   init(
     id: String, title: String, command: [String], user: String, pid: Int32, master: Int32,
-    cols: Int, rows: Int
+    cols: Int, rows: Int, clientQueueLimit: Int = TerminalSessionState.defaultClientQueueLimit,
+    stallTimeout: Duration = TerminalSessionState.defaultStallTimeout
   ) {
     self.id = id
     self.title = title
     self.command = command
     self.user = user
     self.pid = pid
-    self.master = master
+    self.master = PTYMaster(master)
     self.createdAt = Date().timeIntervalSince1970
+    self.clientQueueLimit = clientQueueLimit
+    self.stallTimeout = stallTimeout
     self.shared = Mutex(Shared(cols: cols, rows: rows))
   }
 
@@ -68,8 +134,7 @@ final class TerminalSessionState: Sendable {
 
   /// Registers a client: what it missed (the replay) and the stream of what comes next.
   func attach() -> (replay: [UInt8], events: AsyncStream<Event>, token: Int) {
-    let (stream, continuation) = AsyncStream.makeStream(
-      of: Event.self, bufferingPolicy: .bufferingNewest(4096))
+    let (stream, continuation) = AsyncStream.makeStream(of: Event.self)
     return shared.withLock { state in
       let token = state.nextClient
       state.nextClient += 1
@@ -77,14 +142,19 @@ final class TerminalSessionState: Sendable {
         continuation.yield(.exit(code))
         continuation.finish()
       } else {
-        state.clients[token] = continuation
+        state.clients[token] = Client(continuation: continuation)
       }
       return (state.replay, stream, token)
     }
   }
 
   func detach(_ token: Int) {
-    shared.withLock { $0.clients.removeValue(forKey: token)?.finish() }
+    shared.withLock { $0.clients.removeValue(forKey: token)?.continuation.finish() }
+  }
+
+  /// A client wrote `count` bytes of output out.
+  func consumed(_ token: Int, _ count: Int) {
+    shared.withLock { $0.clients[token]?.pending -= count }
   }
 
   func resize(cols: Int, rows: Int) {
@@ -93,38 +163,65 @@ final class TerminalSessionState: Sendable {
       $0.cols = cols
       $0.rows = rows
     }
-    _ = atelier_set_winsize(master, UInt16(rows), UInt16(cols))
+    master.resize(rows: UInt16(rows), cols: UInt16(cols))
   }
 
-  func write(_ bytes: [UInt8]) async {
-    _ = await BlockingIO.write(master, bytes)
+  /// Input for the shell; dropped (false) once the terminal is closed.
+  @discardableResult
+  func write(_ bytes: [UInt8]) async -> Bool {
+    await master.write(bytes)
+  }
+
+  /// Fans a chunk of output out to the clients: first waits (on the reader's own thread) for
+  /// room in every client's queue, then cuts off those that made none in `stallTimeout`.
+  func deliver(_ chunk: [UInt8]) {
+    let deadline = ContinuousClock.now + stallTimeout
+    while ContinuousClock.now < deadline {
+      let full = shared.withLock { state in
+        state.clients.values.contains {
+          $0.pending > 0 && $0.pending + chunk.count > clientQueueLimit
+        }
+      }
+      if !full { break }
+      usleep(2000)
+    }
+    shared.withLock { state in
+      state.replay += chunk
+      if state.replay.count > Self.replayLimit {
+        state.replay.removeFirst(state.replay.count - Self.replayLimit)
+      }
+      for (token, client) in state.clients {
+        if client.pending > 0 && client.pending + chunk.count > clientQueueLimit {
+          client.continuation.yield(.overflow)
+          client.continuation.finish()
+          state.clients[token] = nil
+        } else {
+          state.clients[token]?.pending += chunk.count
+          client.continuation.yield(.output(chunk))
+        }
+      }
+    }
   }
 
   /// Reads the terminal until the shell side closes (on its own thread: a PTY read blocks).
   func startReading(onExit: @escaping @Sendable () -> Void) {
     OSThread { [self] in
+      let fd = master.readDescriptor
       var buffer = [UInt8](repeating: 0, count: 65536)
       while true {
-        let count = buffer.withUnsafeMutableBytes { read(self.master, $0.baseAddress, $0.count) }
+        let count = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
         if count < 0 && errno == EINTR { continue }
         if count <= 0 { break }
-        let chunk = Array(buffer[0..<count])
-        shared.withLock { state in
-          state.replay += chunk
-          if state.replay.count > Self.replayLimit {
-            state.replay.removeFirst(state.replay.count - Self.replayLimit)
-          }
-          for client in state.clients.values { client.yield(.output(chunk)) }
-        }
+        deliver(Array(buffer[0..<count]))
       }
       Task {
         let status = await ProcessReaper.shared.waitForExit(self.pid)
-        close(self.master)
+        self.master.close()
         self.shared.withLock { state in
           state.exitCode = status.code
           for client in state.clients.values {
-            client.yield(.exit(status.code))
-            client.finish()
+            client.continuation.yield(.exit(status.code))
+            client.continuation.finish()
           }
           state.clients = [:]
         }
@@ -138,8 +235,13 @@ final class TerminalSessionState: Sendable {
 final class TerminalService: Sendable {
   private let sessions = Mutex<[String: TerminalSessionState]>([:])
   let logger: Logger
+  /// How long a terminal waits for a client that takes none of its output.
+  let stallTimeout: Duration
 
-  init(logger: Logger) { self.logger = logger }
+  init(logger: Logger, stallTimeout: Duration = TerminalSessionState.defaultStallTimeout) {
+    self.logger = logger
+    self.stallTimeout = stallTimeout
+  }
 
   func list() -> [TerminalSession] {
     sessions.withLock { Array($0.values) }.map(\.info).sorted { $0.createdAt < $1.createdAt }
@@ -193,7 +295,8 @@ final class TerminalService: Sendable {
       "t" + String((0..<10).map { _ in "abcdefghijklmnopqrstuvwxyz0123456789".randomElement()! })
     let session = TerminalSessionState(
       id: id, title: request.title ?? URL(fileURLWithPath: executable).lastPathComponent,
-      command: command, user: user.name, pid: pid, master: master, cols: cols, rows: rows)
+      command: command, user: user.name, pid: pid, master: master, cols: cols, rows: rows,
+      stallTimeout: stallTimeout)
     sessions.withLock { $0[id] = session }
     session.startReading { [weak self] in
       _ = self?.sessions.withLock { $0.removeValue(forKey: id) }
@@ -230,12 +333,15 @@ final class TerminalService: Sendable {
         switch event {
         case .output(let bytes):
           try? await outbound.write(.binary(ByteBuffer(bytes: bytes)))
+          session.consumed(token, bytes.count)
         case .exit(let code):
           let frame = TerminalControlFrame(type: .exit, exitCode: code)
           if let data = try? JSONEncoder().encode(frame) {
             try? await outbound.write(.text(String(decoding: data, as: UTF8.self)))
           }
           try? await outbound.close(.normalClosure, reason: "shell exited")
+        case .overflow:
+          try? await outbound.close(.init(codeNumber: 4008), reason: "output not read in time")
         }
       }
     }

@@ -1,7 +1,9 @@
 import AtelierAgentAPI
 import AtelierHTTP
 import AtelierProcess
+import AtelierTar
 import Hummingbird
+import Logging
 
 #if canImport(FoundationEssentials)
   import FoundationEssentials
@@ -190,41 +192,53 @@ enum FileService {
   }
 
   /// Streams the body to a temporary file next to `path`, then renames it into place, so a
-  /// broken upload never leaves a half-written file.
+  /// broken upload never leaves a half-written file, and a symlink (or hard link) at `path`
+  /// is replaced, never written through.
   static func upload(path raw: String?, mode: String?, owner: String?, body: RequestBody)
     async throws -> FileEntry
   {
     let path = try checkedPath(raw)
-    var existing = Glibc.stat()
-    let exists = statFile(path, &existing) == 0
-    if exists && existing.st_mode & S_IFMT == S_IFDIR {
-      throw APIError.badRequest("\(path) is a directory")
-    }
-    let fileMode = try parseMode(mode, default: exists ? existing.st_mode & 0o7777 : 0o644)
-    let (uid, gid) =
-      owner == nil && exists
-      ? (existing.st_uid, existing.st_gid) : try parseOwner(owner, path: path)
-    let parent = parentDirectory(of: path)
-    if !directoryExists(parent) { _ = try mkdir(MkdirRequest(path: parent, owner: owner)) }
-    let temporary = "\(path).atelier-upload-\(getpid())-\(Int.random(in: 0..<1_000_000))"
-    let fd = open(temporary, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
-    guard fd >= 0 else { throw failure(errno, path) }
+    let (fileMode, uid, gid) = try attributes(for: path, mode: mode, owner: owner)
+    let fd = try createTemporary(beside: path, owner: owner)
     do {
       for try await buffer in body {
-        let ok = await BlockingIO.write(fd, Array(buffer.readableBytesView))
+        let ok = await BlockingIO.write(fd.descriptor, Array(buffer.readableBytesView))
         if !ok { throw failure(errno, path) }
       }
-      guard fchown(fd, uid, gid) == 0, fchmod(fd, fileMode) == 0, fsync(fd) == 0 else {
-        throw failure(errno, path)
-      }
-      close(fd)
-      guard rename(temporary, path) == 0 else { throw failure(errno, path) }
+      try fd.commit(to: path, uid: uid, gid: gid, mode: fileMode)
     } catch {
-      close(fd)
-      unlink(temporary)
+      fd.abandon()
       throw error
     }
     return try describe(path: path)
+  }
+
+  /// The mode and owner a file written at `path` gets: as asked, else what the file there
+  /// had (never what a symlink there points at), else 0644 and the parent folder's owner.
+  static func attributes(for path: String, mode: String?, owner: String?) throws
+    -> (mode_t, uid_t, gid_t)
+  {
+    var existing = Glibc.stat()
+    let exists = lstat(path, &existing) == 0
+    if exists && existing.st_mode & S_IFMT == S_IFDIR {
+      throw APIError.badRequest("\(path) is a directory")
+    }
+    let regular = exists && existing.st_mode & S_IFMT == S_IFREG
+    let fileMode = try parseMode(mode, default: regular ? existing.st_mode & 0o7777 : 0o644)
+    let (uid, gid) =
+      owner == nil && regular
+      ? (existing.st_uid, existing.st_gid) : try parseOwner(owner, path: path)
+    return (fileMode, uid, gid)
+  }
+
+  /// A new file next to `path` (its parents created), open for writing.
+  static func createTemporary(beside path: String, owner: String?) throws -> TemporaryFile {
+    let parent = parentDirectory(of: path)
+    if !directoryExists(parent) { _ = try mkdir(MkdirRequest(path: parent, owner: owner)) }
+    let temporary = "\(path).atelier-upload-\(getpid())-\(Int.random(in: 0..<1_000_000))"
+    let fd = open(temporary, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600)
+    guard fd >= 0 else { throw failure(errno, path) }
+    return TemporaryFile(path: temporary, descriptor: fd)
   }
 
   static func delete(path raw: String?, recursive: Bool) throws {
@@ -258,15 +272,21 @@ enum FileService {
         continue
       }
       let (uid, gid) = try parseOwner(request.owner, path: current)
-      guard Glibc.mkdir(current, mode) == 0 || errno == EEXIST else {
+      guard Glibc.mkdir(current, 0o700) == 0 || errno == EEXIST else {
         throw failure(errno, current)
       }
-      chown(current, uid, gid)
-      chmod(current, mode)
+      // Owner and mode through a descriptor of the folder itself: if something swapped a
+      // symlink in meanwhile, the open fails rather than changing what it points at.
+      let fd = open(current, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+      guard fd >= 0 else { throw failure(errno, current) }
+      defer { close(fd) }
+      guard fchown(fd, uid, gid) == 0, fchmod(fd, mode) == 0 else { throw failure(errno, current) }
     }
     return try describe(path: path)
   }
 
+  /// Each file is written to a temporary file and renamed into place: a symlink or hard
+  /// link at its path is replaced, never written through.
   static func write(_ request: WriteFilesRequest) throws -> WriteFilesResult {
     var written: [FileEntry] = []
     for file in request.files {
@@ -282,22 +302,26 @@ enum FileService {
       default: throw APIError.badRequest("encoding must be utf8 or base64")
       }
       let mode = try parseMode(file.mode, default: 0o644)
+      var existing = Glibc.stat()
+      if lstat(path, &existing) == 0 && existing.st_mode & S_IFMT == S_IFDIR {
+        throw APIError.badRequest("\(path) is a directory")
+      }
       let (uid, gid) = try parseOwner(file.owner, path: path)
-      let parent = parentDirectory(of: path)
-      if !directoryExists(parent) {
-        _ = try mkdir(MkdirRequest(path: parent, owner: file.owner))
+      let temporary = try createTemporary(beside: path, owner: file.owner)
+      do {
+        var offset = 0
+        while offset < bytes.count {
+          let n = bytes[offset...].withUnsafeBytes {
+            Glibc.write(temporary.descriptor, $0.baseAddress, $0.count)
+          }
+          guard n > 0 else { throw failure(errno, path) }
+          offset += n
+        }
+        try temporary.commit(to: path, uid: uid, gid: gid, mode: mode)
+      } catch {
+        temporary.abandon()
+        throw error
       }
-      let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode)
-      guard fd >= 0 else { throw failure(errno, path) }
-      defer { close(fd) }
-      var offset = 0
-      while offset < bytes.count {
-        let n = bytes[offset...].withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
-        guard n > 0 else { throw failure(errno, path) }
-        offset += n
-      }
-      fchown(fd, uid, gid)
-      fchmod(fd, mode)
       written.append(try describe(path: path))
     }
     return WriteFilesResult(written: written)
@@ -334,54 +358,68 @@ enum FileService {
     return Response(status: .ok, headers: [.contentType: "application/x-tar"], body: body)
   }
 
+  /// Unpacks a tar stream with Atelier's own extractor (`AtelierTar`): every folder opened
+  /// without following symlinks, files created fresh (never written through a link), owners
+  /// set on the descriptors, no devices or FIFOs, no setuid bits, no `..` or absolute members.
   static func extract(path raw: String?, owner: String?, body: RequestBody) async throws
     -> FileEntry
   {
     let path = try checkedPath(raw)
     if !directoryExists(path) { _ = try mkdir(MkdirRequest(path: path, owner: owner)) }
     let (uid, gid) = try parseOwner(owner, path: path + "/x")
-    var arguments = ["-x", "-f", "-", "-C", path, "--no-same-owner"]
-    // busybox tar has no --no-same-owner; it keeps the extracting user's ids without it.
-    if isBusyboxTar() { arguments.removeLast() }
-    let tar = try RunningProcess.start(
-      tarOptions(arguments), stdin: true, stdout: false, stderr: true)
-    defer { tar.closeAll() }
-    var broken = false
-    for try await buffer in body where !broken {
-      broken = !(await BlockingIO.write(tar.stdin, Array(buffer.readableBytesView)))
+    let extractor: TarExtractor
+    do {
+      extractor = try TarExtractor(
+        directory: path,
+        policy: TarExtractionPolicy(
+          permissionMask: 0o777, owner: (uid, gid), symlinksMustStayInside: false))
+    } catch {
+      throw APIError.badRequest("cannot extract into \(path): \(error)")
     }
-    tar.closeStdin()
-    var errors: [UInt8] = []
-    while true {
-      let chunk = await BlockingIO.read(tar.stderr)
-      if chunk.isEmpty { break }
-      errors += chunk.prefix(4096)
+    do {
+      for try await buffer in body { try extractor.write(Array(buffer.readableBytesView)) }
+      try extractor.finish()
+    } catch let error as TarError {
+      throw APIError.badRequest("not a valid tar stream: \(error)")
     }
-    let status = await tar.waitForExit()
-    guard status == .exited(0) else {
-      let message = String(decoding: errors, as: UTF8.self).trimmed
-      throw APIError.badRequest("tar could not extract into \(path): \(message)")
-    }
-    if uid != 0 || gid != 0 {
-      _ = try? await ProcessRunner.run(
-        SpawnOptions(
-          executable: "chown", arguments: ["-R", "\(uid):\(gid)", path],
-          environment: ["PATH": "/usr/bin:/bin"]))
+    if !extractor.skipped.isEmpty {
+      // Devices, FIFOs and members that would land outside have no place in a sandbox's
+      // files; the rest is there.
+      Logger(label: "atelier.agent.files").warning(
+        "\(extractor.skipped.count) tar member(s) skipped",
+        metadata: ["path": "\(path)", "first": "\(extractor.skipped[0])"])
     }
     return try describe(path: path)
   }
+}
 
-  static func isBusyboxTar() -> Bool {
-    for directory in ["/usr/bin", "/bin"] {
-      var buffer = [CChar](repeating: 0, count: 512)
-      let count = readlink("\(directory)/tar", &buffer, 511)
-      if count > 0 {
-        return String(decoding: buffer[0..<count].map { UInt8(bitPattern: $0) }, as: UTF8.self)
-          .contains("busybox")
-      }
-      if access("\(directory)/tar", X_OK) == 0 { return false }
-    }
-    return false
+/// A file being written under a temporary name; renamed over its real name when complete,
+/// removed when abandoned. Its descriptor is closed exactly once.
+final class TemporaryFile {
+  let path: String
+  private(set) var descriptor: Int32
+
+  init(path: String, descriptor: Int32) {
+    self.path = path
+    self.descriptor = descriptor
+  }
+
+  /// Owner and mode set through the descriptor, data synced, then renamed into place.
+  func commit(to target: String, uid: uid_t, gid: gid_t, mode: mode_t) throws {
+    guard fchown(descriptor, uid, gid) == 0, fchmod(descriptor, mode) == 0, fsync(descriptor) == 0
+    else { throw FileService.failure(errno, target) }
+    closeDescriptor()
+    guard rename(path, target) == 0 else { throw FileService.failure(errno, target) }
+  }
+
+  func abandon() {
+    closeDescriptor()
+    unlink(path)
+  }
+
+  private func closeDescriptor() {
+    if descriptor >= 0 { close(descriptor) }
+    descriptor = -1
   }
 }
 

@@ -42,7 +42,8 @@ enum ExecStream {
             ExecService.spawnOptions(for: request), stdin: true, stdout: true, stderr: true)
           process = started
           watcher = Task {
-            await pump(started, request: request, timedOut: timedOut, outbound: outbound)
+            await pump(
+              started, request: request, timedOut: timedOut, sink: WebSocketFrameSink(outbound))
           }
         } catch {
           try await send(ExecStreamFrame(type: .error, message: describe(error)), outbound)
@@ -70,25 +71,38 @@ enum ExecStream {
     await watcher?.value
   }
 
-  /// Forwards output until the process exits, then sends `exit` and closes.
+  /// Forwards output until the process exits, then sends `exit` and closes. Output waits in
+  /// a queue of at most `queueLimit` bytes for the client; while it is full the pipes are not
+  /// read (the command waits, as it would writing to a slow terminal). A client that takes
+  /// nothing for `stallTimeout` is disconnected (close code 4008) and the command killed,
+  /// rather than the queue growing without bound.
   static func pump(
-    _ process: RunningProcess, request: ExecRequest, timedOut: OnceFlag,
-    outbound: WebSocketOutboundWriter
+    _ process: RunningProcess, request: ExecRequest, timedOut: OnceFlag, sink: some FrameSink,
+    queueLimit: Int = AgentProtocol.streamQueueLimit,
+    stallTimeout: Duration = AgentProtocol.streamStallTimeout
   ) async {
     let began = ContinuousClock.now
-    try? await send(ExecStreamFrame(type: .started, pid: process.pid), outbound)
-    let (frames, continuation) = AsyncStream.makeStream(of: ExecStreamFrame.self)
+    try? await sink.send(ExecStreamFrame(type: .started, pid: process.pid))
+    let (frames, continuation) = AsyncStream.makeStream(of: (ExecStreamFrame, Int).self)
+    let queue = ByteBudget(limit: queueLimit)
     let outputs = process.takeOutputs()
     let reader = PipeReader(sources: [(outputs.stdout, .stdout), (outputs.stderr, .stderr)]) {
       stream, bytes in
-      continuation.yield(
-        ExecStreamFrame(
-          type: stream == .stdout ? .stdout : .stderr, data: String(decoding: bytes, as: UTF8.self))
-      )
+      guard queue.take(bytes.count, waitingUpTo: stallTimeout) else {
+        if queue.overflowed() { process.signal(SIGKILL) }
+        return
+      }
+      let frame = ExecStreamFrame(
+        type: stream == .stdout ? .stdout : .stderr, data: String(decoding: bytes, as: UTF8.self))
+      continuation.yield((frame, bytes.count))
     }
     let readerDone = reader.start()
     let writer = Task {
-      for await frame in frames { try? await send(frame, outbound) }
+      for await (frame, size) in frames {
+        if queue.isOverflowed { break }
+        try? await sink.send(frame)
+        queue.give(back: size)
+      }
     }
     let timer = request.timeoutMs.map { milliseconds in
       Task {
@@ -105,11 +119,15 @@ enum ExecStream {
     continuation.finish()
     await writer.value
     process.closeAll()
-    try? await send(
+    if queue.isOverflowed {
+      await sink.close(code: 4008, reason: "output not read in time")
+      return
+    }
+    try? await sink.send(
       ExecStreamFrame(
         type: .exit, exitCode: status.code, timedOut: timedOut.isSet,
-        durationMs: (ContinuousClock.now - began).wholeMilliseconds), outbound)
-    try? await outbound.close(.normalClosure, reason: nil)
+        durationMs: (ContinuousClock.now - began).wholeMilliseconds))
+    await sink.close(code: 1000, reason: nil)
   }
 
   static func send(_ frame: ExecStreamFrame, _ outbound: WebSocketOutboundWriter) async throws {
@@ -146,4 +164,75 @@ protocol APIErrorDescribable { var apiMessage: String { get } }
 
 extension APIError: APIErrorDescribable {
   var apiMessage: String { message }
+}
+
+/// Where a stream's frames go (the WebSocket; a recorder in tests).
+protocol FrameSink: Sendable {
+  func send(_ frame: ExecStreamFrame) async throws
+  func close(code: Int, reason: String?) async
+}
+
+struct WebSocketFrameSink: FrameSink {
+  let outbound: WebSocketOutboundWriter
+  init(_ outbound: WebSocketOutboundWriter) { self.outbound = outbound }
+
+  func send(_ frame: ExecStreamFrame) async throws {
+    try await ExecStream.send(frame, outbound)
+  }
+
+  func close(code: Int, reason: String?) async {
+    try? await outbound.close(.init(codeNumber: code), reason: reason)
+  }
+}
+
+/// Bytes queued for a slow consumer: taken when queued, given back when written out. Once a
+/// take would pass the limit it stays overflowed.
+final class ByteBudget: Sendable {
+  private let state: Mutex<(used: Int, overflowed: Bool, reported: Bool)>
+  let limit: Int
+
+  init(limit: Int) {
+    self.limit = limit
+    state = Mutex((0, false, false))
+  }
+
+  /// Takes room for `count` bytes, waiting (on this blocking thread) up to `timeout` for the
+  /// consumer to give some back; false, and overflowed from then on, when it did not.
+  func take(_ count: Int, waitingUpTo timeout: Duration) -> Bool {
+    let deadline = ContinuousClock.now + timeout
+    while true {
+      let taken = state.withLock { state -> Bool? in
+        if state.overflowed { return false }
+        // A chunk larger than the whole limit still goes alone into an empty queue.
+        if state.used + count <= limit || state.used == 0 {
+          state.used += count
+          return true
+        }
+        if ContinuousClock.now >= deadline {
+          state.overflowed = true
+          return false
+        }
+        return nil
+      }
+      if let taken { return taken }
+      usleep(2000)
+    }
+  }
+
+  func give(back count: Int) {
+    state.withLock { $0.used -= count }
+  }
+
+  var isOverflowed: Bool { state.withLock { $0.overflowed } }
+
+  /// True once, on the first call after the overflow (so it is acted on once).
+  func overflowed() -> Bool {
+    state.withLock { state in
+      guard state.overflowed, !state.reported else { return false }
+      state.reported = true
+      return true
+    }
+  }
+
+  var used: Int { state.withLock { $0.used } }
 }

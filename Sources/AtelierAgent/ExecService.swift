@@ -5,19 +5,27 @@ import AtelierProcess
 /// Runs commands for `/exec`: as the requested user, in its own process group, with capped
 /// output and an optional timeout that kills the whole group.
 enum ExecService {
-  static func run(_ request: ExecRequest) async throws -> ExecResult {
+  static func run(_ request: ExecRequest, outputLimit: Int = AgentProtocol.defaultOutputLimit)
+    async throws -> ExecResult
+  {
     let options = try spawnOptions(for: request)
-    let result: RunResult
+    var result: RunResult
     do {
       result = try await ProcessRunner.run(
         options, input: request.stdin.map { Array($0.utf8) },
-        timeout: request.timeoutMs.map { .milliseconds($0) },
-        outputLimit: AgentProtocol.defaultOutputLimit)
+        timeout: request.timeoutMs.map { .milliseconds($0) }, outputLimit: outputLimit)
     } catch let error as SpawnError {
       // The shell convention for "command not found / not executable".
       return ExecResult(
         exitCode: error.errno == ENOENT ? 127 : 126, stdout: "", stderr: "\(error)\n",
         durationMs: 0, truncated: false, timedOut: false)
+    }
+    // The limit is for both streams together: stderr gives way first.
+    if result.stdout.count + result.stderr.count > outputLimit {
+      let keep = max(0, outputLimit - result.stdout.count)
+      result.stderr = Array(result.stderr.prefix(keep))
+      result.stdout = Array(result.stdout.prefix(outputLimit))
+      result.truncated = true
     }
     var stderr = result.stderrText
     if result.timedOut {
@@ -28,18 +36,28 @@ enum ExecService {
       durationMs: result.durationMs, truncated: result.truncated, timedOut: result.timedOut)
   }
 
-  /// Runs the commands in order; by default stops at the first that fails.
-  static func batch(_ request: ExecBatchRequest) async throws -> ExecBatchResult {
+  /// Runs the commands in order; by default stops at the first that fails. All their output
+  /// together is capped at `totalOutputLimit` (a command after the cap still runs, its output
+  /// dropped and marked truncated).
+  static func batch(
+    _ request: ExecBatchRequest, totalOutputLimit: Int = AgentProtocol.batchOutputLimit
+  ) async throws -> ExecBatchResult {
     guard !request.commands.isEmpty else { throw APIError.badRequest("commands is empty") }
-    guard request.commands.count <= 100 else { throw APIError.badRequest("at most 100 commands") }
+    guard request.commands.count <= ExecBatchRequest.maxCommands else {
+      throw APIError.badRequest("at most \(ExecBatchRequest.maxCommands) commands")
+    }
     for (index, command) in request.commands.enumerated() {
       if let problem = command.validationProblem {
         throw APIError.badRequest("commands[\(index)]: \(problem)")
       }
     }
     var results: [ExecResult] = []
+    var remaining = totalOutputLimit
     for command in request.commands {
-      let result = try await run(command)
+      let result = try await run(
+        command, outputLimit: min(AgentProtocol.defaultOutputLimit, remaining))
+      remaining -= result.stdout.utf8.count + result.stderr.utf8.count
+      remaining = max(0, remaining)
       results.append(result)
       if result.exitCode != 0 && request.stopOnError ?? true { break }
     }
