@@ -78,10 +78,10 @@ extension AgentRoutes {
   func logs(_ request: Request, _ context: AgentContext, _ kind: ServiceSupervisor.Kind)
     async throws -> LogChunk
   {
-    let offset = Int64(request.query("offset") ?? "0") ?? 0
-    let limit = Int(request.query("limit") ?? "65536") ?? 65536
-    guard offset >= 0, limit > 0 else {
-      throw APIError.badRequest("offset and limit must be positive")
+    guard let offset = Int64(request.query("offset") ?? "0"),
+      let limit = Int(request.query("limit") ?? "65536"), offset >= 0, limit > 0
+    else {
+      throw APIError.badRequest("offset must be a number ≥ 0 and limit a number ≥ 1")
     }
     return try await supervisor.logs(
       try context.parameters.require("name"), kind: kind, offset: offset, limit: limit)

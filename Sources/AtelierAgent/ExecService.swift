@@ -68,11 +68,11 @@ enum ExecService {
   static func spawnOptions(for request: ExecRequest) throws -> SpawnOptions {
     if let problem = request.validationProblem { throw APIError.badRequest(problem) }
     guard let user = GuestUser.resolve(request.user) else {
-      throw APIError.badRequest("unknown user \(request.user ?? "")")
+      throw APIError.notFound("unknown user \(request.user ?? "")")
     }
     let argv = request.argv ?? ["/bin/sh", "-c", request.command ?? ""]
     let cwd = request.cwd ?? (directoryExists(user.home) ? user.home : "/")
-    guard directoryExists(cwd) else { throw APIError.badRequest("cwd \(cwd) does not exist") }
+    guard directoryExists(cwd) else { throw APIError.notFound("cwd \(cwd) does not exist") }
     return SpawnOptions(
       executable: argv[0], arguments: Array(argv.dropFirst()),
       environment: user.environment(extra: request.env), workingDirectory: cwd,

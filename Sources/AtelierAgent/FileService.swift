@@ -40,7 +40,7 @@ enum FileService {
     case EROFS:
       return APIError(
         status: .forbidden, code: "FORBIDDEN", message: "\(path): read-only file system")
-    case EISDIR: return APIError.badRequest("\(path) is a directory")
+    case EISDIR: return APIError.conflict("\(path) is a directory")
     case ENOTDIR: return APIError.badRequest("\(path): a parent is not a directory")
     case ENOTEMPTY: return APIError.conflict("\(path) is not empty (use recursive=true)")
     case EEXIST: return APIError.conflict("\(path) already exists")
@@ -62,8 +62,11 @@ enum FileService {
   /// `user`, `user:group`, or numeric ids. Nil keeps the default (the parent's owner).
   static func parseOwner(_ text: String?, path: String) throws -> (uid_t, gid_t) {
     if let text {
-      let parts = text.split(separator: ":", maxSplits: 1).map(String.init)
-      guard let user = parts.first else { throw APIError.badRequest("owner is empty") }
+      let parts = text.split(separator: ":", maxSplits: 1, omittingEmptySubsequences: false)
+        .map(String.init)
+      guard let user = parts.first, !user.isEmpty, parts.last?.isEmpty == false else {
+        throw APIError.badRequest("owner must be user or user:group (got \(text))")
+      }
       let uid: uid_t
       var gid: gid_t
       if let number = UInt32(user) {
@@ -73,7 +76,7 @@ enum FileService {
         uid = entry.uid
         gid = entry.gid
       } else {
-        throw APIError.badRequest("unknown user \(user)")
+        throw APIError.notFound("unknown user \(user)")
       }
       if parts.count == 2 {
         if let number = UInt32(parts[1]) {
@@ -81,7 +84,7 @@ enum FileService {
         } else if let group = groupId(parts[1]) {
           gid = group
         } else {
-          throw APIError.badRequest("unknown group \(parts[1])")
+          throw APIError.notFound("unknown group \(parts[1])")
         }
       }
       return (uid, gid)
@@ -174,7 +177,7 @@ enum FileService {
     fstat(fd, &info)
     guard info.st_mode & S_IFMT != S_IFDIR else {
       close(fd)
-      throw APIError.badRequest("\(path) is a directory; use /files/archive or /files/list")
+      throw APIError.conflict("\(path) is a directory; use /files/archive or /files/list")
     }
     let size = Int(info.st_size)
     let body = ResponseBody(contentLength: (info.st_mode & S_IFMT) == S_IFREG ? size : nil) {
@@ -221,7 +224,7 @@ enum FileService {
     var existing = Glibc.stat()
     let exists = lstat(path, &existing) == 0
     if exists && existing.st_mode & S_IFMT == S_IFDIR {
-      throw APIError.badRequest("\(path) is a directory")
+      throw APIError.conflict("\(path) is a directory")
     }
     let regular = exists && existing.st_mode & S_IFMT == S_IFREG
     let fileMode = try parseMode(mode, default: regular ? existing.st_mode & 0o7777 : 0o644)
@@ -243,7 +246,7 @@ enum FileService {
 
   static func delete(path raw: String?, recursive: Bool) throws {
     let path = try checkedPath(raw)
-    guard path != "/" else { throw APIError.badRequest("refusing to delete /") }
+    guard path != "/" else { throw APIError.forbidden("refusing to delete /") }
     var info = Glibc.stat()
     guard lstat(path, &info) == 0 else { throw failure(errno, path) }
     if info.st_mode & S_IFMT == S_IFDIR {
@@ -292,19 +295,18 @@ enum FileService {
     for file in request.files {
       let path = try checkedPath(file.path)
       let bytes: [UInt8]
-      switch file.encoding ?? "utf8" {
-      case "utf8": bytes = Array(file.content.utf8)
-      case "base64":
+      switch file.encoding ?? .utf8 {
+      case .utf8: bytes = Array(file.content.utf8)
+      case .base64:
         guard let data = Data(base64Encoded: file.content) else {
           throw APIError.badRequest("\(path): content is not valid base64")
         }
         bytes = Array(data)
-      default: throw APIError.badRequest("encoding must be utf8 or base64")
       }
       let mode = try parseMode(file.mode, default: 0o644)
       var existing = Glibc.stat()
       if lstat(path, &existing) == 0 && existing.st_mode & S_IFMT == S_IFDIR {
-        throw APIError.badRequest("\(path) is a directory")
+        throw APIError.conflict("\(path) is a directory")
       }
       let (uid, gid) = try parseOwner(file.owner, path: path)
       let temporary = try createTemporary(beside: path, owner: file.owner)

@@ -169,10 +169,10 @@ actor ServiceSupervisor {
     guard var entry = entries[name] else { return }
     let definition = entry.definition
     guard let user = GuestUser.resolve(definition.user) else {
-      throw APIError.badRequest("unknown user \(definition.user ?? "")")
+      throw APIError.notFound("unknown user \(definition.user ?? "")")
     }
     let cwd = definition.cwd ?? (directoryExists(user.home) ? user.home : "/")
-    guard directoryExists(cwd) else { throw APIError.badRequest("cwd \(cwd) does not exist") }
+    guard directoryExists(cwd) else { throw APIError.notFound("cwd \(cwd) does not exist") }
     let log = open(logPath(name), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o644)
     guard log >= 0 else { throw APIError.internalError("cannot open the log of \(name)") }
     defer { close(log) }

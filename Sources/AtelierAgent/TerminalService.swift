@@ -256,7 +256,7 @@ final class TerminalService: Sendable {
 
   func create(_ request: TerminalCreateRequest) throws -> TerminalSession {
     guard let user = GuestUser.resolve(request.user) else {
-      throw APIError.badRequest("unknown user \(request.user ?? "")")
+      throw APIError.notFound("unknown user \(request.user ?? "")")
     }
     let hasBash = access("/bin/bash", X_OK) == 0
     let command = request.command ?? (hasBash ? ["/bin/bash", "-l"] : ["/bin/sh", "-l"])

@@ -195,12 +195,13 @@ public enum AgentOperations {
   static let exec: [AgentOperation] = [
     AgentOperation(
       .exec, .post, "/exec", summary: "Run a command and wait for it", tag: "exec",
-      request: .json(ExecRequest.self), response: .json(ExecResult.self), errors: [.validation]),
+      request: .json(ExecRequest.self), response: .json(ExecResult.self),
+      errors: [.validation, .notFound]),
     AgentOperation(
       .execBatch, .post, "/exec/batch",
       summary: "Run commands in order (stops at the first failure by default)", tag: "exec",
       request: .json(ExecBatchRequest.self), response: .json(ExecBatchResult.self),
-      errors: [.validation]),
+      errors: [.validation, .notFound]),
     AgentOperation(
       .execStream, .get, "/exec/stream",
       summary:
@@ -212,7 +213,8 @@ public enum AgentOperations {
   static let files: [AgentOperation] = [
     AgentOperation(
       .filesDownload, .get, "/files", summary: "Download a file (raw bytes, streamed)",
-      tag: "files", response: octet, query: [path], errors: [.validation, .forbidden, .notFound]),
+      tag: "files", response: octet, query: [path],
+      errors: [.validation, .forbidden, .notFound, .conflict]),
     AgentOperation(
       .filesUpload, .put, "/files",
       summary: "Upload a file (raw body, streamed; parents created; never through a symlink)",
@@ -276,7 +278,7 @@ public enum AgentOperations {
     AgentOperation(
       .serviceDefine, .put, "/services/{name}", summary: "Define (or redefine) a service",
       tag: "services", request: .json(ServiceDefinition.self),
-      response: .json(ServiceStatus.self), errors: [.validation, .conflict]),
+      response: .json(ServiceStatus.self), errors: [.validation, .conflict, .notFound]),
     AgentOperation(
       .serviceDelete, .delete, "/services/{name}", summary: "Stop and forget a service",
       tag: "services", status: 204, errors: [.validation, .notFound]),
@@ -305,7 +307,7 @@ public enum AgentOperations {
     AgentOperation(
       .devStart, .post, "/dev/{name}/start", summary: "Start (or restart) a dev command",
       tag: "dev", request: .json(DevCommandRequest.self), response: .json(ServiceStatus.self),
-      errors: [.validation, .conflict]),
+      errors: [.validation, .conflict, .notFound]),
     AgentOperation(
       .devStop, .post, "/dev/{name}/stop", summary: "Stop a dev command", tag: "dev",
       response: .json(ServiceStatus.self), errors: [.validation, .notFound]),
@@ -350,7 +352,7 @@ public enum AgentOperations {
       .terminalCreate, .post, "/terminal/sessions",
       summary: "Start a terminal session (a shell on a PTY)", tag: "terminals",
       request: .json(TerminalCreateRequest.self), response: .json(TerminalSession.self),
-      status: 201, errors: [.validation]),
+      status: 201, errors: [.validation, .notFound]),
     AgentOperation(
       .terminalGet, .get, "/terminal/sessions/{sid}", summary: "Get a terminal session",
       tag: "terminals", response: .json(TerminalSession.self), errors: [.notFound]),

@@ -56,12 +56,13 @@ public struct WriteFilesRequest: Codable, Sendable {
   public struct File: Codable, Sendable {
     public var path: String
     public var content: String
-    /// `utf8` (default) or `base64`.
-    public var encoding: String?
+    public enum Encoding: String, Codable, Sendable, CaseIterable { case utf8, base64 }
+    /// `utf8` by default.
+    public var encoding: Encoding?
     public var mode: String?
     public var owner: String?
     public init(
-      path: String, content: String, encoding: String? = nil, mode: String? = nil,
+      path: String, content: String, encoding: Encoding? = nil, mode: String? = nil,
       owner: String? = nil
     ) {
       self.path = path

@@ -81,14 +81,14 @@ struct AgentProxyController {
   static func bodyDoc(_ body: AgentBody) -> BodyDoc {
     switch body {
     case .json(let type): .json(type)
-    case .raw(let contentType): .binary("the raw bytes (\(contentType))")
+    case .raw(let contentType): .binary("the raw bytes", contentType: contentType)
     }
   }
 
   static func responseDoc(_ operation: AgentOperation) -> ResponseDoc {
     switch operation.response {
     case .json(let type): .json(type, "the result")
-    case .raw(let contentType): .binary("the raw bytes (\(contentType))")
+    case .raw(let contentType): .binary("the raw bytes", contentType: contentType)
     case nil: .empty("done")
     }
   }

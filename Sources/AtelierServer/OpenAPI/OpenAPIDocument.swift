@@ -115,12 +115,10 @@ enum OpenAPIDocument {
       let schema = registry.schema(for: type)
       let required = !registry.objectSchema(for: type).required.isEmpty
       return ["required": .bool(required), "content": ["application/json": ["schema": schema]]]
-    case .binary(let text):
+    case .binary(let text, let contentType):
       return [
         "required": true, "description": .string(text),
-        "content": [
-          "application/octet-stream": ["schema": ["type": "string", "format": "binary"]]
-        ],
+        "content": [contentType: ["schema": ["type": "string", "format": "binary"]]],
       ]
     }
   }
@@ -133,12 +131,10 @@ enum OpenAPIDocument {
         "description": description,
         "content": ["application/json": ["schema": registry.schema(for: type)]],
       ]
-    case .binary:
+    case .binary(_, let contentType):
       return [
         "description": description,
-        "content": [
-          "application/octet-stream": ["schema": ["type": "string", "format": "binary"]]
-        ],
+        "content": [contentType: ["schema": ["type": "string", "format": "binary"]]],
       ]
     case .eventStream:
       return [

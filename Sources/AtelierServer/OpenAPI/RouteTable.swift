@@ -5,21 +5,21 @@ import Synchronization
 /// What a route takes as its body.
 enum BodyDoc: @unchecked Sendable {
   case json(any Decodable.Type)
-  /// Raw bytes, streamed (uploads, tar archives).
-  case binary(String)
+  /// Raw bytes of a content type, streamed (uploads, tar archives).
+  case binary(String, contentType: String = "application/octet-stream")
 }
 
 /// What a route answers with one status.
 enum ResponseDoc: @unchecked Sendable {
   case json(any Decodable.Type, String)
-  case binary(String)
+  case binary(String, contentType: String = "application/octet-stream")
   case eventStream(String)
   case empty(String)
   case webSocketUpgrade
 
   var description: String {
     switch self {
-    case .json(_, let text), .binary(let text), .eventStream(let text), .empty(let text): text
+    case .json(_, let text), .binary(let text, _), .eventStream(let text), .empty(let text): text
     case .webSocketUpgrade: "switching to the WebSocket protocol"
     }
   }

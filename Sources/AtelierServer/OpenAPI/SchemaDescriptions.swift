@@ -104,8 +104,23 @@ extension MkdirRequest: SchemaDescribed {
   }
 }
 
+extension WriteFilesRequest.File.Encoding: SchemaEnumeration {}
+
 extension WriteFilesRequest.File: SchemaDescribed {
+  /// What `Data(base64Encoded:)` takes.
+  static let base64Pattern = "^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$"
+
   static func describe(_ schema: inout ObjectSchema, in context: SchemaContext) {
+    // Base64 content must decode.
+    schema.extra["anyOf"] = [
+      ["properties": ["encoding": ["enum": ["utf8", .null]]]],
+      [
+        "required": ["encoding"],
+        "properties": [
+          "encoding": ["const": "base64"], "content": ["pattern": .string(base64Pattern)],
+        ],
+      ],
+    ]
     schema.set("path", "pattern", .string(GuestFormats.pathPattern))
     schema.set("mode", "pattern", .string(GuestFormats.modePattern))
     schema.set("owner", "pattern", .string(GuestFormats.ownerPattern))
