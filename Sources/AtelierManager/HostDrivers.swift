@@ -41,6 +41,8 @@ struct SandboxRuntime: Codable, Sendable, Equatable {
   var imageBuild: String?
   /// The disk's size in GiB, as given to the VM.
   var diskGb: Int?
+  /// The egress policy (absent for sandboxes from before it existed: the default applies).
+  var policy: NetworkPolicy?
 }
 
 enum VolumeNames {
@@ -61,5 +63,9 @@ extension AtelierDatabase: AddressLeases {
 
   public func releaseLease(sandboxId: String) async {
     try? deleteLease(sandboxId: sandboxId)
+  }
+
+  public func leaseHolders() async -> [String] {
+    (try? leasedSandboxIds()) ?? []
   }
 }
