@@ -127,7 +127,7 @@ public struct SandboxFirewall: Sendable {
 
   /// TAP names that have an anti-spoofing chain.
   static func antiSpoofedTaps(_ runner: any CommandRunning) async -> [String] {
-    let listed = await runner.probe(Command("nft", ["list", "chains", "bridge", table]))
+    let listed = await runner.probe(Command("nft", ["list", "table", "bridge", table]))
     return listed.stdout.split(separator: "\n").compactMap { line in
       let words = line.split(whereSeparator: { $0 == " " || $0 == "\t" })
       guard words.count >= 2, words[0] == "chain", words[1].hasPrefix("tap-") else { return nil }
