@@ -35,6 +35,11 @@ public struct Config: Sendable, Equatable {
   public var bridgeAllowedPorts: [Int]
   /// DNS server written into guests on the bridge.
   public var guestDns: String
+  /// Whether a sandbox created without `network.internet` has outbound network.
+  public var guestInternet = true
+  /// IPv4 networks no guest reaches unless its `network.allow` says so (the host's own
+  /// addresses are refused whatever this says).
+  public var egressDeny = EgressDefaults.deny
   public var lvmVg: String
   public var lvmPool: String
   /// Size a sandbox disk is grown to when its image is smaller (the guest grows its file
@@ -163,6 +168,17 @@ public struct Config: Sendable, Equatable {
     Key(path: "bridgeAllowedPorts") { config, value in
       let ports = value.split(whereSeparator: { $0 == "," || $0 == " " || $0 == "[" || $0 == "]" })
       config.bridgeAllowedPorts = try ports.map { try integer(String($0), in: 1...65535) }
+    },
+    Key(path: "guestInternet") { $0.guestInternet = try boolean($1) },
+    Key(path: "egressDeny") { config, value in
+      let entries = value.split(whereSeparator: { ", []".contains($0) }).map(String.init)
+      config.egressDeny = try entries.map { entry in
+        guard let network = IPv4Network(entry) else {
+          throw ConfigProblem(
+            "\(entry) is not an IPv4 network (a.b.c.d/n); expected a comma-separated list")
+        }
+        return network.description
+      }
     },
     Key(path: "guestDns") { config, value in
       guard value.split(separator: ".").count == 4 else {
@@ -296,6 +312,14 @@ public struct Config: Sendable, Equatable {
       throw ConfigProblem("expected a whole number from \(range.lowerBound) to \(range.upperBound)")
     }
     return number
+  }
+
+  static func boolean(_ value: String) throws -> Bool {
+    switch value.lowercased() {
+    case "true", "1", "yes", "on": return true
+    case "false", "0", "no", "off": return false
+    default: throw ConfigProblem("expected true or false")
+    }
   }
 
   static func choice<T: RawRepresentable & CaseIterable>(_ value: String) throws -> T

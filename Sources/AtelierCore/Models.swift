@@ -43,12 +43,15 @@ public struct SandboxInfo: Codable, Sendable, Equatable {
   public var ipAddress: String?
   /// The size of the sandbox's disk (its root file system fills it).
   public var diskGb: Int?
+  /// What the guest may reach (the host's default deny list comes on top).
+  public var network: NetworkPolicy?
 
   public init(
     id: String, status: SandboxStatus, image: String, vcpus: Int, memoryMb: Int,
     hostname: String, createdAt: Date, updatedAt: Date, timings: SpawnTimings? = nil,
     error: String? = nil, timeoutSeconds: Int? = nil, onIdle: IdleAction? = nil,
-    snapshotId: String? = nil, ipAddress: String? = nil, diskGb: Int? = nil
+    snapshotId: String? = nil, ipAddress: String? = nil, diskGb: Int? = nil,
+    network: NetworkPolicy? = nil
   ) {
     self.id = id
     self.status = status
@@ -65,6 +68,7 @@ public struct SandboxInfo: Codable, Sendable, Equatable {
     self.snapshotId = snapshotId
     self.ipAddress = ipAddress
     self.diskGb = diskGb
+    self.network = network
   }
 }
 
@@ -78,9 +82,12 @@ public struct CreateSandboxRequest: Codable, Sendable {
   public var onIdle: IdleAction?
   /// Disk size; default `ATELIER_DISK_SIZE_GB`, never smaller than the image's disk.
   public var diskGb: Int?
+  /// Egress policy; a restore keeps the snapshot's where this leaves a field out.
+  public var network: NetworkPolicyRequest?
   public init(
     image: String? = nil, vcpus: Int? = nil, memoryMb: Int? = nil, snapshot: String? = nil,
-    timeoutSeconds: Int? = nil, onIdle: IdleAction? = nil, diskGb: Int? = nil
+    timeoutSeconds: Int? = nil, onIdle: IdleAction? = nil, diskGb: Int? = nil,
+    network: NetworkPolicyRequest? = nil
   ) {
     self.image = image
     self.vcpus = vcpus
@@ -89,6 +96,7 @@ public struct CreateSandboxRequest: Codable, Sendable {
     self.timeoutSeconds = timeoutSeconds
     self.onIdle = onIdle
     self.diskGb = diskGb
+    self.network = network
   }
 
   public static let vcpuRange = 1...8
@@ -154,7 +162,12 @@ public struct SnapshotInfo: Codable, Sendable, Equatable {
 
 public struct ForkRequest: Codable, Sendable {
   public var count: Int?
-  public init(count: Int? = nil) { self.count = count }
+  /// Egress policy of the forks; fields left out keep the parent's.
+  public var network: NetworkPolicyRequest?
+  public init(count: Int? = nil, network: NetworkPolicyRequest? = nil) {
+    self.count = count
+    self.network = network
+  }
   public static let countRange = 1...16
 }
 

@@ -86,11 +86,14 @@ public struct ReconcileReport: Codable, Sendable {
   public var removedVolumes: [String] = []
   public var removedDirectories: [String] = []
   public var removedSnapshotFiles: [String] = []
+  /// TAP devices, firewall rules and address leases no sandbox owns.
+  public var removedNetwork: [String] = []
 
   public var isEmpty: Bool {
     adopted.isEmpty && markedError.isEmpty && abandonedCreates.isEmpty && finishedStops.isEmpty
       && killedProcesses.isEmpty
       && removedVolumes.isEmpty && removedDirectories.isEmpty && removedSnapshotFiles.isEmpty
+      && removedNetwork.isEmpty
   }
 }
 
@@ -123,6 +126,9 @@ extension SandboxService {
     report.removedVolumes += await collectVolumeGarbage()
     report.removedSnapshotFiles = removeOrphanSnapshotFiles()
     await reconcileGuestServices()
+    report.removedNetwork = await drivers.network.removeOrphans(inUse: { prefix in
+      await self.knowsSandbox(startingWith: prefix)
+    })
     if !report.isEmpty {
       logger.info(
         "reconciled",
@@ -242,6 +248,16 @@ extension SandboxService {
         else { return false }
         return try await body()
       }) ?? false
+  }
+
+  /// Whether a sandbox whose id starts with `prefix` has a row or an operation in flight (asked
+  /// just before its network leftovers would be removed: a create that began since the plan
+  /// has its row by then, before it makes any TAP).
+  func knowsSandbox(startingWith prefix: String) async -> Bool {
+    if inFlight.contains(where: { $0.hasPrefix(prefix) }) { return true }
+    if await locks.held.contains(where: { $0.hasPrefix(prefix) }) { return true }
+    guard let rows = try? database.sandboxes() else { return true }  // unsure: keep
+    return rows.contains { $0.id.hasPrefix(prefix) }
   }
 
   /// Snapshot folders (memory files) with no snapshot row.

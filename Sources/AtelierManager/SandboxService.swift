@@ -80,7 +80,7 @@ public actor SandboxService {
       error: record.error, timeoutSeconds: record.timeoutSeconds,
       onIdle: record.onIdle.flatMap(IdleAction.init(rawValue:)), snapshotId: record.snapshotId,
       ipAddress: runtime.network.flatMap { $0.mac == nil ? nil : $0.guestIPv4 },
-      diskGb: runtime.diskGb)
+      diskGb: runtime.diskGb, network: runtime.policy)
   }
 
   static func status(_ record: SandboxRecord) -> SandboxStatus {
@@ -176,10 +176,10 @@ public actor SandboxService {
         request.diskGb == nil
       else {
         throw AtelierError.validation(
-          "a restore takes its image, vcpus, memory and disk from the snapshot; give only snapshot"
-        )
+          "a restore takes its image, vcpus, memory and disk from the snapshot; give only "
+            + "snapshot (and network, timeoutSeconds or onIdle)")
       }
-      return try await restore(snapshotId: snapshotId, idle: idle)
+      return try await restore(snapshotId: snapshotId, idle: idle, network: request.network)
     }
     let vcpus = request.vcpus ?? CreateSandboxRequest.defaultVcpus
     let memoryMb = request.memoryMb ?? CreateSandboxRequest.defaultMemoryMb
@@ -187,6 +187,7 @@ public actor SandboxService {
     try Self.check("vcpus", vcpus, in: limits.vcpus)
     try Self.check("memoryMb", memoryMb, in: limits.memoryMb)
     if let diskGb = request.diskGb { try Self.check("diskGb", diskGb, in: limits.diskGb) }
+    let policy = try resolvePolicy(request.network, over: nil)
     let imageName = request.image ?? config.defaultImage
     guard ImageName.isValid(imageName) else {
       throw AtelierError.validation("invalid image name \(imageName)")
@@ -206,7 +207,7 @@ public actor SandboxService {
       image: imageName, vcpus: vcpus, memoryMb: memoryMb, idle: idle, snapshotId: nil,
       runtime: SandboxRuntime(
         kernel: image.kernel, imageBuild: image.buildId, diskGb: diskGb,
-        agentKey: AgentKey.generate()))
+        agentKey: AgentKey.generate(), policy: policy))
     return try await build(row.id) { undo in
       let started = ContinuousClock.now
       let volumeName = VolumeNames.sandbox(row.id)
@@ -225,6 +226,24 @@ public actor SandboxService {
         bootMs: (launched - cloned).wholeMilliseconds,
         agentMs: (ready - launched).wholeMilliseconds, totalMs: (ready - started).wholeMilliseconds)
     }
+  }
+
+  /// The egress policy a request asks for over `inherited` (a restore's or fork's; else the
+  /// default: `ATELIER_GUEST_INTERNET`, no lists of its own). A 400 names the field at fault,
+  /// and lists this network mode cannot enforce are refused rather than ignored.
+  func resolvePolicy(_ request: NetworkPolicyRequest?, over inherited: NetworkPolicy?) throws
+    -> NetworkPolicy
+  {
+    let policy = try NetworkPolicy.resolve(
+      request, over: inherited ?? NetworkPolicy(internet: config.guestInternet))
+    if !drivers.network.enforcesDestinationLists && !(policy.allow.isEmpty && policy.deny.isEmpty) {
+      throw AtelierError.validation(
+        "network.allow and network.deny need bridge networking (ATELIER_NETWORK=bridge): in "
+          + "\(drivers.network.name) mode every VM's connections leave as the same VM user, so "
+          + "one sandbox's rules cannot be told from another's; network.internet works in every mode"
+      )
+    }
+    return policy
   }
 
   static func validateIdle(timeoutSeconds: Int?, onIdle: IdleAction?) throws -> (Int?, IdleAction?)
@@ -368,7 +387,10 @@ public actor SandboxService {
   }
 
   func attachNetwork(_ id: String, undo: inout UndoStack) async throws -> NetworkAttachment {
-    var network = try await drivers.network.attach(sandboxId: id)
+    let row = try record(id)
+    // A sandbox from before policies were kept gets the default.
+    let policy = Self.runtime(row).policy ?? NetworkPolicy(internet: config.guestInternet)
+    var network = try await drivers.network.attach(sandboxId: id, policy: policy)
     if case .vsock(let port) = network.agentChannel {
       // Only the VMM knows where this VM's vsock will be (a socket path, a CID).
       do {

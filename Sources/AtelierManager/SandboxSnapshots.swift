@@ -18,6 +18,8 @@ struct SnapshotState: Codable, Sendable {
   /// The agent key in the snapshot's memory: a restore authenticates with it once, to give
   /// the agent a key of its own. Absent in snapshots from before agent keys.
   var agentKey: String?
+  /// Its egress policy (restores and forks keep it unless they ask otherwise).
+  var policy: NetworkPolicy?
 }
 
 /// Memory + disk snapshots, restores (a create that does not boot) and forks.
@@ -96,7 +98,7 @@ extension SandboxService {
       let state = SnapshotState(
         volume: VolumeNames.snapshot(snapshotId), disk: plan.frozen, memoryPath: memoryPath,
         kernel: kernel, devices: deviceLayout(network), diskGb: runtime.diskGb,
-        agentKey: runtime.agentKey)
+        agentKey: runtime.agentKey, policy: runtime.policy)
       let diskBytes =
         await drivers.volumes.allocatedBytes(of: VolumeNames.snapshot(snapshotId)) ?? 0
       let record = SnapshotRecord(
@@ -151,7 +153,9 @@ extension SandboxService {
   /// A new sandbox from a snapshot: its own disk (a clone of the frozen one), port forward,
   /// id and hostname; memory restored instead of booting; then the guest is told who it is
   /// now, the time, and given fresh entropy.
-  func restore(snapshotId: String, idle: (Int?, IdleAction?)) async throws -> SandboxInfo {
+  func restore(
+    snapshotId: String, idle: (Int?, IdleAction?), network request: NetworkPolicyRequest? = nil
+  ) async throws -> SandboxInfo {
     guard let snapshot = try database.snapshot(id: snapshotId) else {
       throw AtelierError.notFound("snapshot \(snapshotId) not found")
     }
@@ -163,11 +167,13 @@ extension SandboxService {
       throw AtelierError.conflict(
         "snapshot \(snapshotId) is from before agent keys: its agent cannot be given one")
     }
+    let policy = try resolvePolicy(request, over: state.policy)
     let row = try reserve(
       image: snapshot.image, vcpus: snapshot.vcpus, memoryMb: snapshot.memoryMb, idle: idle,
       snapshotId: snapshotId,
       runtime: SandboxRuntime(
-        kernel: state.kernel, diskGb: state.diskGb, agentKey: AgentKey.generate()))
+        kernel: state.kernel, diskGb: state.diskGb, agentKey: AgentKey.generate(),
+        policy: policy))
     return try await build(row.id) { undo in
       let started = ContinuousClock.now
       let volumeName = VolumeNames.sandbox(row.id)
@@ -233,9 +239,13 @@ extension SandboxService {
 
   /// N new sandboxes continuing from the parent's current memory and disk. The parent is
   /// paused only while its memory is written.
-  public func fork(_ id: String, count: Int?) async throws -> [SandboxInfo] {
+  public func fork(_ id: String, count: Int?, network: NetworkPolicyRequest? = nil) async throws
+    -> [SandboxInfo]
+  {
     let count = count ?? 1
     try Self.check("count", count, in: ForkRequest.countRange)
+    // Checked before the parent is paused for its snapshot.
+    _ = try resolvePolicy(network, over: Self.runtime(try record(id)).policy)
     let (parent, snapshot) = try await withSandboxLock(id) {
       let row = try record(id)
       try requireStatus(row, [.running], for: "fork")
@@ -254,7 +264,9 @@ extension SandboxService {
     await withTaskGroup(of: Result<SandboxInfo, any Error>.self) { group in
       for _ in 0..<count {
         group.addTask {
-          await Result(catching: { try await self.restore(snapshotId: snapshot.id, idle: idle) })
+          await Result(catching: {
+            try await self.restore(snapshotId: snapshot.id, idle: idle, network: network)
+          })
         }
       }
       for await result in group {

@@ -124,11 +124,12 @@ public enum ManagerBootstrap {
     switch config.network {
     case .user:
       network = UserModeNetwork(agentOverVsock: agentOverVsock)
+      try await filterUserModeEgress(config: config, vmUid: nil, runner: runner, logger: logger)
     case .bridge:
       try await BridgeSetup(config: config, runner: runner).apply()
       network = BridgeNetwork(
         bridge: config.bridgeName, bridgeIp: config.bridgeIp, guestIpStart: config.guestIpStart,
-        dns: config.guestDns, leases: database,
+        dns: config.guestDns, defaultDeny: config.egressDeny, leases: database,
         agentAccess: agentOverVsock ? .vsock : .privateInterface,
         tapOwner: jail.map { ($0.uid, $0.gid) }, runner: runner)
     }
@@ -155,6 +156,26 @@ public enum ManagerBootstrap {
           return (usage.dataPercent, usage.metadataPercent)
         })
     }
+  }
+
+  /// User-mode guests with `internet: true` are filtered by the uid of the VM user: only a
+  /// root manager whose VMs run as a user of their own can do it (see `UserModeFirewall`).
+  static func filterUserModeEgress(
+    config: Config, vmUid: UInt32?, runner: any CommandRunning, logger: Logger
+  ) async throws {
+    guard geteuid() == 0 else {
+      logger.warning(
+        """
+        not root: user-mode guests with internet reach every address of this host (nothing \
+        can filter them); ATELIER_GUEST_INTERNET=false, bridge networking or root fix it
+        """)
+      return
+    }
+    guard let vmUid, vmUid != 0 else {
+      logger.warning("VMs run as root: user-mode egress cannot be filtered by their uid")
+      return
+    }
+    try await UserModeFirewall(config: config, uid: vmUid, runner: runner).apply()
   }
 
   /// `name` if it is a path to an executable, else the first match in PATH or the sbin

@@ -254,6 +254,10 @@ public final class AtelierDatabase: Sendable {
     }
   }
 
+  public func leasedSandboxIds() throws -> [String] {
+    try pool.read { try String.fetchAll($0, sql: "SELECT sandboxId FROM network_leases") }
+  }
+
   public func deleteLease(sandboxId: String) throws {
     try pool.write {
       try $0.execute(sql: "DELETE FROM network_leases WHERE sandboxId = ?", arguments: [sandboxId])

@@ -1,5 +1,6 @@
 import AsyncHTTPClient
 import AtelierAgentAPI
+import AtelierCore
 import AtelierProcess
 import Foundation
 import NIOCore
@@ -551,6 +552,7 @@ import Testing
   struct OneLease: AddressLeases {
     func lease(sandboxId: String, range: ClosedRange<Int>) async throws -> Int { 12 }
     func releaseLease(sandboxId: String) async {}
+    func leaseHolders() async -> [String] { [] }
   }
 
   @Test func jailedVMsGetTapsTheJailedUserMayOpenAndTheAgentOnVsock() async throws {
@@ -559,13 +561,15 @@ import Testing
     let network = BridgeNetwork(
       bridge: "br0", bridgeIp: "172.16.0.1", guestIpStart: 10, dns: "172.16.0.1",
       leases: OneLease(), agentAccess: .vsock, tapOwner: (4242, 4343), runner: runner)
-    let attachment = try await network.attach(sandboxId: "abcdefghijkl")
+    let attachment = try await network.attach(
+      sandboxId: "abcdefghijkl", policy: NetworkPolicy(internet: true))
     #expect(
       runner.lines(of: "ip", "bridge") == [
         "ip link show dev tap-abcdefgh",
         "ip tuntap add dev tap-abcdefgh mode tap user 4242 group 4343",
         "ip link set dev tap-abcdefgh master br0",
-        "bridge link set dev tap-abcdefgh isolated on",
+        "bridge link set dev tap-abcdefgh isolated on learning off flood off",
+        "bridge fdb replace 06:00:ac:10:00:0c dev tap-abcdefgh master static",
         "ip link set dev tap-abcdefgh up",
       ])
     #expect(attachment.guestIPv4 == "172.16.0.12")

@@ -1,4 +1,5 @@
 import AsyncHTTPClient
+import AtelierCore
 import AtelierProcess
 import Foundation
 import Testing
@@ -173,7 +174,8 @@ import Testing
     let vmm = QEMUMicroVM(
       binary: "qemu-system-x86_64", acceleration: .tcg, sandboxesDirectory: "/data/sandboxes",
       vhostVsock: true, runner: SystemCommandRunner())
-    let network = try await UserModeNetwork(agentOverVsock: true).attach(sandboxId: "abcdefabcdef")
+    let network = try await UserModeNetwork(agentOverVsock: true).attach(
+      sandboxId: "abcdefabcdef", policy: NetworkPolicy(internet: true))
     #expect(network.agentChannel == .vsock(port: 9998))
     #expect(network.backend == .userMode(forwards: []))
     let endpoint = try vmm.vsockEndpoint(port: 9998, runtimeDirectory: "/data/sandboxes/x")
@@ -215,7 +217,8 @@ import Testing
   @Test func userModeAgentsAreOnAPrivateRestrictedNICNotOnEth0() async throws {
     let ports = LoopbackPortAllocator()
     let network = UserModeNetwork(ports: ports)
-    let attachment = try await network.attach(sandboxId: "abcdefabcdef")
+    let attachment = try await network.attach(
+      sandboxId: "abcdefabcdef", policy: NetworkPolicy(internet: true))
     #expect(attachment.backend == .userMode(forwards: []))
     guard case .privateInterface(let forward, let address, 24) = attachment.agentChannel,
       case .tcp("127.0.0.1", let port) = attachment.agent

@@ -111,7 +111,10 @@ public struct QEMUMicroVM: VirtualMachineManager {
     case .userMode(let forwards):
       let net =
         "net=\(spec.network.gateway.split(separator: ".").prefix(3).joined(separator: ".")).0/\(spec.network.prefixLength)"
-      var netdev = "user,id=net0,\(net),host=\(spec.network.gateway),dns=\(spec.network.dns)"
+      // No IPv6: slirp would map fec0::2 onto the host's ::1, around the IPv4 firewall.
+      var netdev =
+        "user,id=net0,\(net),host=\(spec.network.gateway),dns=\(spec.network.dns),ipv6=off"
+      if spec.network.restricted == true { netdev += ",restrict=on" }
       for forward in forwards {
         netdev +=
           ",hostfwd=tcp:\(forward.hostAddress):\(forward.hostPort)-\(spec.network.guestIPv4):\(forward.guestPort)"

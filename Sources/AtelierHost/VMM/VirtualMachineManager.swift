@@ -59,10 +59,13 @@ public struct NetworkAttachment: Codable, Sendable, Equatable {
   public var dns: String
   public var agent: AgentEndpoint
   public var agentChannel: AgentChannel
+  /// The guest's own NIC reaches nothing (user mode: slirp's `restrict=on`); what it may use
+  /// on the host comes through the agent. Nil is false.
+  public var restricted: Bool?
 
   public init(
     backend: Backend, guestIPv4: String, prefixLength: Int, gateway: String, dns: String,
-    agent: AgentEndpoint, agentChannel: AgentChannel = .sharedInterface
+    agent: AgentEndpoint, agentChannel: AgentChannel = .sharedInterface, restricted: Bool? = nil
   ) {
     self.backend = backend
     self.guestIPv4 = guestIPv4
@@ -71,6 +74,7 @@ public struct NetworkAttachment: Codable, Sendable, Equatable {
     self.dns = dns
     self.agent = agent
     self.agentChannel = agentChannel
+    self.restricted = restricted
   }
 
   /// The guest's MAC on the shared network, when it has one of its own.
