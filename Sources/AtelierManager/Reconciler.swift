@@ -122,14 +122,7 @@ extension SandboxService {
       case .adopt(let id):
         guard let row = byId[id], let pid = live[id] else { continue }
         let adopted = await underLockIfUnchanged(row) {
-          let runtime = Self.runtime(row)
-          let handle = VMHandle(sandboxId: id, pid: pid, runtimeDirectory: runtimeDirectory(id))
-          guard runtime.vm != handle else { return false }  // already ours
-          if let network = runtime.network {
-            await drivers.network.adopt(sandboxId: id, attachment: network)
-          }
-          try updateRuntime(id) { $0.vm = handle }
-          return true
+          try await adopt(row, pid: pid)
         }
         if adopted { report.adopted.append(id) }
       case .markError(let id, let reason):
@@ -137,6 +130,7 @@ extension SandboxService {
         let marked = await underLockIfUnchanged(row) {
           let runtime = Self.runtime(row)
           if let network = runtime.network { await releaseNetwork(id, network) }
+          releaseSnapshotMemory(id)
           try updateRuntime(id) {
             $0.vm = nil
             $0.network = nil
@@ -161,6 +155,7 @@ extension SandboxService {
             runtime.vm = VMHandle(sandboxId: id, pid: pid, runtimeDirectory: runtimeDirectory(id))
           }
           await stopVMProcess(id: id, runtime: runtime)
+          releaseSnapshotMemory(id)
           try updateRuntime(id) {
             $0.vm = nil
             $0.network = nil
@@ -185,8 +180,9 @@ extension SandboxService {
         report.removedDirectories.append(id)
       }
     }
+    report.removedSnapshotFiles = collectRetiredSnapshots()
     report.removedVolumes += await collectVolumeGarbage()
-    report.removedSnapshotFiles = removeOrphanSnapshotFiles()
+    report.removedSnapshotFiles += removeOrphanSnapshotFiles()
     if !report.isEmpty {
       logger.info(
         "reconciled",
@@ -198,6 +194,31 @@ extension SandboxService {
         ])
     }
     return report
+  }
+
+  /// Takes over a live VM this process did not start (after a manager restart): its network
+  /// allocation and console relay come back, and a VM a snapshot left paused when the manager
+  /// died runs again. False when this process runs it already.
+  func adopt(_ row: SandboxRecord, pid: Int32) async throws -> Bool {
+    let id = row.id
+    let runtime = Self.runtime(row)
+    var handle =
+      runtime.vm ?? VMHandle(sandboxId: id, pid: pid, runtimeDirectory: runtimeDirectory(id))
+    guard !(attached.contains(id) && handle.pid == pid) else { return false }
+    handle.pid = pid
+    handle.runtimeDirectory = runtimeDirectory(id)
+    if let network = runtime.network {
+      await drivers.network.adopt(sandboxId: id, attachment: network)
+    }
+    await drivers.vmm.reattach(handle)
+    if Self.status(row) == .running, (try? await drivers.vmm.isExecuting(handle)) == false {
+      logger.warning(
+        "adopted a paused VM of a running sandbox: resuming it", metadata: ["sandbox": "\(id)"])
+      try? await drivers.vmm.resume(handle)
+    }
+    attached.insert(id)
+    try updateRuntime(id) { $0.vm = handle }
+    return true
   }
 
   /// Runs a repair with the sandbox's lock held (no operation runs on it meanwhile), if the

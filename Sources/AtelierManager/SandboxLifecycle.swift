@@ -42,6 +42,8 @@ extension SandboxService {
       }
     }
     await stopVMProcess(id: id, runtime: runtime)
+    drivers.vmm.removeGuestMemory(runtimeDirectory: runtimeDirectory(id))
+    releaseSnapshotMemory(id)
     if let volume = runtime.volume { await drivers.volumes.compact(volume) }
     try updateRuntime(id) {
       $0.vm = nil
@@ -72,12 +74,14 @@ extension SandboxService {
     guard try remainingCapacity() > 0 else {
       throw AtelierError(.resourceExhausted, "sandbox limit reached (\(config.maxSandboxes))")
     }
+    try requireFreeSpace(for: "a start")
     startsInProgress += 1
     defer { startsInProgress -= 1 }
     var undo = UndoStack()
     do {
       let runtime = Self.runtime(row)
       await stopVMProcess(id: id, runtime: runtime)
+      releaseSnapshotMemory(id)
       if let volume = runtime.volume {
         await drivers.volumes.compact(volume)
         if let disk = drivers.volumes.disk(of: volume) { try updateRuntime(id) { $0.disk = disk } }
@@ -133,7 +137,7 @@ extension SandboxService {
       do { try await drivers.vmm.resume(vm) } catch {
         throw AtelierError(.unavailable, "cannot resume sandbox \(id): \(error)")
       }
-      try? await syncGuest(network, identity: nil)
+      _ = try? await syncGuest(network, identity: nil)
       touch(id)
       return Self.info(try setStatus(id, .running))
     }
@@ -141,8 +145,9 @@ extension SandboxService {
 
   /// Tells the guest the time (and, after a restore, its identity, its own address and MAC on
   /// a shared network, and fresh entropy).
+  @discardableResult
   func syncGuest(_ network: NetworkAttachment, identity: (id: String, hostname: String)?)
-    async throws
+    async throws -> AgentHealth
   {
     var entropy: String?
     if identity != nil {
@@ -159,7 +164,7 @@ extension SandboxService {
       request.ipv4 = "\(network.guestIPv4)/\(network.prefixLength)"
       request.gateway = network.gateway
     }
-    _ = try await AgentClient(endpoint: network.agent).resumeGuest(request)
+    return try await AgentClient(endpoint: network.agent).resumeGuest(request)
   }
 
   /// `PATCH`: the idle policy.

@@ -27,6 +27,8 @@ public actor SandboxService {
   var openConnections: [String: Int] = [:]
   /// Stopped sandboxes booting again: they count against the limit before their rows do.
   var startsInProgress = 0
+  /// Sandboxes whose VM this process started or took over (the reconciler adopts the others).
+  var attached: Set<String> = []
 
   static let countedStatuses: [SandboxStatus] = [.creating, .running, .paused, .stopping]
 
@@ -202,6 +204,7 @@ public actor SandboxService {
       throw AtelierError.validation(
         "diskGb \(asked) is smaller than the disk of image \(imageName) (\(imageGb) GiB)")
     }
+    try requireFreeSpace(for: "a create")
     let row = try reserve(
       image: imageName, vcpus: vcpus, memoryMb: memoryMb, idle: idle, snapshotId: nil,
       runtime: SandboxRuntime(kernel: image.kernel, imageBuild: image.buildId, diskGb: diskGb))
@@ -237,7 +240,7 @@ public actor SandboxService {
   /// creates cannot both take the last place).
   func reserve(
     image: String, vcpus: Int, memoryMb: Int, idle: (Int?, IdleAction?), snapshotId: String?,
-    runtime: SandboxRuntime
+    memorySnapshotId: String? = nil, runtime: SandboxRuntime
   ) throws -> SandboxRecord {
     let id = Identifier.make()
     let now = Date()
@@ -245,7 +248,7 @@ public actor SandboxService {
       id: id, status: SandboxStatus.creating.rawValue, image: image, vcpus: vcpus,
       memoryMb: memoryMb, hostname: "sbx-\(id)", createdAt: now, updatedAt: now,
       runtime: Self.encode(runtime), timeoutSeconds: idle.0, onIdle: idle.1?.rawValue,
-      snapshotId: snapshotId)
+      snapshotId: snapshotId, memorySnapshotId: memorySnapshotId)
     guard
       try database.insert(
         row, ifCountOf: Self.countedStatuses.map(\.rawValue),
@@ -290,6 +293,23 @@ public actor SandboxService {
       if let error = error as? AtelierError { throw error }
       throw AtelierError(.bootFailed, "sandbox failed to boot: \(error)")
     }
+  }
+
+  /// Refuses `operation` (a 429 that names the setting) when the data folder's file system has
+  /// less free space than `ATELIER_MIN_FREE_GB`: disks, guest memory files and snapshots all
+  /// grow there, and a full file system would break running sandboxes, not just this one.
+  func requireFreeSpace(for operation: String) throws {
+    guard config.minFreeGb > 0 else { return }
+    var info = statvfs()
+    guard statvfs(config.dataDir, &info) == 0 else { return }
+    let free = Int64(info.f_bavail) * Int64(info.f_frsize)
+    guard free < Int64(config.minFreeGb) << 30 else { return }
+    throw AtelierError(
+      .resourceExhausted,
+      "\(operation) is refused: the file system of the data folder \(config.dataDir) has "
+        + String(format: "%.1f", Double(free) / Double(1 << 30))
+        + " GiB free, below ATELIER_MIN_FREE_GB (\(config.minFreeGb) GiB). Free space there "
+        + "(delete sandboxes or snapshots) or lower ATELIER_MIN_FREE_GB")
   }
 
   /// A new sandbox disk; a nearly full thin pool is a 429, not a boot failure.
@@ -338,6 +358,7 @@ public actor SandboxService {
     }
     undo.push { [drivers] in await drivers.vmm.kill(vm) }
     try updateRuntime(id) { $0.vm = vm }
+    attached.insert(id)
     let launched = ContinuousClock.now
     try await waitForAgent(id, vm: vm, network: network)
     return (launched, ContinuousClock.now)
@@ -386,6 +407,7 @@ public actor SandboxService {
       }
       await releaseResources(id: id, runtime: Self.runtime(row))
       try database.deleteSandbox(id: id)
+      collectRetiredSnapshots()
       lastActivity[id] = nil
       let event = SandboxEvent(sandbox: Self.info(row), previousStatus: row.status)
       events.publish("sandbox.deleted", event)
@@ -404,6 +426,7 @@ public actor SandboxService {
 
   /// Kills the VM process(es) of a sandbox and releases its network.
   func stopVMProcess(id: String, runtime: SandboxRuntime) async {
+    attached.remove(id)
     if let vm = runtime.vm { await drivers.vmm.kill(vm) }
     for observed in drivers.vmm.discover() where observed.sandboxId == id {
       await drivers.vmm.kill(

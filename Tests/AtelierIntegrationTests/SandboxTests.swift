@@ -196,7 +196,9 @@ extension VMTests {
         #expect(qemu.count == 1)
         let port = try #require(agentPort(ofQEMU: qemu[0]))
         #expect(isListening(port: port))
-        #expect(manager.files(in: "volumes") == ["sandbox-\(id).qcow2"])
+        // The overlay, and the manager's record of its backing file.
+        #expect(
+          manager.files(in: "volumes") == ["sandbox-\(id).qcow2", "sandbox-\(id).qcow2.backing"])
 
         let deleted = try await manager.request(.DELETE, "/api/sandboxes/\(id)")
         #expect(deleted.status == 204)
@@ -298,13 +300,14 @@ extension VMTests {
         while manager.qemuProcesses().count < 2 && ContinuousClock.now < deadline {
           try await Task.sleep(for: .milliseconds(20))
         }
-        // (Two or three: QEMU's daemonizing parent may still be there.)
+        // (QEMU is not daemonized: exactly one process per VM.)
         #expect(manager.qemuProcesses().count >= 2)
         await manager.kill()
         _ = await pending.value
         try await manager.restart()
         #expect(manager.qemuProcesses().count == 1)
-        #expect(manager.files(in: "volumes") == ["sandbox-\(id).qcow2"])
+        #expect(
+          manager.files(in: "volumes") == ["sandbox-\(id).qcow2", "sandbox-\(id).qcow2.backing"])
         #expect(manager.files(in: "sandboxes") == [id])
         let list = try await manager.request(.GET, "/api/sandboxes")
         #expect(list.jsonArray.compactMap { $0["id"] as? String } == [id])
