@@ -164,7 +164,20 @@ extension SandboxService {
       request.ipv4 = "\(network.guestIPv4)/\(network.prefixLength)"
       request.gateway = network.gateway
     }
-    return try await AgentClient(endpoint: network.agent).resumeGuest(request)
+    let agent = AgentClient(endpoint: network.agent)
+    var started = ContinuousClock.now
+    let health = try await agent.resumeGuest(request)
+    // The guest sets the time it was sent, whenever it gets to it: a guest just restored or
+    // resumed (its code translated again under TCG, several VMs at once) may take seconds, and
+    // its clock is then that far behind. Again with the time alone until an answer comes back
+    // quickly, which bounds the error by that round trip.
+    for _ in 0..<3 where ContinuousClock.now - started > .milliseconds(250) {
+      started = ContinuousClock.now
+      let time = GuestResumeRequest(
+        unixTimeNanos: Int64(Date().timeIntervalSince1970 * 1_000_000_000))
+      _ = try await agent.resumeGuest(time)
+    }
+    return health
   }
 
   /// `PATCH`: the idle policy.
