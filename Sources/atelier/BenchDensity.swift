@@ -1,6 +1,7 @@
 import ArgumentParser
 import AtelierAgentAPI
 import AtelierCore
+import AtelierProcess
 import Foundation
 
 extension Bench {
@@ -98,7 +99,9 @@ extension Bench {
     }
 
     func cpuTicks(_ pid: Int32) throws -> Int {
-      let stat = try String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8)
+      guard let stat = readTextFile("/proc/\(pid)/stat") else {
+        throw CLIError("no process \(pid)")
+      }
       guard let close = stat.lastIndex(of: ")") else { throw CLIError("bad /proc/\(pid)/stat") }
       let fields = stat[stat.index(close, offsetBy: 2)...].split(separator: " ")
       // utime and stime are fields 14 and 15 of stat (11 and 12 after the command).
@@ -120,10 +123,12 @@ struct MemoryUsage {
   var guestRAM = 0
 
   init(pid: Int32) throws {
-    let rollup = try String(contentsOfFile: "/proc/\(pid)/smaps_rollup", encoding: .utf8)
+    // read(2) to the end: Foundation stops reading /proc files at its first chunk.
+    guard let rollup = readTextFile("/proc/\(pid)/smaps_rollup"),
+      let smaps = readTextFile("/proc/\(pid)/smaps", limit: 64 << 20)
+    else { throw CLIError("cannot read the memory maps of \(pid)") }
     rss = Self.kilobytes("Rss:", in: rollup) * 1024
     pss = Self.kilobytes("Pss:", in: rollup) * 1024
-    let smaps = try String(contentsOfFile: "/proc/\(pid)/smaps", encoding: .utf8)
     var inRAM = false
     for line in smaps.split(separator: "\n") {
       let fields = line.split(separator: " ", omittingEmptySubsequences: true)

@@ -1,3 +1,4 @@
+import AtelierProcess
 import Foundation
 
 #if canImport(Glibc)
@@ -201,7 +202,8 @@ enum PrivatePages {
 
   /// The address ranges of /proc/<pid>/maps backed by (device, inode).
   static func mappings(pid: Int32, device: UInt64, inode: UInt64) throws -> [Segment] {
-    guard let text = try? String(contentsOfFile: "/proc/\(pid)/maps", encoding: .utf8) else {
+    // read(2) to the end: /proc files report no size, and Foundation stops at its first chunk.
+    guard let text = readTextFile("/proc/\(pid)/maps", limit: 64 << 20) else {
       throw VMMError("cannot read /proc/\(pid)/maps")
     }
     return parseMappings(text, device: device, inode: inode)
