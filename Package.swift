@@ -30,7 +30,8 @@ let package = Package(
     .target(name: "AtelierProcess", dependencies: ["CAtelierSys"], swiftSettings: swiftSettings),
     .target(name: "AtelierAgentAPI", swiftSettings: swiftSettings),
     .target(
-      name: "AtelierHTTP", dependencies: [.product(name: "Hummingbird", package: "hummingbird")],
+      name: "AtelierHTTP",
+      dependencies: ["AtelierAgentAPI", .product(name: "Hummingbird", package: "hummingbird")],
       swiftSettings: swiftSettings),
 
     // The in-guest agent and init.
@@ -47,7 +48,8 @@ let package = Package(
 
     // Host side.
     .target(
-      name: "AtelierCore", dependencies: [.product(name: "Logging", package: "swift-log")],
+      name: "AtelierCore",
+      dependencies: ["AtelierAgentAPI", .product(name: "Logging", package: "swift-log")],
       swiftSettings: swiftSettings),
     .target(
       name: "AtelierStore",
@@ -78,6 +80,7 @@ let package = Package(
         .product(name: "HummingbirdWSClient", package: "hummingbird-websocket"),
         .product(name: "AsyncHTTPClient", package: "async-http-client"),
         .product(name: "Crypto", package: "swift-crypto"),
+        .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
       ],
       swiftSettings: swiftSettings),
     .executableTarget(
@@ -94,7 +97,9 @@ let package = Package(
       name: "AtelierUnitTests",
       dependencies: [
         "AtelierCore", "AtelierHost", "AtelierManager", "AtelierStore", "AtelierServer",
-        "AtelierAgentAPI", "AtelierProcess",
+        "AtelierAgentAPI", "AtelierProcess", "AtelierHTTP",
+        .product(name: "Hummingbird", package: "hummingbird"),
+        .product(name: "HummingbirdTesting", package: "hummingbird"),
       ],
       swiftSettings: swiftSettings),
     .testTarget(

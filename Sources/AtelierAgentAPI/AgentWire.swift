@@ -46,6 +46,9 @@ public struct ExecRequest: Codable, Sendable, Equatable {
     self.stdin = stdin
   }
 
+  /// A command's time limit in milliseconds (a day at most).
+  public static let timeoutRange = 1...86_400_000
+
   /// A problem with the request, or nil when it can run.
   public var validationProblem: String? {
     switch (command, argv) {
@@ -55,8 +58,9 @@ public struct ExecRequest: Codable, Sendable, Equatable {
     case (nil, .some(let argv)) where argv.isEmpty || argv[0].isEmpty: return "argv is empty"
     default: break
     }
-    if let timeoutMs, timeoutMs <= 0 || timeoutMs > 86_400_000 {
-      return "timeoutMs must be between 1 and 86400000"
+    if let timeoutMs, !Self.timeoutRange.contains(timeoutMs) {
+      return
+        "timeoutMs must be between \(Self.timeoutRange.lowerBound) and \(Self.timeoutRange.upperBound)"
     }
     return nil
   }
@@ -82,16 +86,6 @@ public struct ExecResult: Codable, Sendable, Equatable {
     self.durationMs = durationMs
     self.truncated = truncated
     self.timedOut = timedOut
-  }
-}
-
-/// The agent's error body; the same shape as the manager's.
-public struct AgentErrorBody: Codable, Sendable, Equatable {
-  public var error: String
-  public var message: String
-  public init(error: String, message: String) {
-    self.error = error
-    self.message = message
   }
 }
 

@@ -8,6 +8,8 @@ public struct ExecBatchRequest: Codable, Sendable {
     self.commands = commands
     self.stopOnError = stopOnError
   }
+  /// How many commands one batch may hold.
+  public static let commandCount = 1...100
 }
 
 public struct ExecBatchResult: Codable, Sendable {
@@ -24,7 +26,7 @@ public struct ExecBatchResult: Codable, Sendable {
 /// first, then `stdin`, `closeStdin` and `signal` frames; the agent sends `started`, `stdout`,
 /// `stderr` and finally `exit`, then closes.
 public struct ExecStreamFrame: Codable, Sendable, Equatable {
-  public enum Kind: String, Codable, Sendable {
+  public enum Kind: String, Codable, Sendable, CaseIterable {
     case started, stdout, stderr, exit, error
     case stdin, closeStdin, signal
   }

@@ -1,7 +1,7 @@
 /// Files in the guest: listings, stats and batch writes.
 
 public struct FileEntry: Codable, Sendable, Equatable {
-  public enum Kind: String, Codable, Sendable { case file, directory, symlink, other }
+  public enum Kind: String, Codable, Sendable, CaseIterable { case file, directory, symlink, other }
   public var name: String
   public var path: String
   public var type: Kind

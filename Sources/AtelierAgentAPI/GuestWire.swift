@@ -194,7 +194,7 @@ public struct TerminalSession: Codable, Sendable, Equatable {
 /// Control frames on a terminal WebSocket (JSON text). Output flows as binary frames; input
 /// may be binary frames or `input` text frames.
 public struct TerminalControlFrame: Codable, Sendable, Equatable {
-  public enum Kind: String, Codable, Sendable { case input, resize, exit }
+  public enum Kind: String, Codable, Sendable, CaseIterable { case input, resize, exit }
   public var type: Kind
   public var data: String?
   public var cols: Int?

@@ -2,7 +2,7 @@
 /// dev commands (a service with an optional port).
 
 public struct ServiceDefinition: Codable, Sendable, Equatable {
-  public enum RestartPolicy: String, Codable, Sendable {
+  public enum RestartPolicy: String, Codable, Sendable, CaseIterable {
     case always, onFailure = "on-failure", never
   }
   public var command: String
@@ -29,7 +29,9 @@ public struct ServiceDefinition: Codable, Sendable, Equatable {
 }
 
 public struct ServiceStatus: Codable, Sendable, Equatable {
-  public enum State: String, Codable, Sendable { case running, stopped, crashed, starting }
+  public enum State: String, Codable, Sendable, CaseIterable {
+    case running, stopped, crashed, starting
+  }
   public var name: String
   public var kind: String
   public var status: State

@@ -51,7 +51,8 @@ public struct Config: Sendable, Equatable {
   public var diskSizeGb: Int
   /// The guest agent binary put into images; empty means "next to the atelier binary".
   public var agentPath: String
-  /// Where image recipes (`<name>/manifest.json`) are; empty means "find them" (see CLI).
+  /// Where image recipes (`<name>/manifest.json`) are; empty means "find them"
+  /// (`RecipeLocations`: next to the binary, its checkout, the installed share folders).
   public var recipesDir: String
   public var bootTimeoutSeconds: Int
   /// How often the reconciler compares the database with the host.
@@ -85,10 +86,13 @@ public struct Config: Sendable, Equatable {
   /// A key as it appears in the file (`path`) and in the environment (`envName`).
   struct Key: Sendable {
     let path: String
+    /// The environment name when it is not the one derived from `path`.
+    var environment: String? = nil
     /// Other environment names that set this key (the canonical name wins when both are set).
     var aliases: [String] = []
     let apply: @Sendable (inout Config, String) throws -> Void
     var envName: String {
+      if let environment { return environment }
       var name = "ATELIER_"
       for character in path {
         if character == "." {
@@ -172,7 +176,10 @@ public struct Config: Sendable, Equatable {
     Key(path: "lvmVolumeSizeGb") { $0.diskSizeGb = try integer($1, in: 1...16384) },
     Key(path: "diskSizeGb") { $0.diskSizeGb = try integer($1, in: 1...16384) },
     Key(path: "agentPath") { $0.agentPath = $1 },
-    Key(path: "recipesDir") { $0.recipesDir = $1 },
+    // The folder of image recipes; ATELIER_RECIPES_DIR is its earlier name.
+    Key(path: "recipesDir", environment: "ATELIER_IMAGES_DIR", aliases: ["ATELIER_RECIPES_DIR"]) {
+      $0.recipesDir = $1
+    },
     Key(path: "bootTimeoutSeconds") { $0.bootTimeoutSeconds = try integer($1, in: 5...3600) },
     Key(path: "reconcileIntervalSeconds") {
       $0.reconcileIntervalSeconds = try integer($1, in: 1...86400)

@@ -11,6 +11,9 @@ public enum Identifier {
     return result
   }
 
+  /// The same rule as a regular expression, for the API document.
+  public static let pattern = "^[a-z][a-z0-9]{11}$"
+
   public static func isValid(_ id: String) -> Bool {
     id.count == 12 && id.first.map { letters.contains($0) } == true
       && id.allSatisfy { alphabet.contains($0) }

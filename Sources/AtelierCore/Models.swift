@@ -94,6 +94,10 @@ public struct CreateSandboxRequest: Codable, Sendable {
   public static let vcpuRange = 1...8
   public static let memoryRange = 128...16384
   public static let diskRange = 1...16384
+  public static let defaultVcpus = 1
+  public static let defaultMemoryMb = 256
+  /// Idle seconds before `onIdle` (0 turns it off); at most a year.
+  public static let timeoutRange = 0...31_536_000
 }
 
 /// `PATCH /api/sandboxes/{id}`: idle policy (`timeoutSeconds: 0` turns it off).
@@ -109,6 +113,7 @@ public struct UpdateSandboxRequest: Codable, Sendable {
 public struct SnapshotRequest: Codable, Sendable {
   public var name: String?
   public init(name: String? = nil) { self.name = name }
+  public static let nameLength = 1...100
 }
 
 public struct SnapshotInfo: Codable, Sendable, Equatable {
@@ -144,6 +149,7 @@ public struct SnapshotInfo: Codable, Sendable, Equatable {
 public struct ForkRequest: Codable, Sendable {
   public var count: Int?
   public init(count: Int? = nil) { self.count = count }
+  public static let countRange = 1...16
 }
 
 public struct ForkResponse: Codable, Sendable {

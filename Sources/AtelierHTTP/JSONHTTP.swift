@@ -1,3 +1,4 @@
+import AtelierAgentAPI
 import Hummingbird
 
 #if canImport(FoundationEssentials)
@@ -6,45 +7,37 @@ import Hummingbird
   import Foundation
 #endif
 
-/// An error answered as `{"error": CODE, "message": …}` with its HTTP status; shared by the
-/// manager and the agent so both speak the same error shape.
-public struct APIError: HTTPResponseError {
-  public var status: HTTPResponse.Status
-  public var code: String
-  public var message: String
+/// The agent's name for the shared error type (its routes throw these).
+public typealias APIError = AtelierError
 
-  public init(status: HTTPResponse.Status, code: String, message: String) {
-    self.status = status
-    self.code = code
-    self.message = message
-  }
-
-  public static func badRequest(_ message: String) -> APIError {
-    APIError(status: .badRequest, code: "VALIDATION_ERROR", message: message)
-  }
-  public static func notFound(_ message: String) -> APIError {
-    APIError(status: .notFound, code: "NOT_FOUND", message: message)
-  }
-  public static func conflict(_ message: String) -> APIError {
-    APIError(status: .conflict, code: "CONFLICT", message: message)
-  }
-  public static func internalError(_ message: String) -> APIError {
-    APIError(status: .internalServerError, code: "INTERNAL_ERROR", message: message)
-  }
+extension AtelierError: HTTPResponseError {
+  public var status: HTTPResponse.Status { .init(code: code.httpStatus) }
 
   public func response(from request: Request, context: some RequestContext) throws -> Response {
-    errorResponse(status: status, code: code, message: message)
+    errorResponse(self)
   }
+
+  /// An error from its HTTP status and code string (unknown codes follow the status).
+  public init(status: HTTPResponse.Status, code: String, message: String) {
+    self.init(Code(rawValue: code) ?? Code(httpStatus: status.code), message)
+  }
+
+  public static func badRequest(_ message: String) -> AtelierError { .validation(message) }
+  public static func internalError(_ message: String) -> AtelierError { .internal(message) }
 }
 
-struct ErrorPayload: Encodable {
-  var error: String
-  var message: String
+/// `{"error": CODE, "message": …}` with the error's status.
+public func errorResponse(_ error: AtelierError, headers: HTTPFields = [:]) -> Response {
+  var response = jsonResponse(error.body, status: error.status, encoder: sortedKeys)
+  for field in headers { response.headers.append(field) }
+  return response
 }
 
-public func errorResponse(status: HTTPResponse.Status, code: String, message: String) -> Response {
-  jsonResponse(ErrorPayload(error: code, message: message), status: status)
-}
+private let sortedKeys: JSONEncoder = {
+  let encoder = JSONEncoder()
+  encoder.outputFormatting = [.sortedKeys]
+  return encoder
+}()
 
 /// A JSON response; `encoder` defaults to plain JSONEncoder (the manager passes its own).
 public func jsonResponse<T: Encodable>(
@@ -66,20 +59,32 @@ extension Request {
     do {
       buffer = try await body.collect(upTo: limit)
     } catch {
-      throw APIError.badRequest("request body larger than \(limit) bytes")
+      throw AtelierError.validation("request body larger than \(limit) bytes")
     }
     let data = buffer.readableBytes == 0 ? Data("{}".utf8) : Data(buffer.readableBytesView)
-    do {
-      return try decoder.decode(T.self, from: data)
-    } catch let DecodingError.keyNotFound(key, context) {
-      throw APIError.badRequest("missing field \(fieldPath(context.codingPath + [key]))")
-    } catch let DecodingError.typeMismatch(type, context) {
-      throw APIError.badRequest("field \(fieldPath(context.codingPath)) must be \(typeName(type))")
-    } catch let DecodingError.valueNotFound(type, context) {
-      throw APIError.badRequest("field \(fieldPath(context.codingPath)) must be \(typeName(type))")
-    } catch {
-      throw APIError.badRequest("request body is not valid JSON")
-    }
+    return try decodeJSONBody(type, from: data, decoder: decoder)
+  }
+}
+
+/// Decodes `data` as `T`; what does not fit is a 400 naming the field.
+public func decodeJSONBody<T: Decodable>(
+  _ type: T.Type, from data: Data, decoder: JSONDecoder = JSONDecoder()
+) throws -> T {
+  do {
+    return try decoder.decode(T.self, from: data)
+  } catch let DecodingError.keyNotFound(key, context) {
+    throw AtelierError.validation("missing field \(fieldPath(context.codingPath + [key]))")
+  } catch let DecodingError.typeMismatch(type, context) {
+    throw AtelierError.validation(
+      "field \(fieldPath(context.codingPath)) must be \(typeName(type))")
+  } catch let DecodingError.valueNotFound(type, context) {
+    throw AtelierError.validation(
+      "field \(fieldPath(context.codingPath)) must be \(typeName(type))")
+  } catch let DecodingError.dataCorrupted(context) where !context.codingPath.isEmpty {
+    throw AtelierError.validation(
+      "field \(fieldPath(context.codingPath)) has an invalid value")
+  } catch {
+    throw AtelierError.validation("request body is not valid JSON")
   }
 }
 

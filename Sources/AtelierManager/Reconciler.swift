@@ -118,67 +118,7 @@ extension SandboxService {
       runtimeDirectories: directories, inFlight: busy)
     let byId = Dictionary(rows.map { ($0.id, $0) }, uniquingKeysWith: { first, _ in first })
     for action in actions {
-      switch action {
-      case .adopt(let id):
-        guard let row = byId[id], let pid = live[id] else { continue }
-        let adopted = await underLockIfUnchanged(row) {
-          try await adopt(row, pid: pid)
-        }
-        if adopted { report.adopted.append(id) }
-      case .markError(let id, let reason):
-        guard let row = byId[id] else { continue }
-        let marked = await underLockIfUnchanged(row) {
-          let runtime = Self.runtime(row)
-          if let network = runtime.network { await releaseNetwork(id, network) }
-          releaseSnapshotMemory(id)
-          try updateRuntime(id) {
-            $0.vm = nil
-            $0.network = nil
-          }
-          _ = try setStatus(id, .error, error: reason)
-          return true
-        }
-        if marked {
-          logger.warning("sandbox marked error: \(reason)", metadata: ["sandbox": "\(id)"])
-          report.markedError.append(id)
-        }
-      case .abandonCreate(let id):
-        guard let row = byId[id] else { continue }
-        await releaseResources(id: id, runtime: Self.runtime(row))
-        _ = try? database.deleteSandbox(id: id)
-        report.abandonedCreates.append(id)
-      case .finishStop(let id, let pid):
-        guard let row = byId[id] else { continue }
-        let finished = await underLockIfUnchanged(row) {
-          var runtime = Self.runtime(row)
-          if let pid {
-            runtime.vm = VMHandle(sandboxId: id, pid: pid, runtimeDirectory: runtimeDirectory(id))
-          }
-          await stopVMProcess(id: id, runtime: runtime)
-          releaseSnapshotMemory(id)
-          try updateRuntime(id) {
-            $0.vm = nil
-            $0.network = nil
-          }
-          _ = try setStatus(id, .stopped)
-          return true
-        }
-        if finished {
-          if let pid { report.killedProcesses.append(pid) }
-          report.finishedStops.append(id)
-          logger.warning("an interrupted stop was finished", metadata: ["sandbox": "\(id)"])
-        }
-      case .killOrphanVM(let id, let pid):
-        await drivers.vmm.kill(
-          VMHandle(sandboxId: id, pid: pid, runtimeDirectory: runtimeDirectory(id)))
-        report.killedProcesses.append(pid)
-      case .removeOrphanVolume(let name):
-        try? await drivers.volumes.remove(name)
-        report.removedVolumes.append(name)
-      case .removeOrphanRuntimeDirectory(let id):
-        try? FileManager.default.removeItem(atPath: runtimeDirectory(id))
-        report.removedDirectories.append(id)
-      }
+      await perform(action, rows: byId, live: live, into: &report)
     }
     report.removedSnapshotFiles = collectRetiredSnapshots()
     report.removedVolumes += await collectVolumeGarbage()
@@ -219,6 +159,93 @@ extension SandboxService {
     attached.insert(id)
     try updateRuntime(id) { $0.vm = handle }
     return true
+  }
+
+  /// Carries out one repair. Each one that changes a sandbox re-checks, under its lock, that
+  /// the row is as planned and no operation is in flight on it.
+  func perform(
+    _ action: ReconcileAction, rows byId: [String: SandboxRecord], live: [String: Int32],
+    into report: inout ReconcileReport
+  ) async {
+    switch action {
+    case .adopt(let id):
+      guard let row = byId[id], let pid = live[id] else { return }
+      let adopted = await underLockIfUnchanged(row) { try await adopt(row, pid: pid) }
+      if adopted { report.adopted.append(id) }
+    case .markError(let id, let reason):
+      guard let row = byId[id] else { return }
+      let marked = await underLockIfUnchanged(row) {
+        let runtime = Self.runtime(row)
+        if let network = runtime.network { await releaseNetwork(id, network) }
+        releaseSnapshotMemory(id)
+        try updateRuntime(id) {
+          $0.vm = nil
+          $0.network = nil
+        }
+        _ = try setStatus(id, .error, error: reason)
+        return true
+      }
+      if marked {
+        logger.warning("sandbox marked error: \(reason)", metadata: ["sandbox": "\(id)"])
+        report.markedError.append(id)
+      }
+    case .abandonCreate(let id):
+      guard let row = byId[id] else { return }
+      // Checked again under the lock: a create that began after the plan was made is in
+      // flight now, and must not be torn down.
+      let abandoned = await underLockIfUnchanged(row) {
+        await releaseResources(id: id, runtime: Self.runtime(row))
+        _ = try? database.deleteSandbox(id: id)
+        return true
+      }
+      if abandoned { report.abandonedCreates.append(id) }
+    case .finishStop(let id, let pid):
+      guard let row = byId[id] else { return }
+      let finished = await underLockIfUnchanged(row) {
+        var runtime = Self.runtime(row)
+        if let pid {
+          runtime.vm = VMHandle(sandboxId: id, pid: pid, runtimeDirectory: runtimeDirectory(id))
+        }
+        await stopVMProcess(id: id, runtime: runtime)
+        releaseSnapshotMemory(id)
+        try updateRuntime(id) {
+          $0.vm = nil
+          $0.network = nil
+        }
+        _ = try setStatus(id, .stopped)
+        return true
+      }
+      if finished {
+        if let pid { report.killedProcesses.append(pid) }
+        report.finishedStops.append(id)
+        logger.warning("an interrupted stop was finished", metadata: ["sandbox": "\(id)"])
+      }
+    case .killOrphanVM(let id, let pid):
+      guard await isStillOrphan(id, planned: byId[id]) else { return }
+      await drivers.vmm.kill(
+        VMHandle(sandboxId: id, pid: pid, runtimeDirectory: runtimeDirectory(id)))
+      report.killedProcesses.append(pid)
+    case .removeOrphanVolume(let name):
+      guard let id = VolumeNames.sandboxId(fromVolume: name),
+        await isStillOrphan(id, planned: byId[id])
+      else { return }
+      try? await drivers.volumes.remove(name)
+      report.removedVolumes.append(name)
+    case .removeOrphanRuntimeDirectory(let id):
+      guard await isStillOrphan(id, planned: byId[id]) else { return }
+      try? FileManager.default.removeItem(atPath: runtimeDirectory(id))
+      report.removedDirectories.append(id)
+    }
+  }
+
+  /// Whether what the plan saw as an orphan still is one now: no operation in flight on the
+  /// sandbox and its row as planned (absent, or stopped/errored and unchanged). A create that
+  /// began after the plan was made has a row or is in flight by now.
+  func isStillOrphan(_ id: String, planned: SandboxRecord?) async -> Bool {
+    guard !inFlight.contains(id), !(await locks.held).contains(id), !inFlight.contains(id)
+    else { return false }
+    let current = try? record(id)
+    return current?.status == planned?.status && current?.updatedAt == planned?.updatedAt
   }
 
   /// Runs a repair with the sandbox's lock held (no operation runs on it meanwhile), if the

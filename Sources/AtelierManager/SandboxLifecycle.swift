@@ -195,7 +195,7 @@ extension SandboxService {
   // MARK: Idle
 
   /// Pauses or stops running sandboxes idle past their timeout.
-  func reapIdle() async {
+  public func reapIdle() async {
     guard let rows = try? database.sandboxes(status: SandboxStatus.running.rawValue) else { return }
     let now = ContinuousClock.now
     for row in rows {
@@ -216,24 +216,6 @@ extension SandboxService {
       } catch {
         logger.warning(
           "idle \(action.rawValue) failed: \(error)", metadata: ["sandbox": "\(row.id)"])
-      }
-    }
-  }
-
-  /// The idle reaper and the periodic reconciler, until the task is cancelled.
-  public func runBackgroundLoops() async {
-    await withTaskGroup(of: Void.self) { group in
-      group.addTask {
-        while !Task.isCancelled {
-          try? await Task.sleep(for: .seconds(self.config.idleCheckSeconds))
-          await self.reapIdle()
-        }
-      }
-      group.addTask {
-        while !Task.isCancelled {
-          try? await Task.sleep(for: .seconds(self.config.reconcileIntervalSeconds))
-          await self.reconcile()
-        }
       }
     }
   }

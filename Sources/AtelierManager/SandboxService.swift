@@ -178,16 +178,12 @@ public actor SandboxService {
       }
       return try await restore(snapshotId: snapshotId, idle: idle)
     }
-    let vcpus = request.vcpus ?? 1
-    let memoryMb = request.memoryMb ?? 256
-    guard CreateSandboxRequest.vcpuRange.contains(vcpus) else {
-      throw AtelierError.validation("vcpus must be between 1 and 8")
-    }
-    guard CreateSandboxRequest.memoryRange.contains(memoryMb) else {
-      throw AtelierError.validation("memoryMb must be between 128 and 16384")
-    }
-    if let diskGb = request.diskGb, !CreateSandboxRequest.diskRange.contains(diskGb) {
-      throw AtelierError.validation("diskGb must be between 1 and 16384")
+    let vcpus = request.vcpus ?? CreateSandboxRequest.defaultVcpus
+    let memoryMb = request.memoryMb ?? CreateSandboxRequest.defaultMemoryMb
+    try Self.check("vcpus", vcpus, in: CreateSandboxRequest.vcpuRange)
+    try Self.check("memoryMb", memoryMb, in: CreateSandboxRequest.memoryRange)
+    if let diskGb = request.diskGb {
+      try Self.check("diskGb", diskGb, in: CreateSandboxRequest.diskRange)
     }
     let imageName = request.image ?? config.defaultImage
     guard ImageName.isValid(imageName) else {
@@ -230,10 +226,19 @@ public actor SandboxService {
 
   static func validateIdle(timeoutSeconds: Int?, onIdle: IdleAction?) throws -> (Int?, IdleAction?)
   {
-    if let timeoutSeconds, !(0...31_536_000).contains(timeoutSeconds) {
-      throw AtelierError.validation("timeoutSeconds must be between 0 (never) and 31536000")
+    if let timeoutSeconds {
+      try check("timeoutSeconds", timeoutSeconds, in: CreateSandboxRequest.timeoutRange)
     }
     return (timeoutSeconds == 0 ? nil : timeoutSeconds, onIdle)
+  }
+
+  /// A 400 naming the field when `value` is outside `range` (the same range the API
+  /// document states).
+  static func check(_ field: String, _ value: Int, in range: ClosedRange<Int>) throws {
+    guard range.contains(value) else {
+      throw AtelierError.validation(
+        "\(field) must be between \(range.lowerBound) and \(range.upperBound)")
+    }
   }
 
   /// Inserts the `creating` row, refusing beyond the limit (one transaction, so concurrent
@@ -284,6 +289,8 @@ public actor SandboxService {
     } catch {
       logger.warning("create failed, rolling back: \(error)", metadata: ["sandbox": "\(id)"])
       await undo.run()
+      // A sandbox that never ran gives its address lease back too (a failed start keeps it).
+      await drivers.network.forget(sandboxId: id)
       _ = try? database.deleteSandbox(id: id)
       let event = SandboxEvent(
         sandbox: SandboxInfo(

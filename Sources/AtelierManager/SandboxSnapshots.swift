@@ -57,8 +57,10 @@ extension SandboxService {
   }
 
   public func snapshot(_ id: String, name: String?) async throws -> SnapshotInfo {
-    if let name, name.isEmpty || name.count > 100 {
-      throw AtelierError.validation("name must be 1–100 characters")
+    if let name, !SnapshotRequest.nameLength.contains(name.count) {
+      throw AtelierError.validation(
+        "name must be \(SnapshotRequest.nameLength.lowerBound)–\(SnapshotRequest.nameLength.upperBound) characters"
+      )
     }
     let snapshot = try await withSandboxLock(id) {
       try await snapshotLocked(try record(id), name: name, kind: "user")
@@ -283,9 +285,7 @@ extension SandboxService {
   /// its memory file lives as long as a fork maps it.
   public func fork(_ id: String, count: Int?) async throws -> [SandboxInfo] {
     let count = count ?? 1
-    guard (1...16).contains(count) else {
-      throw AtelierError.validation("count must be between 1 and 16")
-    }
+    try Self.check("count", count, in: ForkRequest.countRange)
     let (parent, snapshot) = try await withSandboxLock(id) {
       let row = try record(id)
       try requireStatus(row, [.running], for: "fork")

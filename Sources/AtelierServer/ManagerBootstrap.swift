@@ -44,21 +44,11 @@ public enum ManagerBootstrap {
     let service = SandboxService(
       config: config, database: database, drivers: drivers,
       logger: Logger(label: "atelier.sandboxes"))
-    let report = await service.reconcile()
-    logger.info(
-      "reconciled at start",
-      metadata: [
-        "adopted": "\(report.adopted.count)", "markedError": "\(report.markedError.count)",
-        "abandoned": "\(report.abandonedCreates.count)",
-        "killed": "\(report.killedProcesses.count)",
-      ])
-    let loops = Task { await service.runBackgroundLoops() }
-    defer { loops.cancel() }
-    let app = ManagerServer.makeApplication(
-      config: config, service: service, database: database, drivers: drivers, qemuPath: qemuPath,
+    let app = ManagerServer.buildApplication(
+      .init(
+        config: config, service: service, database: database, drivers: drivers,
+        qemuPath: qemuPath),
       logger: logger)
-    logger.notice(
-      "Atelier manager on \(config.managerURL) (admin token: \(config.adminTokenPath))")
     try await app.runService()
   }
 
@@ -175,33 +165,9 @@ public enum ManagerBootstrap {
     }
   }
 
-  /// `name` if it is a path to an executable, else the first match in PATH.
+  /// `name` if it is a path to an executable, else the first match in PATH or the sbin
+  /// folders (the one lookup of `HostTools`, which the command runner uses too).
   public static func findExecutable(_ name: String) -> String? {
-    if name.contains("/") { return FileManager.default.isExecutableFile(atPath: name) ? name : nil }
-    let path = ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin"
-    for directory in path.split(separator: ":") {
-      let candidate = "\(directory)/\(name)"
-      if FileManager.default.isExecutableFile(atPath: candidate) { return candidate }
-    }
-    return nil
-  }
-}
-
-/// The first API token, created at first start; only its hash is stored.
-public enum AdminToken {
-  /// Creates the token when the database has none. Returns it when created.
-  public static func ensure(database: AtelierDatabase, path: String) throws -> String? {
-    guard try database.tokenCount() == 0 else { return nil }
-    var generator = SystemRandomNumberGenerator()
-    let bytes = (0..<24).map { _ in UInt8.random(in: 0...255, using: &generator) }
-    let token = "atl_" + bytes.map { String(format: "%02x", $0) }.joined()
-    try database.insertToken(id: Identifier.make(), name: "admin", hash: TokenVerifier.hash(token))
-    let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
-    guard fd >= 0 else { throw AtelierError(.internal, "cannot write \(path)") }
-    defer { close(fd) }
-    fchmod(fd, 0o600)
-    let data = Array((token + "\n").utf8)
-    _ = data.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
-    return token
+    HostTools().find(name)
   }
 }

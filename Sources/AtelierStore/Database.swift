@@ -328,6 +328,15 @@ public final class AtelierDatabase: Sendable {
     }
   }
 
+  public func tokens() throws -> [APITokenRecord] {
+    try pool.read { try APITokenRecord.order(Column("createdAt")).fetchAll($0) }
+  }
+
+  @discardableResult
+  public func deleteToken(id: String) throws -> Bool {
+    try pool.write { try APITokenRecord.deleteOne($0, key: id) }
+  }
+
   public func token(hash: String) throws -> APITokenRecord? {
     try pool.read { try APITokenRecord.filter(Column("tokenHash") == hash).fetchOne($0) }
   }

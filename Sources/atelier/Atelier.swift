@@ -8,6 +8,6 @@ struct Atelier: AsyncParsableCommand {
     version: "0.1.0",
     subcommands: [
       Serve.self, Init.self, Network.self, Images.self, SandboxCommand.self, Snapshots.self,
-      Events.self, Doctor.self, Bench.self,
+      Events.self, Doctor.self, Bench.self, Token.self,
     ])
 }

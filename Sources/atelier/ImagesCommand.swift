@@ -21,7 +21,7 @@ struct Images: AsyncParsableCommand {
         catalog: ImageCatalog(directory: config.imagesDir),
         kernels: KernelProvider(
           kernelsDirectory: config.kernelsDir, cacheDirectory: config.cacheDir, runner: runner),
-        recipesDirectory: resolvedRecipesDirectory(config), agentPath: resolvedAgentPath(config),
+        recipes: recipeLocations(config), agentPath: resolvedAgentPath(config),
         logsDirectory: config.logsDir, runner: runner)
       let started = ContinuousClock.now
       do {

@@ -10,8 +10,12 @@ import Foundation
 struct Init: AsyncParsableCommand {
   static let configuration = CommandConfiguration(
     abstract:
-      "Provision this host: packages, service user, folders, config, storage, network, systemd units, image."
-  )
+      "Provision this host: packages, service user, folders, config, storage, network, systemd units, image.",
+    discussion: """
+      With --local, only installs this binary, the guest agent and the image recipes: into \
+      ~/.local (bin/ and share/atelier/images/) for a normal user, /usr/local for root. \
+      No root needed; nothing else on the host changes.
+      """)
 
   @Flag(help: "Do not ask before destructive steps.") var yes = false
   @Flag(help: "Print the plan; change nothing.") var dryRun = false
@@ -23,12 +27,21 @@ struct Init: AsyncParsableCommand {
   @Option(
     help: "With --vmm firecracker: run each VM under this Firecracker jailer, as the atelier user.")
   var jailer = ""
-  @Option(help: "Image to build (tiny, dev-base) or none.") var image = "tiny"
+  @Option(
+    name: .customLong("image"),
+    help: "Image to build (tiny, dev-base) or none; default tiny, with --local none.")
+  var imageOption: String?
+  var image: String { imageOption ?? (local ? "none" : "tiny") }
   @Option(help: "Host TCP ports guests on the bridge may reach (comma-separated).") var allowPorts =
     ""
   @Option(help: "Install into this root instead of / (files only; for packaging and tests).")
   var root = "/"
   @Flag(help: "Do not install Debian packages.") var skipPackages = false
+  @Flag(
+    help:
+      "Only install the binaries and image recipes (~/.local for a user, /usr/local for root).")
+  var local = false
+  @Option(help: "With --local: install under this prefix instead.") var prefix: String?
 
   struct Step {
     var description: String
@@ -58,6 +71,16 @@ struct Init: AsyncParsableCommand {
       throw ValidationError("firecracker has no user-mode networking: use --network bridge")
     }
     _ = try storageChoice()
+    if local {
+      guard storage == "file", jailer.isEmpty, allowPorts.isEmpty, !skipPackages else {
+        throw ValidationError(
+          "--local installs files only: it takes no --storage, --jailer, --allow-ports or --skip-packages"
+        )
+      }
+    }
+    if let prefix, !local || !prefix.hasPrefix("/") {
+      throw ValidationError("--prefix takes an absolute path, with --local")
+    }
   }
 
   enum StorageChoice { case file, loop(bytes: UInt64), device(String) }
@@ -84,11 +107,18 @@ struct Init: AsyncParsableCommand {
   }
 
   func run() async throws {
-    if realRoot && getuid() != 0 && !dryRun {
-      throw CLIError("atelier init must run as root (or use --dry-run)")
+    if realRoot && getuid() != 0 && !dryRun && !local {
+      throw CLIError(
+        "atelier init must run as root (or use --dry-run); `atelier init --local` installs for this user"
+      )
     }
     let runner = SystemCommandRunner()
-    let steps = try await plan(runner: runner)
+    let steps = local ? try localSteps() : try await plan(runner: runner)
+    try await execute(steps)
+    if local { printPathHint() }
+  }
+
+  func execute(_ steps: [Step]) async throws {
     var changed = 0
     for step in steps {
       if let reason = step.skipReason {
@@ -142,9 +172,10 @@ struct Init: AsyncParsableCommand {
         apply: { throw CLIError("this is not Debian 12; Atelier is tested there only") }))
     steps.append(
       Step(
-        description: "KVM usable (/dev/kvm); without it guests run under TCG",
-        skipReason: access("/dev/kvm", R_OK | W_OK) == 0
-          ? nil : "no usable /dev/kvm: guests will run under TCG",
+        // Access only: whether KVM runs guests is the manager's probe boot to decide.
+        description: "/dev/kvm accessible (KVM is used only once a probe boot proves it works)",
+        skipReason: KVMDevice.check() == .accessible
+          ? nil : "\(KVMDevice.check().reason): guests will run under TCG",
         isDone: { true }, apply: {}))
     let installed = (try? String(contentsOfFile: "/var/lib/dpkg/status", encoding: .utf8)) ?? ""
     let missing = Self.packages.filter {
@@ -186,7 +217,7 @@ struct Init: AsyncParsableCommand {
               attributes: [.posixPermissions: mode])
           }))
     }
-    steps += try installSteps()
+    steps += try installSteps(prefix: path("/usr/local"))
     steps.append(fileStep(path("/etc/atelier/config.json"), configFile()))
     steps += try storageSteps(runner: runner)
     if network == "bridge" {
@@ -254,59 +285,6 @@ struct Init: AsyncParsableCommand {
         try content.write(toFile: target, atomically: true, encoding: .utf8)
         try FileManager.default.setAttributes([.posixPermissions: mode], ofItemAtPath: target)
       })
-  }
-
-  /// This binary, the guest agent and the image recipes, where the units expect them.
-  func installSteps() throws -> [Step] {
-    let binary = URL(fileURLWithPath: executableDirectory()).appendingPathComponent("atelier").path
-    let agent = resolvedAgentPath(try loadConfig())
-    let recipes = resolvedRecipesDirectory(try loadConfig())
-    var steps: [Step] = []
-    for (source, target) in [
-      (binary, "/usr/local/bin/atelier"), (agent, "/usr/local/bin/atelier-agent"),
-    ] {
-      let destination = path(target)
-      steps.append(
-        Step(
-          description: "install \(destination)",
-          skipReason: FileManager.default.fileExists(atPath: source)
-            ? nil : "\(source) is not built",
-          isDone: { Self.sameFile(source, destination) },
-          apply: {
-            try FileManager.default.createDirectory(
-              atPath: (destination as NSString).deletingLastPathComponent,
-              withIntermediateDirectories: true)
-            try? FileManager.default.removeItem(atPath: destination)
-            try FileManager.default.copyItem(atPath: source, toPath: destination)
-          }))
-    }
-    let recipeTarget = path("/usr/local/share/atelier/images")
-    steps.append(
-      Step(
-        description: "image recipes in \(recipeTarget)",
-        isDone: {
-          ImageRecipe.available(in: recipes).allSatisfy {
-            Self.sameFile("\(recipes)/\($0)/manifest.json", "\(recipeTarget)/\($0)/manifest.json")
-          }
-        },
-        apply: {
-          for name in ImageRecipe.available(in: recipes) {
-            try FileManager.default.createDirectory(
-              atPath: "\(recipeTarget)/\(name)", withIntermediateDirectories: true)
-            try? FileManager.default.removeItem(atPath: "\(recipeTarget)/\(name)/manifest.json")
-            try FileManager.default.copyItem(
-              atPath: "\(recipes)/\(name)/manifest.json",
-              toPath: "\(recipeTarget)/\(name)/manifest.json")
-          }
-        }))
-    return steps
-  }
-
-  static func sameFile(_ a: String, _ b: String) -> Bool {
-    guard let first = FileManager.default.contents(atPath: a),
-      let second = FileManager.default.contents(atPath: b)
-    else { return false }
-    return first.count == second.count && SHA256.hash(data: first) == SHA256.hash(data: second)
   }
 
   func storageSteps(runner: any CommandRunning) throws -> [Step] {

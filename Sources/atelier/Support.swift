@@ -1,5 +1,6 @@
 import AsyncHTTPClient
 import AtelierCore
+import AtelierHost
 import Foundation
 import Logging
 import NIOCore
@@ -28,7 +29,7 @@ func bootstrapLogging(level: String) {
   }
 }
 
-/// The running binary's folder (to find the agent and recipes next to it).
+/// The running binary's folder (its real path, symlinks resolved).
 func executableDirectory() -> String {
   let path =
     (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe"))
@@ -36,22 +37,22 @@ func executableDirectory() -> String {
   return (path as NSString).deletingLastPathComponent
 }
 
+/// `ATELIER_AGENT_PATH`, else `atelier-agent` beside the binary: beside the path it was run
+/// by, any symlink on the way, or its real path (the first that exists).
 func resolvedAgentPath(_ config: Config) -> String {
-  config.agentPath.isEmpty ? "\(executableDirectory())/atelier-agent" : config.agentPath
+  if !config.agentPath.isEmpty { return config.agentPath }
+  let candidates = ExecutablePaths.current().map {
+    ($0 as NSString).deletingLastPathComponent + "/atelier-agent"
+  }
+  return candidates.first { FileManager.default.isExecutableFile(atPath: $0) }
+    ?? "\(executableDirectory())/atelier-agent"
 }
 
-func resolvedRecipesDirectory(_ config: Config) -> String {
-  if !config.recipesDir.isEmpty { return config.recipesDir }
-  let binary = executableDirectory()
-  let candidates = [
-    "\(binary)/../../images", "\(binary)/../share/atelier/images", "/usr/share/atelier/images",
-    FileManager.default.currentDirectoryPath + "/images",
-  ]
-  for candidate in candidates
-  where FileManager.default.fileExists(atPath: "\(candidate)/tiny/manifest.json") {
-    return URL(fileURLWithPath: candidate).standardizedFileURL.path
-  }
-  return candidates[0]
+/// Where image recipes are looked for (see `RecipeLocations`).
+func recipeLocations(_ config: Config) -> RecipeLocations {
+  RecipeLocations.resolve(
+    explicit: config.recipesDir, executables: ExecutablePaths.current(),
+    home: ProcessInfo.processInfo.environment["HOME"])
 }
 
 /// Talks to a manager: `ATELIER_URL` and `ATELIER_TOKEN`, else the local one and the admin

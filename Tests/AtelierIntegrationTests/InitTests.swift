@@ -105,4 +105,50 @@ import Testing
       #expect(result.stderrText.contains("Error:"), "\(options): \(result.stderrText)")
     }
   }
+  /// `init --local`: the binaries and every recipe file under a prefix, nothing else; the
+  /// installed copy finds its recipes from there, and a miss names every folder it looked in.
+  @Test func localInstallPutsBinariesAndRecipesUnderThePrefix() async throws {
+    let prefix = try TestEnvironment.temporaryDirectory("atl-unpriv-prefix")
+    defer { try? FileManager.default.removeItem(atPath: prefix) }
+    var environment = TestEnvironment.baseEnvironment
+    environment["ATELIER_IMAGES_DIR"] = nil
+    environment["ATELIER_RECIPES_DIR"] = nil
+    let plan = try await TestEnvironment.cli(
+      ["init", "--local", "--prefix", prefix, "--dry-run"], environment: environment)
+    #expect(plan.exitCode == 0, "\(plan.stderrText)")
+    #expect(plan.stdoutText.contains("-> install \(prefix)/bin/atelier\n"), "\(plan.stdoutText)")
+    #expect(snapshotOfFiles(prefix).isEmpty)
+
+    let first = try await TestEnvironment.cli(
+      ["init", "--local", "--prefix", prefix], environment: environment)
+    #expect(first.exitCode == 0, "\(first.stdoutText)\(first.stderrText)")
+    #expect(first.stdoutText.contains("\(prefix)/bin is not on your PATH"), "\(first.stdoutText)")
+    let files = Set(snapshotOfFiles(prefix).keys)
+    #expect(
+      files == [
+        "bin/atelier", "bin/atelier-agent", "share/atelier/images/tiny/manifest.json",
+        "share/atelier/images/dev-base/manifest.json", "share/atelier/images/dev-base/README.md",
+      ], "\(files.sorted())")
+    #expect(FileManager.default.isExecutableFile(atPath: "\(prefix)/bin/atelier-agent"))
+    let second = try await TestEnvironment.cli(
+      ["init", "--local", "--prefix", prefix], environment: environment)
+    #expect(second.stdoutText.contains("nothing to do"), "\(second.stdoutText)")
+
+    // The installed copy, run from elsewhere, looks in its prefix's share folder.
+    let data = try TestEnvironment.temporaryDirectory("atl-unpriv-data")
+    defer { try? FileManager.default.removeItem(atPath: data) }
+    environment["ATELIER_DATA_DIR"] = data
+    let miss = try await ProcessRunner.run(
+      SpawnOptions(
+        executable: "\(prefix)/bin/atelier", arguments: ["images", "build", "nope"],
+        environment: environment, workingDirectory: "/"))
+    #expect(miss.exitCode != 0)
+    #expect(miss.stderrText.contains("looked for nope/manifest.json in \(prefix)/bin/images, "))
+    #expect(miss.stderrText.contains("\(prefix)/share/atelier/images"), "\(miss.stderrText)")
+    #expect(miss.stderrText.contains("known images: dev-base, tiny"), "\(miss.stderrText)")
+    // A bad --local combination is refused.
+    let bad = try await TestEnvironment.cli(
+      ["init", "--local", "--storage", "loop:1G", "--dry-run"], environment: environment)
+    #expect(bad.exitCode != 0 && bad.stderrText.contains("--local installs files only"))
+  }
 }

@@ -31,9 +31,13 @@ extension VMTests {
         #expect(missing.json["error"] as? String == "UNAUTHORIZED")
         let wrong = try await manager.request(.GET, "/api/sandboxes", token: "atl_wrong")
         #expect(wrong.status == 401)
+        // Authentication is decided by the route: a path that is no route is a 404 (the
+        // document listing every route is public anyway), a doubled slash a 400.
         let unknownRouteWithoutToken = try await manager.request(
           .GET, "/api/nothing", authorized: false)
-        #expect(unknownRouteWithoutToken.status == 401)
+        #expect(unknownRouteWithoutToken.status == 404)
+        let doubledSlash = try await manager.request(.GET, "//api/sandboxes", authorized: false)
+        #expect(doubledSlash.status == 400)
 
         for body in [
           ["vcpus": 0], ["vcpus": 9], ["memoryMb": 64], ["memoryMb": 20000], ["vcpus": "two"],
@@ -78,6 +82,28 @@ extension VMTests {
       }
     }
 
+    @Test func tokenCommandsMintListAndRevoke() async throws {
+      try await withManager { manager in
+        let created = try await manager.cli(["token", "create", "--name", "ci"])
+        #expect(created.exitCode == 0, "\(created.stderrText)")
+        let token = created.stdoutText.trimmingCharacters(in: .whitespacesAndNewlines)
+        #expect(token.hasPrefix("atl_"))
+        #expect(try await manager.request(.GET, "/api/sandboxes", token: token).status == 200)
+        let listed = try await manager.cli(["token", "list"])
+        #expect(listed.stdoutText.contains("ci") && listed.stdoutText.contains("admin"))
+        #expect(!listed.stdoutText.contains(token) && !listed.stdoutText.contains(manager.token))
+        let id = try #require(
+          listed.stdoutText.split(separator: "\n").first { $0.hasSuffix("ci") }?
+            .split(separator: " ").first.map(String.init))
+        #expect(try await manager.cli(["token", "revoke", id]).exitCode == 0)
+        #expect(try await manager.request(.GET, "/api/sandboxes", token: token).status == 401)
+        // The admin token is untouched; an unknown id is a one-line error.
+        #expect(try await manager.request(.GET, "/api/sandboxes").status == 200)
+        let unknown = try await manager.cli(["token", "revoke", "nosuchtoken0"])
+        #expect(unknown.exitCode != 0 && unknown.stderrText.contains("no token"))
+      }
+    }
+
     @Test func openAPIDocumentMatchesTheRouter() async throws {
       try await withManager { manager in
         let document = try await manager.request(.GET, "/openapi.json", authorized: false)
@@ -106,10 +132,10 @@ extension VMTests {
           }
         }
         #expect(operations >= 8)
-        // And an undocumented route is not served.
+        // And an undocumented method on a known path is not served.
         let undocumented = try await manager.request(.PUT, "/api/sandboxes")
-        #expect(undocumented.status == 404)
-        #expect(undocumented.text.contains("no route"))
+        #expect(undocumented.status == 405)
+        #expect(undocumented.json["error"] as? String == "METHOD_NOT_ALLOWED")
       }
     }
 

@@ -106,3 +106,14 @@ import Testing
     return path
   }
 }
+
+@Suite struct RecipesDirectoryConfigTests {
+  @Test func imagesDirIsTheNameAndRecipesDirStillWorks() throws {
+    #expect(try Config.load(environment: ["ATELIER_IMAGES_DIR": "/a"]).recipesDir == "/a")
+    #expect(try Config.load(environment: ["ATELIER_RECIPES_DIR": "/b"]).recipesDir == "/b")
+    let both = try Config.load(
+      environment: ["ATELIER_IMAGES_DIR": "/a", "ATELIER_RECIPES_DIR": "/b"])
+    #expect(both.recipesDir == "/a")
+    #expect(Config.keys.contains { $0.envName == "ATELIER_IMAGES_DIR" })
+  }
+}

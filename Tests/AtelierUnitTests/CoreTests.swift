@@ -22,7 +22,8 @@ import Testing
   @Test func errorCodesMapToStatuses() {
     let expected: [AtelierError.Code: Int] = [
       .notFound: 404, .validation: 400, .conflict: 409, .sandboxNotRunning: 409,
-      .resourceExhausted: 429, .unauthorized: 401, .forbidden: 403, .bootFailed: 503,
+      .resourceExhausted: 429, .unauthorized: 401, .forbidden: 403, .methodNotAllowed: 405,
+      .bootFailed: 503,
       .unavailable: 503, .internal: 500,
     ]
     for code in AtelierError.Code.allCases {

@@ -112,7 +112,7 @@ public struct AgentClient: Sendable {
     let data = Data(collected.readableBytesView)
     let status = Int(response.status.code)
     if status >= 400 {
-      let body = try? JSONDecoder().decode(AgentErrorBody.self, from: data)
+      let body = try? JSONDecoder().decode(ErrorBody.self, from: data)
       throw AgentCallError(
         status: status, code: body?.error ?? "AGENT_ERROR",
         message: body?.message ?? String(decoding: data.prefix(500), as: UTF8.self))

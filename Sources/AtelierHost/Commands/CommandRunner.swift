@@ -73,24 +73,35 @@ extension CommandRunning {
   }
 }
 
-/// Runs commands on this machine, logging each one.
+/// Runs commands on this machine, logging each one. Programs named without a path are looked
+/// up with `HostTools` (PATH, then the sbin folders a normal user's PATH lacks), and a missing
+/// one fails with exit code 127 and a message naming the Debian package that provides it.
 public struct SystemCommandRunner: CommandRunning {
   let logger: Logger
+  let tools: HostTools
 
-  public init(logger: Logger = Logger(label: "atelier.command")) {
+  public init(logger: Logger = Logger(label: "atelier.command"), tools: HostTools = HostTools()) {
     self.logger = logger
+    self.tools = tools
   }
 
   @discardableResult
   public func run(_ command: Command) async throws -> CommandOutput {
     logger.debug("run \(command)")
     var environment = ProcessInfo.processInfo.environment
+    environment["PATH"] = tools.pathValue
     for (key, value) in command.environment { environment[key] = value }
+    let executable: String
+    do {
+      executable = try tools.require(command.executable)
+    } catch let missing as MissingTool {
+      throw CommandFailure(command: command.description, exitCode: 127, stderr: "\(missing)")
+    }
     let result: RunResult
     do {
       result = try await ProcessRunner.run(
         SpawnOptions(
-          executable: command.executable, arguments: command.arguments, environment: environment,
+          executable: executable, arguments: command.arguments, environment: environment,
           workingDirectory: command.workingDirectory, newSession: true),
         input: command.input, timeout: command.timeout, outputLimit: 64 << 20)
     } catch let error as SpawnError {

@@ -8,18 +8,18 @@ import Logging
 public struct ImageBuilder: Sendable {
   let catalog: ImageCatalog
   let kernels: KernelProvider
-  let recipesDirectory: String
+  let recipes: RecipeLocations
   let agentPath: String
   let logsDirectory: String
   let runner: any CommandRunning
 
   public init(
-    catalog: ImageCatalog, kernels: KernelProvider, recipesDirectory: String, agentPath: String,
+    catalog: ImageCatalog, kernels: KernelProvider, recipes: RecipeLocations, agentPath: String,
     logsDirectory: String, runner: any CommandRunning
   ) {
     self.catalog = catalog
     self.kernels = kernels
-    self.recipesDirectory = recipesDirectory
+    self.recipes = recipes
     self.agentPath = agentPath
     self.logsDirectory = logsDirectory
     self.runner = runner
@@ -34,7 +34,7 @@ public struct ImageBuilder: Sendable {
   public func build(
     name: String, force: Bool, progress: @escaping @Sendable (String) -> Void
   ) async throws -> Outcome {
-    let recipe = try ImageRecipe.load(name: name, from: recipesDirectory)
+    let recipe = try recipes.load(name)
     let buildId = "\(Int(Date().timeIntervalSince1970))-\(Identifier.make(length: 6))"
     try FileManager.default.createDirectory(
       atPath: "\(logsDirectory)/images", withIntermediateDirectories: true)
@@ -99,6 +99,7 @@ public struct ImageBuilder: Sendable {
           "-q", "-F", "-L", "atelier-root", "-E", "root_owner=0:0", "-d", staging, disk,
           "\(recipe.diskSizeMb)M",
         ]))
+    if getuid() != 0 { try await root.giveToRoot(disk: disk, scratch: work) }
     let finalDirectory = "\(catalog.buildsDirectory(recipe.name))/\(buildId)"
     let record = ImageRecord(
       name: recipe.name, description: recipe.description, buildId: buildId, kernel: kernel,

@@ -147,6 +147,30 @@ struct RootFilesystem {
     }
   }
 
+  /// `mkfs.ext4 -d` copies each file's owner, so a tree staged by a normal user would be that
+  /// user's inside the guest (a uid the guest does not know). The files are given to root in
+  /// the finished disk with `debugfs` (which edits an image file, no root needed). Only for
+  /// builds without root: a root build keeps the owners its tree has (debootstrap's users).
+  func giveToRoot(disk: String, scratch: String) async throws {
+    var commands: [String] = []
+    let enumerator = fileManager.enumerator(atPath: path)
+    while let relative = enumerator?.nextObject() as? String {
+      let quoted = "\"/\(relative.replacingOccurrences(of: "\"", with: "\\\""))\""
+      commands += ["sif \(quoted) uid 0", "sif \(quoted) gid 0"]
+    }
+    guard !commands.isEmpty else { return }
+    let script = "\(scratch)/owners.debugfs"
+    try Data((commands.joined(separator: "\n") + "\n").utf8).write(to: URL(fileURLWithPath: script))
+    log.line("giving the image's \(commands.count / 2) files to root (debugfs)")
+    let output = try await runner.run(Command("debugfs", ["-w", "-f", script, disk]))
+    // debugfs exits 0 whatever its commands did: any line but its banner is an error.
+    let problems = output.stderr.split(separator: "\n").filter { !$0.hasPrefix("debugfs ") }
+    if !problems.isEmpty {
+      throw ImageError(
+        "debugfs could not give the files to root: \(problems.prefix(3).joined(separator: " | "))")
+    }
+  }
+
   func finish(imageName: String) async throws {
     try createDirectories(Self.essentialDirectories)
     try write("etc/atelier-image", "\(imageName)\n")

@@ -60,6 +60,16 @@ public struct BridgeSetup: Sendable {
     ]
   }
 
+  /// What guests may reach on the host, in words (never an empty list of ports).
+  var reachableOnHost: String {
+    let ports = allowedPorts.sorted().map(String.init)
+    switch ports.count {
+    case 0: return "ping and DNS"
+    case 1: return "ping, DNS and port \(ports[0])"
+    default: return "ping, DNS and ports \(ports.joined(separator: ", "))"
+    }
+  }
+
   /// The steps with whether each is already in place (for `init --dry-run` and the checks).
   public func plan() async -> [(description: String, done: Bool)] {
     [
@@ -70,7 +80,7 @@ public struct BridgeSetup: Sendable {
       // to reach over IPv6 (SSH and the API listen on `::` too).
       ("no IPv6 on \(bridge)", ipv6Disabled()),
       (
-        "iptables \(Self.inputChain) (guests reach only ports \(allowedPorts.map(String.init).joined(separator: ",")))",
+        "iptables \(Self.inputChain) (guests reach only \(reachableOnHost) on the host)",
         await chainMatches(Self.inputChain, inputRules, jumpFrom: "INPUT", match: ["-i", bridge])
       ),
       (

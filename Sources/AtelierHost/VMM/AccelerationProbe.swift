@@ -42,9 +42,9 @@ public struct AccelerationProbe: Sendable {
     case .kvm: return verdict(.kvm, "ATELIER_ACCEL=kvm")
     case .auto: break
     }
-    guard access("/dev/kvm", R_OK | W_OK) == 0 else {
-      return verdict(.tcg, "/dev/kvm is not usable here")
-    }
+    // No access is not probed (it cannot hang, nor tell anything): it says how to get access.
+    let device = KVMDevice.check()
+    guard device == .accessible else { return verdict(.tcg, device.reason) }
     guard let kernel else { return verdict(.tcg, "no guest kernel yet to probe KVM with") }
     if let data = FileManager.default.contents(atPath: cachePath),
       let cached = try? JSONDecoder.atelier.decode(Verdict.self, from: data),

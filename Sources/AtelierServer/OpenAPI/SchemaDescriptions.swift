@@ -1,0 +1,86 @@
+import AtelierAgentAPI
+import AtelierCore
+import AtelierManager
+
+// What the Codable shapes cannot say, from the constants the validators use.
+
+extension SandboxStatus: SchemaEnumeration {}
+extension IdleAction: SchemaEnumeration {}
+extension FileEntry.Kind: SchemaEnumeration {}
+extension ServiceDefinition.RestartPolicy: SchemaEnumeration {}
+extension ServiceStatus.State: SchemaEnumeration {}
+extension ExecStreamFrame.Kind: SchemaEnumeration {}
+extension TerminalControlFrame.Kind: SchemaEnumeration {}
+
+extension SandboxInfo: SchemaDescribed {
+  static var schemaName: String { "Sandbox" }
+  static func describe(_ schema: inout ObjectSchema) {
+    schema.set("id", "pattern", "^[a-z][a-z0-9]{11}$")
+    schema.describe("ipAddress", "the guest's address on the host bridge (bridge networking)")
+    schema.describe("snapshotId", "the snapshot it was restored from")
+  }
+}
+
+extension CreateSandboxRequest: SchemaDescribed {
+  static var schemaName: String { "CreateSandbox" }
+  static func describe(_ schema: inout ObjectSchema) {
+    schema.description = "Boot an image, or restore a snapshot (give only snapshot)."
+    schema.bound("vcpus", vcpuRange, default: defaultVcpus)
+    schema.bound("memoryMb", memoryRange, default: defaultMemoryMb)
+    schema.bound("diskGb", diskRange)
+    schema.describe("diskGb", "disk size (default ATELIER_DISK_SIZE_GB; at least the image's)")
+    schema.bound("timeoutSeconds", timeoutRange)
+    schema.describe("timeoutSeconds", "idle seconds before onIdle; 0 turns it off")
+    schema.describe("snapshot", "restore this snapshot instead of booting")
+    // A restore takes its shape from the snapshot (SandboxService.create refuses both).
+    schema.extra["allOf"] = .array(
+      ["image", "vcpus", "memoryMb", "diskGb"].map { field in
+        ["not": ["required": ["snapshot", .string(field)]]]
+      })
+  }
+}
+
+extension UpdateSandboxRequest: SchemaDescribed {
+  static var schemaName: String { "UpdateSandbox" }
+  static func describe(_ schema: inout ObjectSchema) {
+    schema.bound("timeoutSeconds", CreateSandboxRequest.timeoutRange)
+    schema.describe("timeoutSeconds", "idle seconds before onIdle; 0 turns it off")
+  }
+}
+
+extension SnapshotRequest: SchemaDescribed {
+  static func describe(_ schema: inout ObjectSchema) {
+    schema.length("name", nameLength)
+  }
+}
+
+extension ForkRequest: SchemaDescribed {
+  static func describe(_ schema: inout ObjectSchema) {
+    schema.bound("count", countRange, default: 1)
+  }
+}
+
+extension ExecRequest: SchemaDescribed {
+  static func describe(_ schema: inout ObjectSchema) {
+    schema.description = "Exactly one of command (run by /bin/sh -c) or argv (run directly)."
+    // The rules of `validationProblem`.
+    schema.extra["oneOf"] = [["required": ["command"]], ["required": ["argv"]]]
+    schema.set("command", "minLength", 1)
+    schema.set("argv", "minItems", 1)
+    schema.set("argv", "prefixItems", [["type": "string", "minLength": 1]])
+    schema.bound("timeoutMs", timeoutRange)
+    schema.describe("user", "dev where that user exists, else root")
+  }
+}
+
+extension SnapshotInfo: SchemaDescribed { static var schemaName: String { "Snapshot" } }
+extension ImageInfo: SchemaDescribed { static var schemaName: String { "Image" } }
+extension HealthReport: SchemaDescribed { static var schemaName: String { "Health" } }
+extension SpawnTimings: SchemaDescribed { static var schemaName: String { "Timings" } }
+
+extension ExecBatchRequest: SchemaDescribed {
+  static func describe(_ schema: inout ObjectSchema) {
+    schema.set("commands", "minItems", .number(Double(commandCount.lowerBound)))
+    schema.set("commands", "maxItems", .number(Double(commandCount.upperBound)))
+  }
+}
