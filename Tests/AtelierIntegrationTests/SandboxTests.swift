@@ -313,6 +313,8 @@ extension VMTests {
         let afterRestart = try await manager.exec(id, ["command": "cat /root/marker"])
         #expect(afterRestart.status == 200)
         #expect(afterRestart.json["stdout"] as? String == "kept\n")
+        // The adopted VM still runs as the VM user, under its seccomp filter.
+        manager.expectLeastPrivilege(count: 1)
 
         // SIGKILL the manager in the middle of a create: the next start removes what it made.
         let pending = Task {

@@ -17,11 +17,12 @@ struct FakeHost {
   let network: FakeNetwork
   let service: SandboxService
 
-  init(maxSandboxes: Int = 20) throws {
+  init(maxSandboxes: Int = 20, minFreeGb: Int = 0) throws {
     let data = NSTemporaryDirectory() + "atelier-fake-\(UUID().uuidString.prefix(8))"
     var config = Config.defaults()
     config.dataDir = data
     config.maxSandboxes = maxSandboxes
+    config.minFreeGb = minFreeGb
     config.bootTimeoutSeconds = 2
     for directory in [config.sandboxesDir, config.snapshotsDir, config.imagesDir] {
       try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
