@@ -79,3 +79,20 @@ public struct WriteFilesResult: Codable, Sendable {
   public var written: [FileEntry]
   public init(written: [FileEntry]) { self.written = written }
 }
+
+/// How guest paths, modes, owners and user names given to the agent must look (the agent's
+/// checks and the API document share these).
+public enum GuestFormats {
+  /// Absolute, without NUL bytes.
+  public static let pathPattern = "^/[^\\u0000]*$"
+  /// Octal permissions, e.g. `0644` (at most 0o7777).
+  public static let modePattern = "^0?[0-7]{1,4}$"
+  /// `user` or `user:group`, names or numeric ids.
+  public static let ownerPattern = "^[^:]+(:[^:]+)?$"
+  /// A user name (or a numeric id) in the guest.
+  public static let userPattern = "^[a-z_][a-z0-9_.-]{0,31}$|^[0-9]+$"
+  /// A service or dev command name.
+  public static let namePattern = "^[a-z0-9_-]{1,40}$"
+  public static let portRange = 1...65535
+  public static let terminalSizeRange = 1...1000
+}

@@ -1,10 +1,18 @@
 import AtelierAgentAPI
 
 extension AgentProxyController {
-  static let pathQuery = [QueryParameter(name: "path", description: "absolute path in the guest")]
+  static let pathQuery = [
+    QueryParameter(
+      name: "path", description: "absolute path in the guest",
+      schema: ["type": "string", "pattern": .string(GuestFormats.pathPattern)], required: true)
+  ]
   static let logQuery = [
-    QueryParameter(name: "offset", description: "byte offset to read from (default 0)"),
-    QueryParameter(name: "limit", description: "bytes to read (default 65536)"),
+    QueryParameter(
+      name: "offset", description: "byte offset to read from (default 0)",
+      schema: ["type": "integer", "minimum": 0]),
+    QueryParameter(
+      name: "limit", description: "bytes to read (default 65536)",
+      schema: ["type": "integer", "minimum": 1]),
   ]
 
   /// Every agent operation users reach through the manager.
@@ -29,14 +37,20 @@ extension AgentProxyController {
       tag: "files", body: .binary("the file's bytes"), response: .json(FileEntry.self, "written"),
       status: 201,
       query: pathQuery + [
-        QueryParameter(name: "mode", description: "octal permissions, e.g. 0644"),
-        QueryParameter(name: "owner", description: "user or user:group"),
+        QueryParameter(
+          name: "mode", description: "octal permissions, e.g. 0644",
+          schema: ["type": "string", "pattern": .string(GuestFormats.modePattern)]),
+        QueryParameter(
+          name: "owner", description: "user or user:group",
+          schema: ["type": "string", "pattern": .string(GuestFormats.ownerPattern)]),
       ]),
     ProxiedOperation(
       method: .delete, path: "/files", summary: "Delete a file or folder", tag: "files",
       response: .empty("deleted"), status: 204,
       query: pathQuery + [
-        QueryParameter(name: "recursive", description: "true to delete a non-empty folder")
+        QueryParameter(
+          name: "recursive", description: "true to delete a non-empty folder",
+          schema: ["type": "boolean"])
       ]),
     ProxiedOperation(
       method: .get, path: "/files/list", summary: "List a folder", tag: "files",
@@ -60,7 +74,9 @@ extension AgentProxyController {
       tag: "files", body: .binary("a tar stream"), response: .json(FileEntry.self, "extracted"),
       status: 201,
       query: pathQuery + [
-        QueryParameter(name: "owner", description: "user or user:group for the extracted files")
+        QueryParameter(
+          name: "owner", description: "user or user:group for the extracted files",
+          schema: ["type": "string", "pattern": .string(GuestFormats.ownerPattern)])
       ]),
   ]
 
@@ -116,12 +132,17 @@ extension AgentProxyController {
       tag: "git", response: .json(GitStatusResponse.self, "the repositories"),
       query: [
         QueryParameter(
-          name: "repoPath", description: "one repository (default: all under /home/dev/workspace)")
+          name: "repoPath", description: "one repository (default: all under /home/dev/workspace)",
+          schema: ["type": "string", "pattern": .string(GuestFormats.pathPattern)])
       ]),
     ProxiedOperation(
       method: .get, path: "/git/diff", summary: "Changed files with added and removed lines",
       tag: "git", response: .json(GitDiffResponse.self, "the changes"),
-      query: [QueryParameter(name: "repoPath", description: "one repository (default: all)")]),
+      query: [
+        QueryParameter(
+          name: "repoPath", description: "one repository (default: all)",
+          schema: ["type": "string", "pattern": .string(GuestFormats.pathPattern)])
+      ]),
     ProxiedOperation(
       method: .post, path: "/git/commit", summary: "Commit every change in a repository",
       tag: "git", body: .json(GitRepoRequest.self),

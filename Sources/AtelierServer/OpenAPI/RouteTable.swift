@@ -92,7 +92,7 @@ enum PathParameterDocs {
   static let patterns: [String: String] = [
     "id": Identifier.pattern, "snapshotId": Identifier.pattern,
     // The agent's rules: ServiceSupervisor.checkName and TerminalService's ids.
-    "name": "^[a-z0-9_-]{1,40}$", "sid": "^t[a-z0-9]{10}$",
+    "name": GuestFormats.namePattern, "sid": "^t[a-z0-9]{10}$",
   ]
 
   static func schema(_ name: String) -> JSONValue {

@@ -33,9 +33,15 @@ extension CreateSandboxRequest: SchemaDescribed {
     schema.describe("timeoutSeconds", "idle seconds before onIdle; 0 turns it off")
     schema.describe("snapshot", "restore this snapshot instead of booting")
     // A restore takes its shape from the snapshot (SandboxService.create refuses both).
+    // (null counts as absent, as it decodes as nil.)
     schema.extra["allOf"] = .array(
       ["image", "vcpus", "memoryMb", "diskGb"].map { field in
-        ["not": ["required": ["snapshot", .string(field)]]]
+        [
+          "not": [
+            "required": ["snapshot", .string(field)],
+            "properties": ["snapshot": ["type": "string"], field: ["not": ["type": "null"]]],
+          ]
+        ]
       })
   }
 }
@@ -64,12 +70,17 @@ extension ExecRequest: SchemaDescribed {
   static func describe(_ schema: inout ObjectSchema) {
     schema.description = "Exactly one of command (run by /bin/sh -c) or argv (run directly)."
     // The rules of `validationProblem`.
-    schema.extra["oneOf"] = [["required": ["command"]], ["required": ["argv"]]]
+    schema.extra["oneOf"] = [
+      ["required": ["command"], "properties": ["command": ["type": "string"]]],
+      ["required": ["argv"], "properties": ["argv": ["type": "array"]]],
+    ]
     schema.set("command", "minLength", 1)
     schema.set("argv", "minItems", 1)
     schema.set("argv", "prefixItems", [["type": "string", "minLength": 1]])
     schema.bound("timeoutMs", timeoutRange)
     schema.describe("user", "dev where that user exists, else root")
+    schema.set("user", "pattern", .string(GuestFormats.userPattern))
+    schema.set("cwd", "pattern", .string(GuestFormats.pathPattern))
   }
 }
 
@@ -82,5 +93,54 @@ extension ExecBatchRequest: SchemaDescribed {
   static func describe(_ schema: inout ObjectSchema) {
     schema.set("commands", "minItems", .number(Double(commandCount.lowerBound)))
     schema.set("commands", "maxItems", .number(Double(commandCount.upperBound)))
+  }
+}
+
+extension MkdirRequest: SchemaDescribed {
+  static func describe(_ schema: inout ObjectSchema) {
+    schema.set("path", "pattern", .string(GuestFormats.pathPattern))
+    schema.set("mode", "pattern", .string(GuestFormats.modePattern))
+    schema.set("owner", "pattern", .string(GuestFormats.ownerPattern))
+  }
+}
+
+extension WriteFilesRequest.File: SchemaDescribed {
+  static func describe(_ schema: inout ObjectSchema) {
+    schema.set("path", "pattern", .string(GuestFormats.pathPattern))
+    schema.set("mode", "pattern", .string(GuestFormats.modePattern))
+    schema.set("owner", "pattern", .string(GuestFormats.ownerPattern))
+  }
+}
+
+extension GitRepoRequest: SchemaDescribed {
+  static func describe(_ schema: inout ObjectSchema) {
+    schema.set("repoPath", "pattern", .string(GuestFormats.pathPattern))
+  }
+}
+
+extension DevCommandRequest: SchemaDescribed {
+  static func describe(_ schema: inout ObjectSchema) {
+    schema.set("command", "minLength", 1)
+    schema.bound("port", GuestFormats.portRange)
+    schema.set("workdir", "pattern", .string(GuestFormats.pathPattern))
+  }
+}
+
+extension ServiceDefinition: SchemaDescribed {
+  static func describe(_ schema: inout ObjectSchema) {
+    schema.set("command", "minLength", 1)
+    schema.bound("port", GuestFormats.portRange)
+    schema.set("cwd", "pattern", .string(GuestFormats.pathPattern))
+    schema.set("user", "pattern", .string(GuestFormats.userPattern))
+  }
+}
+
+extension TerminalCreateRequest: SchemaDescribed {
+  static func describe(_ schema: inout ObjectSchema) {
+    schema.bound("cols", GuestFormats.terminalSizeRange)
+    schema.bound("rows", GuestFormats.terminalSizeRange)
+    schema.set("command", "minItems", 1)
+    schema.set("user", "pattern", .string(GuestFormats.userPattern))
+    schema.set("cwd", "pattern", .string(GuestFormats.pathPattern))
   }
 }
