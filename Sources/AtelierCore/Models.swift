@@ -145,9 +145,13 @@ public struct SnapshotInfo: Codable, Sendable, Equatable {
   public var memoryMb: Int
   public var createdAt: Date
   public var sizeBytes: Int64
+  /// How long the sandbox was paused for it, and how long taking it took in all (absent for
+  /// snapshots from before this was recorded).
+  public var pauseMs: Int?
+  public var totalMs: Int?
   public init(
     id: String, sandboxId: String, name: String, image: String, vcpus: Int, memoryMb: Int,
-    createdAt: Date, sizeBytes: Int64
+    createdAt: Date, sizeBytes: Int64, pauseMs: Int? = nil, totalMs: Int? = nil
   ) {
     self.id = id
     self.sandboxId = sandboxId
@@ -157,6 +161,8 @@ public struct SnapshotInfo: Codable, Sendable, Equatable {
     self.memoryMb = memoryMb
     self.createdAt = createdAt
     self.sizeBytes = sizeBytes
+    self.pauseMs = pauseMs
+    self.totalMs = totalMs
   }
 }
 

@@ -29,6 +29,8 @@ public actor SandboxService {
   var openConnections: [String: Int] = [:]
   /// Stopped sandboxes booting again: they count against the limit before their rows do.
   var startsInProgress = 0
+  /// Sandboxes whose VM this process started or took over (the reconciler adopts the others).
+  var attached: Set<String> = []
 
   static let countedStatuses: [SandboxStatus] = [.creating, .running, .paused, .stopping]
 
@@ -203,6 +205,7 @@ public actor SandboxService {
       throw AtelierError.validation(
         "diskGb \(asked) is smaller than the disk of image \(imageName) (\(imageGb) GiB)")
     }
+    try requireFreeSpace(for: "a create")
     let row = try reserve(
       image: imageName, vcpus: vcpus, memoryMb: memoryMb, idle: idle, snapshotId: nil,
       runtime: SandboxRuntime(
@@ -267,7 +270,7 @@ public actor SandboxService {
   /// creates cannot both take the last place).
   func reserve(
     image: String, vcpus: Int, memoryMb: Int, idle: (Int?, IdleAction?), snapshotId: String?,
-    runtime: SandboxRuntime
+    memorySnapshotId: String? = nil, runtime: SandboxRuntime
   ) throws -> SandboxRecord {
     let id = Identifier.make()
     let now = Date()
@@ -275,7 +278,7 @@ public actor SandboxService {
       id: id, status: SandboxStatus.creating.rawValue, image: image, vcpus: vcpus,
       memoryMb: memoryMb, hostname: "sbx-\(id)", createdAt: now, updatedAt: now,
       runtime: Self.encode(runtime), timeoutSeconds: idle.0, onIdle: idle.1?.rawValue,
-      snapshotId: snapshotId)
+      snapshotId: snapshotId, memorySnapshotId: memorySnapshotId)
     guard
       try database.insert(
         row, ifCountOf: Self.countedStatuses.map(\.rawValue),
@@ -378,6 +381,7 @@ public actor SandboxService {
     }
     undo.push { [drivers] in await drivers.vmm.kill(vm) }
     try updateRuntime(id) { $0.vm = vm }
+    attached.insert(id)
     let launched = ContinuousClock.now
     try await waitForAgent(id, vm: vm, network: network)
     // A booted agent listens on no guest port until told (a restore is always told: its
@@ -432,6 +436,7 @@ public actor SandboxService {
       }
       await releaseResources(id: id, runtime: Self.runtime(row))
       try database.deleteSandbox(id: id)
+      collectRetiredSnapshots()
       lastActivity[id] = nil
       let event = SandboxEvent(sandbox: Self.info(row), previousStatus: row.status)
       events.publish("sandbox.deleted", event)
@@ -451,6 +456,7 @@ public actor SandboxService {
 
   /// Kills the VM process(es) of a sandbox and releases its network.
   func stopVMProcess(id: String, runtime: SandboxRuntime) async {
+    attached.remove(id)
     if let vm = runtime.vm { await drivers.vmm.kill(vm) }
     for observed in drivers.vmm.discover() where observed.sandboxId == id {
       await drivers.vmm.kill(

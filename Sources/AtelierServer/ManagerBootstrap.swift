@@ -26,6 +26,10 @@ public enum ManagerBootstrap {
       _ = token
     }
     let runner = SystemCommandRunner()
+    // VMs run as a user of their own when the manager is root (created if missing); it may
+    // pass through the data folder to what VMs open, and read nothing else there.
+    let vmUser = try await VMUser.ensure(named: config.vmUser, runner: runner)
+    try vmUser?.prepareDataDirectory(config, volumesDirectory: volumesDirectory(config))
     let qemuPath = findExecutable(config.qemuBinary)
     let kernel = KernelProvider(
       kernelsDirectory: config.kernelsDir, cacheDirectory: config.cacheDir, runner: runner
@@ -36,8 +40,7 @@ public enum ManagerBootstrap {
     logger.info("acceleration \(acceleration.acceleration.rawValue): \(acceleration.reason)")
     let drivers = try await makeDrivers(
       config: config, database: database, runner: runner, acceleration: acceleration,
-      kernel: kernel,
-      logger: logger)
+      kernel: kernel, vmUser: vmUser, logger: logger)
     let service = SandboxService(
       config: config, database: database, drivers: drivers,
       logger: Logger(label: "atelier.sandboxes"))
@@ -92,7 +95,8 @@ public enum ManagerBootstrap {
   /// `ATELIER_NETWORK`), with the host prepared for them.
   static func makeDrivers(
     config: Config, database: AtelierDatabase, runner: any CommandRunning,
-    acceleration: AccelerationProbe.Verdict, kernel: GuestKernel?, logger: Logger
+    acceleration: AccelerationProbe.Verdict, kernel: GuestKernel?, vmUser: VMUser?,
+    logger: Logger
   ) async throws -> HostDrivers {
     if config.vmm == .firecracker && config.network == .user {
       throw ConfigError(
@@ -107,13 +111,15 @@ public enum ManagerBootstrap {
       agentOverVsock = try qemuAgentOverVsock(config, logger: logger)
       vmm = QEMUMicroVM(
         binary: config.qemuBinary, acceleration: acceleration.acceleration,
-        sandboxesDirectory: config.sandboxesDir, vhostVsock: agentOverVsock, runner: runner)
+        sandboxesDirectory: config.sandboxesDir, vhostVsock: agentOverVsock, user: vmUser,
+        consoleCapBytes: config.consoleLogBytes, translationCacheMb: config.qemuTbSizeMb)
     case .firecracker:
       jail = try firecrackerJail(config)
       vmm = FirecrackerVMM(
         binary: jail == nil
           ? config.firecrackerBin : findExecutable(config.firecrackerBin) ?? config.firecrackerBin,
-        sandboxesDirectory: config.sandboxesDir, jail: jail)
+        sandboxesDirectory: config.sandboxesDir, jail: jail,
+        consoleCapBytes: config.consoleLogBytes)
       if let kernel {
         _ = try await KernelProvider(
           kernelsDirectory: config.kernelsDir, cacheDirectory: config.cacheDir, runner: runner
@@ -138,7 +144,9 @@ public enum ManagerBootstrap {
     case .file:
       return HostDrivers(
         // Disk sizes come with each clone (the request's, else ATELIER_DISK_SIZE_GB).
-        vmm: vmm, volumes: FileVolumeStore(directory: volumesDirectory(config)),
+        vmm: vmm,
+        volumes: FileVolumeStore(
+          directory: volumesDirectory(config), owner: config.vmm == .qemu ? vmUser : nil),
         network: network, images: images, acceleration: acceleration)
     case .lvm:
       let store = LVMThinVolumeStore(

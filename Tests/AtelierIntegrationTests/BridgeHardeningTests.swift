@@ -121,12 +121,16 @@ extension VMTests {
       let links = try await manager.inside(["ip", "-o", "link", "show"]).stdoutText
       found += links.split(separator: "\n").filter { $0.contains(" tap-") }.map { "link \($0)" }
       let nft = try await manager.inside(["nft", "list", "table", "bridge", "atelier"]).stdoutText
-      found += nft.split(separator: "\n").filter { $0.contains("tap-") && !$0.contains("\"tap-*\"") }
-        .map { "nft \($0)" }
+      found += nft.split(separator: "\n").filter {
+        $0.contains("tap-") && !$0.contains("\"tap-*\"")
+      }
+      .map { "nft \($0)" }
       let rules = try await manager.inside(["iptables", "-w", "-S"]).stdoutText
       found += rules.split(separator: "\n").filter { $0.contains("ATELIER-EG-") }.map(String.init)
       let egress = try await manager.inside(["iptables", "-w", "-S", "ATELIER-EGRESS"]).stdoutText
-      if egress.split(separator: "\n").filter({ $0.hasPrefix("-A") }) != ["-A ATELIER-EGRESS -j DROP"] {
+      if egress.split(separator: "\n").filter({ $0.hasPrefix("-A") }) != [
+        "-A ATELIER-EGRESS -j DROP"
+      ] {
         found.append("ATELIER-EGRESS: \(egress)")
       }
       let leases = try await manager.run([
@@ -134,7 +138,9 @@ extension VMTests {
         "import sqlite3,sys; print(sqlite3.connect(sys.argv[1]).execute('SELECT COUNT(*) FROM network_leases').fetchone()[0])",
         "\(manager.dataDirectory)/atelier.db",
       ])
-      if leases.stdoutText != "0\n" { found.append("leases: \(leases.stdoutText)\(leases.stderrText)") }
+      if leases.stdoutText != "0\n" {
+        found.append("leases: \(leases.stdoutText)\(leases.stderrText)")
+      }
       return found
     }
 
@@ -154,10 +160,10 @@ extension VMTests {
       let flag = "\(scratch)/fail"
       let wrapper = "\(scratch)/qemu"
       try """
-        #!/bin/sh
-        [ -e \(flag) ] && { echo "failing on purpose" >&2; exit 1; }
-        exec qemu-system-x86_64 "$@"
-        """.write(toFile: wrapper, atomically: true, encoding: .utf8)
+      #!/bin/sh
+      [ -e \(flag) ] && { echo "failing on purpose" >&2; exit 1; }
+      exec qemu-system-x86_64 "$@"
+      """.write(toFile: wrapper, atomically: true, encoding: .utf8)
       chmod(wrapper, 0o755)
       chmod(scratch, 0o755)
       FileManager.default.createFile(atPath: flag, contents: Data())
@@ -236,4 +242,3 @@ extension VMTests {
     }
   }
 }
-

@@ -177,7 +177,8 @@ final class NamespacedManager: @unchecked Sendable {
 
   /// The loopback port the agent of `id` is forwarded to (from its QEMU's `hostfwd`).
   func agentPort(of id: String) -> Int? {
-    for (_, arguments) in vmCommandLines() where arguments.contains(where: { $0.contains("/\(id)/") }) {
+    for (_, arguments) in vmCommandLines()
+    where arguments.contains(where: { $0.contains("/\(id)/") }) {
       for argument in arguments where argument.contains("id=agent0") {
         guard let range = argument.range(of: "hostfwd=tcp:127.0.0.1:") else { continue }
         return Int(argument[range.upperBound...].prefix { $0.isNumber })

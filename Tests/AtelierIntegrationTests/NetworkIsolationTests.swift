@@ -56,8 +56,9 @@ extension VMTests {
         if let network { body["network"] = network }
         let created = try await manager.request("POST", "/api/sandboxes", json: body)
         guard created.status == 201, let id = created.json["id"] as? String else {
-          throw TestFailure("create answered \(created.status): \(created.text)\n"
-            + manager.log(lines: 40))
+          throw TestFailure(
+            "create answered \(created.status): \(created.text)\n"
+              + manager.log(lines: 40))
         }
         return id
       }
@@ -114,7 +115,8 @@ extension VMTests {
       // Per-sandbox lists cannot be told apart in user mode: refused, naming the reason.
       let refused = try await manager.request(
         "POST", "/api/sandboxes", json: ["network": ["deny": ["198.51.100.0/24"]]])
-      #expect(refused.status == 400 && refused.text.contains("bridge networking"), "\(refused.text)")
+      #expect(
+        refused.status == 400 && refused.text.contains("bridge networking"), "\(refused.text)")
 
       // Positive controls, with the same probe: the internet, and the guest service by name.
       let internet = (TestInternet.publicServer, TestInternet.port)
@@ -190,7 +192,8 @@ extension VMTests {
       let metadata = "\(TestInternet.metadataServer):80"
       let service = "host.atelier.internal:\(Self.guestServicePort)"
       let outside: [(String, Int)] = [
-        (TestInternet.publicServer, TestInternet.port), (TestInternet.otherServer, TestInternet.port),
+        (TestInternet.publicServer, TestInternet.port),
+        (TestInternet.otherServer, TestInternet.port),
         (TestInternet.privateServer, TestInternet.port), (TestInternet.metadataServer, 80),
         ("host.atelier.internal", Self.guestServicePort),
       ]
@@ -200,7 +203,8 @@ extension VMTests {
       ])
       let closed = try await lab.create(["internet": false, "allow": ["198.51.100.1"]])
       let shown = try await manager.request("GET", "/api/sandboxes/\(closed)")
-      #expect((shown.json["network"] as? [String: Any])?["allow"] as? [String] == ["198.51.100.1/32"])
+      #expect(
+        (shown.json["network"] as? [String: Any])?["allow"] as? [String] == ["198.51.100.1/32"])
       // The metadata server answers the host itself: what the guests do not reach is there.
       let fromHost = try await manager.inside([
         "curl", "-s", "--max-time", "5", "http://\(TestInternet.metadataServer)/",
@@ -267,7 +271,8 @@ extension VMTests {
       let status = try await manager.cli(["network", "status"])
       let text = status.stdoutText
       #expect(status.exitCode == 0, "\(text)\(status.stderrText)")
-      #expect(text.contains("ok   iptables ATELIER-EGRESS (each sandbox's egress policy; 3 sandboxes"))
+      #expect(
+        text.contains("ok   iptables ATELIER-EGRESS (each sandbox's egress policy; 3 sandboxes"))
       #expect(text.contains("ok   nftables bridge atelier (each TAP sends only from its own MAC"))
       #expect(text.contains("3 TAPs now"), "\(text)")
       for id in ids {

@@ -55,7 +55,8 @@ final class TestInternet: @unchecked Sendable {
       (Self.publicServer, Self.port), (Self.otherServer, Self.port),
       (Self.privateServer, Self.port), (Self.metadataServer, 80),
     ] {
-      servers.append(try spawnBanner(address: address, port: port, banner: "\(Self.banner) \(address)"))
+      servers.append(
+        try spawnBanner(address: address, port: port, banner: "\(Self.banner) \(address)"))
     }
     servers.append(
       try ProcessReaper.shared.spawn(

@@ -216,8 +216,7 @@ import Testing
 
   @Test func userModeGuestsWithoutInternetGetARestrictedNICAndNoIPv6() async throws {
     let vmm = QEMUMicroVM(
-      binary: "qemu-system-x86_64", acceleration: .tcg, sandboxesDirectory: "/data/sandboxes",
-      runner: SystemCommandRunner())
+      binary: "qemu-system-x86_64", acceleration: .tcg, sandboxesDirectory: "/data/sandboxes")
     for internet in [true, false] {
       let attachment = try await UserModeNetwork().attach(
         sandboxId: "abcdefabcdef", policy: NetworkPolicy(internet: internet))

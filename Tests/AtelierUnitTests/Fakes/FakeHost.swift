@@ -18,13 +18,14 @@ struct FakeHost {
   let service: SandboxService
 
   init(
-    maxSandboxes: Int = 20, enforcesDestinationLists: Bool = false,
+    maxSandboxes: Int = 20, minFreeGb: Int = 0, enforcesDestinationLists: Bool = false,
     configure: (inout Config) -> Void = { _ in }
   ) throws {
     let data = NSTemporaryDirectory() + "atelier-fake-\(UUID().uuidString.prefix(8))"
     var config = Config.defaults()
     config.dataDir = data
     config.maxSandboxes = maxSandboxes
+    config.minFreeGb = minFreeGb
     config.bootTimeoutSeconds = 2
     configure(&config)
     for directory in [config.sandboxesDir, config.snapshotsDir, config.imagesDir] {
