@@ -70,34 +70,6 @@ public actor SandboxService {
     return record
   }
 
-  static func info(_ record: SandboxRecord) -> SandboxInfo {
-    let runtime = runtime(record)
-    return SandboxInfo(
-      id: record.id, status: status(record), image: record.image, vcpus: record.vcpus,
-      memoryMb: record.memoryMb, hostname: record.hostname, createdAt: record.createdAt,
-      updatedAt: record.updatedAt,
-      timings: record.timings.flatMap {
-        try? JSONDecoder().decode(SpawnTimings.self, from: Data($0.utf8))
-      },
-      error: record.error, timeoutSeconds: record.timeoutSeconds,
-      onIdle: record.onIdle.flatMap(IdleAction.init(rawValue:)), snapshotId: record.snapshotId,
-      ipAddress: runtime.network.flatMap { $0.mac == nil ? nil : $0.guestIPv4 },
-      diskGb: runtime.diskGb, network: runtime.policy)
-  }
-
-  static func status(_ record: SandboxRecord) -> SandboxStatus {
-    SandboxStatus(rawValue: record.status) ?? .error
-  }
-
-  static func runtime(_ record: SandboxRecord) -> SandboxRuntime {
-    record.runtime.flatMap { try? JSONDecoder().decode(SandboxRuntime.self, from: Data($0.utf8)) }
-      ?? SandboxRuntime()
-  }
-
-  static func encode<T: Encodable>(_ value: T) -> String {
-    String(decoding: (try? JSONEncoder().encode(value)) ?? Data(), as: UTF8.self)
-  }
-
   func runtimeDirectory(_ id: String) -> String { "\(config.sandboxesDir)/\(id)" }
 
   // MARK: Writes, with events
@@ -125,7 +97,8 @@ public actor SandboxService {
 
   func updateRuntime(_ id: String, _ change: (inout SandboxRuntime) -> Void) throws {
     var row = try record(id)
-    var runtime = Self.runtime(row)
+    // Never an empty runtime written over one that could not be read.
+    var runtime = try Self.storedRuntime(row)
     change(&runtime)
     row.runtime = Self.encode(runtime)
     try database.update(row)

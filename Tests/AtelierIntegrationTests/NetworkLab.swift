@@ -31,9 +31,17 @@ final class TestInternet: @unchecked Sendable {
   init(linkedTo host: NamespacedManager) async throws {
     self.host = host
     namespace = host.namespace + "i"
+    try await host.run(["ip", "netns", "add", namespace])
+    // Whatever fails from here, no server or namespace outlives it.
+    do { try await setUp() } catch {
+      await tearDown()
+      throw error
+    }
+  }
+
+  private func setUp() async throws {
     let outside = "\(host.namespace)o"
     let inside = "\(host.namespace)h"
-    try await host.run(["ip", "netns", "add", namespace])
     try await run(["ip", "link", "set", "lo", "up"])
     try await host.run([
       "ip", "link", "add", inside, "netns", host.namespace, "type", "veth", "peer", "name",
@@ -123,7 +131,8 @@ final class TestInternet: @unchecked Sendable {
 
   func waitForListeners(in namespace: String, count: Int) async throws {
     for _ in 0..<100 {
-      if await TestNetwork.listeningPorts(namespace: namespace, runner: host).count >= count {
+      // Sockets, not ports: several servers share a port on different addresses.
+      if await TestNetwork.listeningSockets(namespace: namespace, runner: host).count >= count {
         return
       }
       try await Task.sleep(for: .milliseconds(100))
@@ -161,7 +170,14 @@ enum TestNetwork {
   /// TCP ports something listens on in `namespace` (IPv4 and IPv6; from /proc/net/tcp*, read
   /// inside it now).
   static func listeningPorts(namespace: String, runner: NamespacedManager) async -> Set<Int> {
-    var ports = Set<Int>()
+    Set(await listeningSockets(namespace: namespace, runner: runner).map(\.port))
+  }
+
+  /// Every listening TCP socket in `namespace`, as /proc/net/tcp{,6} name it (hex address).
+  static func listeningSockets(namespace: String, runner: NamespacedManager) async
+    -> Set<ListeningSocket>
+  {
+    var sockets = Set<ListeningSocket>()
     for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
       guard let result = try? await runner.run(["ip", "netns", "exec", namespace, "cat", table])
       else { continue }
@@ -170,10 +186,15 @@ enum TestNetwork {
         guard fields.count > 3, fields[3] == "0A", let colon = fields[1].lastIndex(of: ":"),
           let port = Int(fields[1][fields[1].index(after: colon)...], radix: 16)
         else { continue }
-        ports.insert(port)
+        sockets.insert(ListeningSocket(address: String(fields[1][..<colon]), port: port))
       }
     }
-    return ports
+    return sockets
+  }
+
+  struct ListeningSocket: Hashable {
+    var address: String
+    var port: Int
   }
 
   /// Tries every target from inside the guest at once (each a TCP connect sending a request

@@ -9,7 +9,9 @@ import Testing
 final class IsolatedUserModeManager: @unchecked Sendable {
   let namespace = "atlq\(Identifier.make(length: 6))"
   let outside = "atlo\(Identifier.make(length: 6))"
-  let serverAddress = "10.77.0.2"
+  /// A public (documentation) address: the default deny list refuses private ones, and with
+  /// a root manager the user-mode egress filter enforces it.
+  let serverAddress = "203.0.113.77"
   let serverPort = 8080
   let dataDirectory: String
   let port = 4310
@@ -53,7 +55,7 @@ final class IsolatedUserModeManager: @unchecked Sendable {
       "peer", "name", "atlw\(namespace.suffix(6))", "netns", outside,
     ])
     for (name, link, address) in [
-      (namespace, "atlv\(namespace.suffix(6))", "10.77.0.1/24"),
+      (namespace, "atlv\(namespace.suffix(6))", "203.0.113.1/24"),
       (outside, "atlw\(namespace.suffix(6))", "\(serverAddress)/24"),
     ] {
       try await run(["ip", "netns", "exec", name, "ip", "addr", "add", address, "dev", link])

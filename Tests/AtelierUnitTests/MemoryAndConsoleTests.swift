@@ -102,6 +102,11 @@ import Testing
 
   /// Whatever comes through the FIFO, the two log files hold at most the cap; the newest
   /// output is the tail; nothing blocks the writer.
+  /// Waits (up to 20 s) for `condition`; the expectation after it says what was seen.
+  func eventually(_ condition: () -> Bool) async throws {
+    for _ in 0..<400 where !condition() { try await Task.sleep(for: .milliseconds(50)) }
+  }
+
   @Test func consoleRelayCapsTheLogAndKeepsTheTail() async throws {
     let dir = try temporaryDirectory()
     defer { try? FileManager.default.removeItem(atPath: dir) }
@@ -121,7 +126,8 @@ import Testing
       line += 1
     }
     close(writer)
-    try await Task.sleep(for: .milliseconds(300))
+    // The relay drains at its own pace (slower on a loaded machine): wait for the last line.
+    try await eventually { console.tail(lines: 3).contains("line \(line - 1) ") }
     let tail = console.tail(lines: 3)
     #expect(tail.contains("line \(line - 1) "), "\(tail.suffix(200))")
     #expect(console.sizeBytes <= cap)
@@ -134,7 +140,7 @@ import Testing
     let again = open(console.fifoPath, O_WRONLY | O_CLOEXEC)
     writeAll(fd: again, Array("after the link\n".utf8))
     close(again)
-    try await Task.sleep(for: .milliseconds(400))
+    try await eventually { console.tail(lines: 2).contains("after the link") }
     #expect(!FileManager.default.fileExists(atPath: "\(dir)/elsewhere"))
     #expect(console.tail(lines: 2).contains("after the link"))
   }
