@@ -43,12 +43,15 @@ public struct SandboxInfo: Codable, Sendable, Equatable {
   public var ipAddress: String?
   /// The size of the sandbox's disk (its root file system fills it).
   public var diskGb: Int?
+  /// The id of the user it belongs to.
+  public var ownerId: String?
 
   public init(
     id: String, status: SandboxStatus, image: String, vcpus: Int, memoryMb: Int,
     hostname: String, createdAt: Date, updatedAt: Date, timings: SpawnTimings? = nil,
     error: String? = nil, timeoutSeconds: Int? = nil, onIdle: IdleAction? = nil,
-    snapshotId: String? = nil, ipAddress: String? = nil, diskGb: Int? = nil
+    snapshotId: String? = nil, ipAddress: String? = nil, diskGb: Int? = nil,
+    ownerId: String? = nil
   ) {
     self.id = id
     self.status = status
@@ -65,6 +68,7 @@ public struct SandboxInfo: Codable, Sendable, Equatable {
     self.snapshotId = snapshotId
     self.ipAddress = ipAddress
     self.diskGb = diskGb
+    self.ownerId = ownerId
   }
 }
 
@@ -137,9 +141,11 @@ public struct SnapshotInfo: Codable, Sendable, Equatable {
   public var memoryMb: Int
   public var createdAt: Date
   public var sizeBytes: Int64
+  /// The id of the user it belongs to.
+  public var ownerId: String?
   public init(
     id: String, sandboxId: String, name: String, image: String, vcpus: Int, memoryMb: Int,
-    createdAt: Date, sizeBytes: Int64
+    createdAt: Date, sizeBytes: Int64, ownerId: String? = nil
   ) {
     self.id = id
     self.sandboxId = sandboxId
@@ -149,7 +155,26 @@ public struct SnapshotInfo: Codable, Sendable, Equatable {
     self.memoryMb = memoryMb
     self.createdAt = createdAt
     self.sizeBytes = sizeBytes
+    self.ownerId = ownerId
   }
+}
+
+/// Who asks: members see and act on what they own, admins on everything.
+public struct Requester: Sendable, Equatable {
+  public var userId: String
+  public var isAdmin: Bool
+  public init(userId: String, isAdmin: Bool) {
+    self.userId = userId
+    self.isAdmin = isAdmin
+  }
+
+  /// Whether something owned by `ownerId` is visible to (and may be acted on by) this caller.
+  public func mayAccess(ownedBy ownerId: String?) -> Bool {
+    isAdmin || (ownerId != nil && ownerId == userId)
+  }
+
+  /// The owner filter for lists: nil (everything) for admins.
+  public var ownerFilter: String? { isAdmin ? nil : userId }
 }
 
 public struct ForkRequest: Codable, Sendable {

@@ -48,13 +48,22 @@ public actor SandboxService {
 
   // MARK: Reads
 
-  public func list(status: String?) throws -> [SandboxInfo] {
+  /// Sandboxes (of one status; of one owner when `ownerId` is given).
+  public func list(status: String?, ownerId: String? = nil) throws -> [SandboxInfo] {
     if let status, SandboxStatus(rawValue: status) == nil {
       throw AtelierError.validation(
         "unknown status \(status); expected one of \(SandboxStatus.allCases.map(\.rawValue).joined(separator: ", "))"
       )
     }
-    return try database.sandboxes(status: status).map(Self.info)
+    return try database.sandboxes(status: status, ownerId: ownerId).map(Self.info)
+  }
+
+  /// A 404 unless the sandbox exists and `requester` may act on it (its owner, or an admin):
+  /// what one may not see looks the same as what does not exist.
+  public func requireAccess(toSandbox id: String, _ requester: Requester) throws {
+    guard let row = try database.sandbox(id: id), requester.mayAccess(ownedBy: row.ownerId) else {
+      throw AtelierError.notFound("sandbox \(id) not found")
+    }
   }
 
   public func get(_ id: String) throws -> SandboxInfo {
@@ -80,7 +89,7 @@ public actor SandboxService {
       error: record.error, timeoutSeconds: record.timeoutSeconds,
       onIdle: record.onIdle.flatMap(IdleAction.init(rawValue:)), snapshotId: record.snapshotId,
       ipAddress: runtime.network.flatMap { $0.mac == nil ? nil : $0.guestIPv4 },
-      diskGb: runtime.diskGb)
+      diskGb: runtime.diskGb, ownerId: record.ownerId)
   }
 
   static func status(_ record: SandboxRecord) -> SandboxStatus {
@@ -169,7 +178,10 @@ public actor SandboxService {
 
   // MARK: Create
 
-  public func create(_ request: CreateSandboxRequest) async throws -> SandboxInfo {
+  /// A new sandbox owned by `owner` (a user id; nil for none, as before users existed).
+  public func create(_ request: CreateSandboxRequest, owner: String? = nil) async throws
+    -> SandboxInfo
+  {
     let idle = try Self.validateIdle(timeoutSeconds: request.timeoutSeconds, onIdle: request.onIdle)
     if let snapshotId = request.snapshot {
       guard request.image == nil, request.vcpus == nil, request.memoryMb == nil,
@@ -179,7 +191,7 @@ public actor SandboxService {
           "a restore takes its image, vcpus, memory and disk from the snapshot; give only snapshot"
         )
       }
-      return try await restore(snapshotId: snapshotId, idle: idle)
+      return try await restore(snapshotId: snapshotId, idle: idle, owner: owner)
     }
     let vcpus = request.vcpus ?? CreateSandboxRequest.defaultVcpus
     let memoryMb = request.memoryMb ?? CreateSandboxRequest.defaultMemoryMb
@@ -206,7 +218,7 @@ public actor SandboxService {
       image: imageName, vcpus: vcpus, memoryMb: memoryMb, idle: idle, snapshotId: nil,
       runtime: SandboxRuntime(
         kernel: image.kernel, imageBuild: image.buildId, diskGb: diskGb,
-        agentKey: AgentKey.generate()))
+        agentKey: AgentKey.generate()), owner: owner)
     return try await build(row.id) { undo in
       let started = ContinuousClock.now
       let volumeName = VolumeNames.sandbox(row.id)
@@ -248,7 +260,7 @@ public actor SandboxService {
   /// creates cannot both take the last place).
   func reserve(
     image: String, vcpus: Int, memoryMb: Int, idle: (Int?, IdleAction?), snapshotId: String?,
-    runtime: SandboxRuntime
+    runtime: SandboxRuntime, owner: String?
   ) throws -> SandboxRecord {
     let id = Identifier.make()
     let now = Date()
@@ -256,7 +268,7 @@ public actor SandboxService {
       id: id, status: SandboxStatus.creating.rawValue, image: image, vcpus: vcpus,
       memoryMb: memoryMb, hostname: "sbx-\(id)", createdAt: now, updatedAt: now,
       runtime: Self.encode(runtime), timeoutSeconds: idle.0, onIdle: idle.1?.rawValue,
-      snapshotId: snapshotId)
+      snapshotId: snapshotId, ownerId: owner)
     guard
       try database.insert(
         row, ifCountOf: Self.countedStatuses.map(\.rawValue),

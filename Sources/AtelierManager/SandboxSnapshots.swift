@@ -26,11 +26,19 @@ extension SandboxService {
     SnapshotInfo(
       id: record.id, sandboxId: record.sandboxId, name: record.name, image: record.image,
       vcpus: record.vcpus, memoryMb: record.memoryMb, createdAt: record.createdAt,
-      sizeBytes: record.sizeBytes)
+      sizeBytes: record.sizeBytes, ownerId: record.ownerId)
   }
 
-  public func listSnapshots() throws -> [SnapshotInfo] {
-    try database.snapshots(kind: "user").map(Self.info)
+  /// Snapshots (of one owner when `ownerId` is given).
+  public func listSnapshots(ownerId: String? = nil) throws -> [SnapshotInfo] {
+    try database.snapshots(kind: "user", ownerId: ownerId).map(Self.info)
+  }
+
+  /// A 404 unless the snapshot exists and `requester` may use it.
+  public func requireAccess(toSnapshot id: String, _ requester: Requester) throws {
+    guard let record = try database.snapshot(id: id), record.kind == "user",
+      requester.mayAccess(ownedBy: record.ownerId)
+    else { throw AtelierError.notFound("snapshot \(id) not found") }
   }
 
   public func getSnapshot(_ id: String) throws -> SnapshotInfo {
@@ -104,7 +112,7 @@ extension SandboxService {
         image: row.image, vcpus: row.vcpus, memoryMb: row.memoryMb, createdAt: Date(),
         sizeBytes: Self.allocatedBytes(memoryPath) + Self.allocatedBytes("\(memoryPath).vmstate")
           + diskBytes,
-        kind: kind, state: Self.encode(state))
+        kind: kind, state: Self.encode(state), ownerId: row.ownerId)
       try database.insert(record)
       logger.info(
         "snapshot taken",
@@ -151,7 +159,9 @@ extension SandboxService {
   /// A new sandbox from a snapshot: its own disk (a clone of the frozen one), port forward,
   /// id and hostname; memory restored instead of booting; then the guest is told who it is
   /// now, the time, and given fresh entropy.
-  func restore(snapshotId: String, idle: (Int?, IdleAction?)) async throws -> SandboxInfo {
+  func restore(snapshotId: String, idle: (Int?, IdleAction?), owner: String?) async throws
+    -> SandboxInfo
+  {
     guard let snapshot = try database.snapshot(id: snapshotId) else {
       throw AtelierError.notFound("snapshot \(snapshotId) not found")
     }
@@ -167,7 +177,8 @@ extension SandboxService {
       image: snapshot.image, vcpus: snapshot.vcpus, memoryMb: snapshot.memoryMb, idle: idle,
       snapshotId: snapshotId,
       runtime: SandboxRuntime(
-        kernel: state.kernel, diskGb: state.diskGb, agentKey: AgentKey.generate()))
+        kernel: state.kernel, diskGb: state.diskGb, agentKey: AgentKey.generate()),
+      owner: owner)
     return try await build(row.id) { undo in
       let started = ContinuousClock.now
       let volumeName = VolumeNames.sandbox(row.id)
@@ -254,7 +265,10 @@ extension SandboxService {
     await withTaskGroup(of: Result<SandboxInfo, any Error>.self) { group in
       for _ in 0..<count {
         group.addTask {
-          await Result(catching: { try await self.restore(snapshotId: snapshot.id, idle: idle) })
+          // The forks belong to the parent's owner.
+          await Result(catching: {
+            try await self.restore(snapshotId: snapshot.id, idle: idle, owner: parent.ownerId)
+          })
         }
       }
       for await result in group {

@@ -31,7 +31,7 @@ public enum ManagerServer {
   }
 
   /// The router with every route and middleware, and the table it was built from.
-  static func buildRouter(_ dependencies: Dependencies, logger: Logger) -> (
+  static func buildRouter(_ dependencies: Dependencies, logger: Logger) throws -> (
     Router<ManagerRequestContext>, RouteTable
   ) {
     let router = Router(context: ManagerRequestContext.self)

@@ -22,12 +22,14 @@ public struct SandboxRecord: Codable, Sendable, Equatable, FetchableRecord, Pers
   public var onIdle: String?
   /// The snapshot this sandbox was restored from, if any.
   public var snapshotId: String?
+  /// The user it belongs to (members see and act on their own only).
+  public var ownerId: String?
 
   public init(
     id: String, status: String, image: String, vcpus: Int, memoryMb: Int, hostname: String,
     createdAt: Date, updatedAt: Date, timings: String? = nil, error: String? = nil,
     runtime: String? = nil, timeoutSeconds: Int? = nil, onIdle: String? = nil,
-    snapshotId: String? = nil
+    snapshotId: String? = nil, ownerId: String? = nil
   ) {
     self.id = id
     self.status = status
@@ -43,6 +45,7 @@ public struct SandboxRecord: Codable, Sendable, Equatable, FetchableRecord, Pers
     self.timeoutSeconds = timeoutSeconds
     self.onIdle = onIdle
     self.snapshotId = snapshotId
+    self.ownerId = ownerId
   }
 }
 
@@ -61,10 +64,12 @@ public struct SnapshotRecord: Codable, Sendable, Equatable, FetchableRecord, Per
   /// `user` (made through the API) or `fork` (internal, removed once the forks exist).
   public var kind: String
   public var state: String
+  /// The user it belongs to.
+  public var ownerId: String?
 
   public init(
     id: String, sandboxId: String, name: String, image: String, vcpus: Int, memoryMb: Int,
-    createdAt: Date, sizeBytes: Int64, kind: String, state: String
+    createdAt: Date, sizeBytes: Int64, kind: String, state: String, ownerId: String? = nil
   ) {
     self.id = id
     self.sandboxId = sandboxId
@@ -76,16 +81,8 @@ public struct SnapshotRecord: Codable, Sendable, Equatable, FetchableRecord, Per
     self.sizeBytes = sizeBytes
     self.kind = kind
     self.state = state
+    self.ownerId = ownerId
   }
-}
-
-public struct APITokenRecord: Codable, Sendable, FetchableRecord, PersistableRecord {
-  public static let databaseTableName = "api_tokens"
-  public var id: String
-  public var name: String
-  /// SHA-256 of the token, hex; the token itself is never stored.
-  public var tokenHash: String
-  public var createdAt: Date
 }
 
 /// SQLite in WAL mode through GRDB, with versioned migrations.
@@ -147,6 +144,7 @@ public final class AtelierDatabase: Sendable {
         table.column("octet", .integer).notNull().unique()
       }
     }
+    migrator.registerMigration("v5-access", migrate: AccessMigration.apply)
     return migrator
   }
 
@@ -177,10 +175,12 @@ public final class AtelierDatabase: Sendable {
     try pool.read { try SandboxRecord.fetchOne($0, key: id) }
   }
 
-  public func sandboxes(status: String? = nil) throws -> [SandboxRecord] {
+  /// Sandboxes (of one status, or of one owner, when given), oldest first.
+  public func sandboxes(status: String? = nil, ownerId: String? = nil) throws -> [SandboxRecord] {
     try pool.read { db in
       var request = SandboxRecord.order(Column("createdAt"))
       if let status { request = request.filter(Column("status") == status) }
+      if let ownerId { request = request.filter(Column("ownerId") == ownerId) }
       return try request.fetchAll(db)
     }
   }
@@ -213,10 +213,11 @@ public final class AtelierDatabase: Sendable {
     try pool.read { try SnapshotRecord.filter(Column("kind") == kind).fetchCount($0) }
   }
 
-  public func snapshots(kind: String? = nil) throws -> [SnapshotRecord] {
+  public func snapshots(kind: String? = nil, ownerId: String? = nil) throws -> [SnapshotRecord] {
     try pool.read { db in
       var request = SnapshotRecord.order(Column("createdAt"))
       if let kind { request = request.filter(Column("kind") == kind) }
+      if let ownerId { request = request.filter(Column("ownerId") == ownerId) }
       return try request.fetchAll(db)
     }
   }
@@ -258,31 +259,6 @@ public final class AtelierDatabase: Sendable {
     try pool.write {
       try $0.execute(sql: "DELETE FROM network_leases WHERE sandboxId = ?", arguments: [sandboxId])
     }
-  }
-
-  // MARK: API tokens
-
-  public func tokenCount() throws -> Int {
-    try pool.read { try APITokenRecord.fetchCount($0) }
-  }
-
-  public func insertToken(id: String, name: String, hash: String) throws {
-    try pool.write {
-      try APITokenRecord(id: id, name: name, tokenHash: hash, createdAt: Date()).insert($0)
-    }
-  }
-
-  public func tokens() throws -> [APITokenRecord] {
-    try pool.read { try APITokenRecord.order(Column("createdAt")).fetchAll($0) }
-  }
-
-  @discardableResult
-  public func deleteToken(id: String) throws -> Bool {
-    try pool.write { try APITokenRecord.deleteOne($0, key: id) }
-  }
-
-  public func token(hash: String) throws -> APITokenRecord? {
-    try pool.read { try APITokenRecord.filter(Column("tokenHash") == hash).fetchOne($0) }
   }
 
   /// The journal mode in effect (for the health check and tests).

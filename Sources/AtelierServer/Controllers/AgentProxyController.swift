@@ -47,7 +47,7 @@ struct AgentProxyController {
       routes.webSocket(
         path, doc,
         shouldUpgrade: { _, context in
-          _ = try await service.agentEndpoint(try context.parameters.require("id"))
+          _ = try await service.agentEndpoint(try await service.accessibleSandbox(context))
         },
         onUpgrade: { inbound, outbound, context in
           let parameters = context.requestContext.parameters
@@ -64,7 +64,7 @@ struct AgentProxyController {
       responses: [operation.status: Self.responseDoc(operation)]
     ) { request, context in
       try await proxy.forward(
-        request, sandboxId: try context.parameters.require("id"),
+        request, sandboxId: try await service.accessibleSandbox(context),
         agentPath: Self.agentPath(operation, context.parameters))
     }
   }

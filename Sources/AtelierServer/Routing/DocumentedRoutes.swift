@@ -37,6 +37,8 @@ struct DocumentedRoutes {
   let prefix: String
   let table: RouteTable
   let requiresAuth: Bool
+  /// Behind `AdminOnlyMiddleware` too (members get 403).
+  var requiresAdmin = false
 
   func fullPath(_ path: String) -> String { path.isEmpty ? prefix : "\(prefix)/\(path)" }
 
@@ -48,7 +50,8 @@ struct DocumentedRoutes {
       RouteDoc(
         method: method, path: fullPath(path), summary: doc.summary, tag: doc.tag,
         requiresAuth: requiresAuth, query: doc.query, body: body, responses: responses,
-        webSocket: webSocket, errors: doc.errors, produces: doc.produces))
+        webSocket: webSocket, errors: doc.errors + (requiresAdmin ? [.forbidden] : []),
+        produces: doc.produces))
   }
 
   /// A route answering `Output` as JSON.
