@@ -310,6 +310,8 @@ public struct Config: Sendable, Equatable {
 
   public var databasePath: String { "\(dataDir)/atelier.db" }
   public var adminTokenPath: String { "\(dataDir)/admin-token" }
+  /// The key that signs browser session cookies (made at first start, 0600).
+  public var sessionKeyPath: String { "\(dataDir)/session-key" }
   public var imagesDir: String { "\(dataDir)/images" }
   public var kernelsDir: String { "\(dataDir)/kernels" }
   public var sandboxesDir: String { "\(dataDir)/sandboxes" }

@@ -42,11 +42,27 @@ public enum ManagerServer {
     router.add(middleware: PathNormalizationMiddleware())
     let root = DocumentedRoutes(
       group: router.group(), prefix: "", table: table, requiresAuth: false)
-    let api = DocumentedRoutes(
-      group: router.group("api").add(
-        middleware: AuthenticationMiddleware(tokens: TokenVerifier(database: dependencies.database))
-      ),
-      prefix: "/api", table: table, requiresAuth: true)
+    let authenticator = Authenticator(
+      database: dependencies.database,
+      signer: try SessionSigner.load(path: dependencies.config.sessionKeyPath))
+    let authentication = AuthenticationMiddleware(authenticator: authenticator)
+    let apiGroup = router.group("api").add(middleware: authentication)
+    let api = DocumentedRoutes(group: apiGroup, prefix: "/api", table: table, requiresAuth: true)
+    var admin = DocumentedRoutes(
+      group: apiGroup.group().add(middleware: AdminOnlyMiddleware()), prefix: "/api",
+      table: table, requiresAuth: true)
+    admin.requiresAdmin = true
+    let auth = AuthController(database: dependencies.database, authenticator: authenticator)
+    auth.addPublicRoutes(
+      to: DocumentedRoutes(
+        group: router.group("auth"), prefix: "/auth", table: table, requiresAuth: false))
+    auth.addRoutes(
+      to: DocumentedRoutes(
+        group: router.group("auth").add(middleware: authentication), prefix: "/auth",
+        table: table, requiresAuth: true))
+    let users = UsersController(database: dependencies.database)
+    users.addAdminRoutes(to: admin)
+    users.addRoutes(to: api)
 
     let service = dependencies.service
     let document = DocumentBox()
@@ -58,6 +74,7 @@ public enum ManagerServer {
       document: document, heartbeat: .seconds(dependencies.config.eventsHeartbeatSeconds))
     system.addPublicRoutes(to: root)
     system.addRoutes(to: api)
+    system.addAdminRoutes(to: admin)
     SandboxesController(service: service).addRoutes(to: api)
     LifecycleController(service: service).addRoutes(to: api)
     SnapshotsController(service: service).addRoutes(to: api)
@@ -71,9 +88,9 @@ public enum ManagerServer {
   }
 
   public static func buildApplication(_ dependencies: Dependencies, logger: Logger)
-    -> some ApplicationProtocol
+    throws -> some ApplicationProtocol
   {
-    let (router, _) = buildRouter(dependencies, logger: logger)
+    let (router, _) = try buildRouter(dependencies, logger: logger)
     let config = dependencies.config
     let service = dependencies.service
     var app = Application(
@@ -100,7 +117,7 @@ public enum ManagerServer {
           "killed": "\(report.killedProcesses.count)",
         ])
       logger.notice(
-        "Atelier manager on \(config.managerURL) (admin token: \(config.adminTokenPath))")
+        "Atelier manager on \(config.managerURL) (the first admin's key: \(config.adminTokenPath))")
     }
     return app
   }

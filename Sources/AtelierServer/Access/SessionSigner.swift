@@ -7,7 +7,11 @@ import Foundation
 /// carries a MAC over both: a forged or altered one fails the MAC, an old one its expiry, a
 /// revoked one the database (its row is gone).
 struct SessionSigner: Sendable {
-  let key: SymmetricKey
+  /// The key's bytes (`SymmetricKey` itself is not `Sendable`).
+  let keyBytes: Data
+  var key: SymmetricKey { SymmetricKey(data: keyBytes) }
+
+  init(key: SymmetricKey) { keyBytes = key.withUnsafeBytes { Data($0) } }
 
   static let cookieName = "atelier_session"
   static let csrfHeader = "X-CSRF-Token"
@@ -51,7 +55,8 @@ struct SessionSigner: Sendable {
       let given = Data(hexadecimal: String(parts[2]))
     else { return nil }
     let payload = "\(parts[0]).\(parts[1])"
-    guard HMAC<SHA256>.isValidAuthenticationCode(given, authenticating: Data(payload.utf8), using: key),
+    guard
+      HMAC<SHA256>.isValidAuthenticationCode(given, authenticating: Data(payload.utf8), using: key),
       Date(timeIntervalSince1970: TimeInterval(expiry)) > now
     else { return nil }
     return String(parts[0])

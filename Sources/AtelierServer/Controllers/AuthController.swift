@@ -85,8 +85,9 @@ struct AuthController {
       "\(SessionSigner.cookieName)=\(value)", "Path=/", "HttpOnly", "SameSite=Lax",
       "Max-Age=\(maxAge)",
     ]
-    let host = (request.headers[.host] ?? "").split(separator: ":").first.map(String.init) ?? ""
-    let loopback = ["localhost", "127.0.0.1", "[::1]"].contains(host) || host.hasSuffix(".localhost")
+    let host = (request.head.authority ?? "").split(separator: ":").first.map(String.init) ?? ""
+    let loopback =
+      ["localhost", "127.0.0.1", "[::1]"].contains(host) || host.hasSuffix(".localhost")
     let https = request.headers[.init("X-Forwarded-Proto")!] == "https"
     if https || !loopback { parts.append("Secure") }
     return parts.joined(separator: "; ")

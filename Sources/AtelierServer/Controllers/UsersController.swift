@@ -15,7 +15,8 @@ struct UsersController {
     }
     routes.json(
       .post, "users",
-      OperationDoc("Create a user with a first API key (shown once)", tag: "users",
+      OperationDoc(
+        "Create a user with a first API key (shown once)", tag: "users",
         errors: [.conflict], produces: ["userId": "$response.body#/user/id"]),
       body: CreateUserRequest.self, status: .created, description: "the user and its key"
     ) { body, _, _ in
@@ -56,7 +57,8 @@ struct UsersController {
       if user.role == .admin { try Self.requireAnotherAdmin(than: user, in: database) }
       let owned = try database.ownedCount(userId: user.id)
       guard owned == 0 else {
-        throw AtelierError.conflict("\(user.name) owns \(owned) sandboxes or snapshots; delete them first")
+        throw AtelierError.conflict(
+          "\(user.name) owns \(owned) sandboxes or snapshots; delete them first")
       }
       try database.deleteUser(id: user.id)
     }
