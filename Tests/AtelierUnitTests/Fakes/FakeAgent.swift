@@ -45,6 +45,8 @@ final class FakeAgent: Sendable {
           ports: body.ports, maxTunnels: body.maxTunnels, activeTunnels: 0, idleTunnels: 0,
           refused: 0))
     }
+    // One proxied route, answered as the agent would (to check who may reach the agent).
+    router.get("/services") { _, _ in jsonResponse([ServiceStatus]()) }
     router.post("/exec") { request, _ in
       let body = try await request.decodeJSON(ExecRequest.self)
       return jsonResponse(
