@@ -48,6 +48,10 @@ public enum ManagerServer {
     let authentication = AuthenticationMiddleware(authenticator: authenticator)
     let apiGroup = router.group("api").add(middleware: authentication)
     let api = DocumentedRoutes(group: apiGroup, prefix: "/api", table: table, requiresAuth: true)
+    let webSockets = DocumentedRoutes(
+      group: router.group("api").add(
+        middleware: WebSocketAuthenticationMiddleware(authenticator: authenticator)),
+      prefix: "/api", table: table, requiresAuth: true)
     var admin = DocumentedRoutes(
       group: apiGroup.group().add(middleware: AdminOnlyMiddleware()), prefix: "/api",
       table: table, requiresAuth: true)
@@ -79,7 +83,7 @@ public enum ManagerServer {
     LifecycleController(service: service).addRoutes(to: api)
     SnapshotsController(service: service).addRoutes(to: api)
     AgentProxyController(service: service, proxy: AgentProxy(service: service, logger: logger))
-      .addRoutes(to: api)
+      .addRoutes(to: api, webSockets: webSockets)
     document.set(
       OpenAPIDocument.make(
         routes: table.all, version: AtelierVersion.current,

@@ -123,4 +123,37 @@ import Testing
       ) { #expect($0.status == .unauthorized) }
     }
   }
+
+  /// A cookie on a WebSocket upgrade counts only from the manager's own origin (or with no
+  /// Origin at all: not a browser); a key does from anywhere.
+  @Test func cookieUpgradesMustComeFromTheManagersOrigin() async throws {
+    try await Harness.withRouter { setup, client in
+      let session = try await Self.startSession(setup.memberKey, client)
+      let authenticator = Authenticator(
+        database: setup.host.database,
+        signer: try SessionSigner.load(path: setup.host.config.sessionKeyPath))
+      func upgrade(origin: String?, _ credentials: HTTPFields) -> Request {
+        var head = HTTPRequest(
+          method: .get, scheme: nil, authority: "127.0.0.1:4000", path: "/api/x/exec/stream")
+        head.headerFields = credentials
+        head.headerFields[.upgrade] = "websocket"
+        head.headerFields[.connection] = "Upgrade"
+        if let origin { head.headerFields[.origin] = origin }
+        return Request(head: head, body: .init(buffer: ByteBuffer()))
+      }
+      for origin in ["https://evil.example", "http://127.0.0.1:4001", "http://127.0.0.1"] {
+        let error = #expect(throws: AtelierError.self) {
+          try authenticator.authenticate(upgrade(origin: origin, session.headers))
+        }
+        #expect(error?.code == .forbidden, "\(origin)")
+        // The same origin with a key is fine: a page elsewhere has no key to send.
+        let keyed = upgrade(origin: origin, Harness.bearer(setup.memberKey))
+        #expect(try authenticator.authenticate(keyed).userId == setup.memberId)
+      }
+      for origin in ["http://127.0.0.1:4000", "https://127.0.0.1:4000", nil] {
+        let principal = try authenticator.authenticate(upgrade(origin: origin, session.headers))
+        #expect(principal.userId == setup.memberId, "\(origin ?? "no origin")")
+      }
+    }
+  }
 }

@@ -60,6 +60,13 @@ struct Authenticator: Sendable {
       guard let principal = principal(forSession: cookie),
         case .session(let sessionId) = principal.credential
       else { throw AtelierError.unauthorized("session expired or revoked; log in again") }
+      // Browsers send cookies with WebSocket upgrades from any page: only this manager's own
+      // may use them.
+      if request.isWebSocketUpgrade, let origin = request.headers[.origin],
+        !Self.isSameOrigin(origin, authority: request.head.authority)
+      {
+        throw AtelierError.forbidden("a WebSocket with a session cookie from another origin")
+      }
       let safe: Set<HTTPRequest.Method> = [.get, .head, .options]
       if !safe.contains(request.method)
         && !signer.isValidCSRF(
@@ -70,6 +77,14 @@ struct Authenticator: Sendable {
       return principal
     }
     throw AtelierError.unauthorized("missing credentials: an API key or a session")
+  }
+}
+
+extension Authenticator {
+  /// Whether an `Origin` (`scheme://host[:port]`) names the host the request was sent to.
+  static func isSameOrigin(_ origin: String, authority: String?) -> Bool {
+    guard let authority, let range = origin.range(of: "://") else { return false }
+    return origin[range.upperBound...].lowercased() == authority.lowercased()
   }
 }
 
@@ -85,6 +100,28 @@ struct AuthenticationMiddleware: RouterMiddleware {
     var context = context
     context.principal = try authenticator.authenticate(request)
     context.logger[metadataKey: "user"] = .string(context.principal?.userName ?? "")
+    return try await next(request, context)
+  }
+}
+
+/// On WebSocket routes: browsers see no HTTP status when an upgrade is refused, so the outcome
+/// is recorded instead of thrown, and the route closes the socket with a code that says it
+/// (`WebSocketRefusal`).
+struct WebSocketAuthenticationMiddleware: RouterMiddleware {
+  typealias Context = ManagerRequestContext
+  let authenticator: Authenticator
+
+  func handle(
+    _ request: Request, context: Context,
+    next: (Request, Context) async throws -> Response
+  ) async throws -> Response {
+    var context = context
+    do {
+      context.principal = try authenticator.authenticate(request)
+      context.logger[metadataKey: "user"] = .string(context.principal?.userName ?? "")
+    } catch let error as AtelierError {
+      context.authenticationFailure = error
+    }
     return try await next(request, context)
   }
 }

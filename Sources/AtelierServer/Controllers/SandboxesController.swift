@@ -157,6 +157,19 @@ extension SandboxService {
     return id
   }
 
+  /// The `{id}` of a WebSocket request, told apart for its close code: a sandbox that does
+  /// not exist is a 404 (4004), another user's a 403 (4003; its id, 12 random characters, is
+  /// not something a member can guess).
+  func webSocketTarget(_ context: ManagerRequestContext) async throws -> String {
+    let id = try context.parameters.require("id")
+    let caller = try context.caller()
+    let sandbox = try get(id)
+    guard caller.requester.mayAccess(ownedBy: sandbox.ownerId) else {
+      throw AtelierError.forbidden("sandbox \(id) is not yours")
+    }
+    return id
+  }
+
   /// The `{snapshotId}` of the request, once the caller is known to have access to it.
   func accessibleSnapshot(_ context: ManagerRequestContext) async throws -> String {
     let id = try context.parameters.require("snapshotId")

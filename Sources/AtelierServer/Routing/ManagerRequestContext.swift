@@ -28,6 +28,9 @@ public struct ManagerRequestContext: RequestContext, WebSocketRequestContext {
   public let webSocket: WebSocketHandlerReference<Self>
   /// Set by `AuthenticationMiddleware` on every route that needs a token.
   public var principal: Principal?
+  /// Set by `WebSocketAuthenticationMiddleware` instead of throwing: a WebSocket route closes
+  /// with its code (`WebSocketRefusal`) once upgraded.
+  public var authenticationFailure: AtelierError?
   /// Set by `RequestIdMiddleware`; in every log line of the request and in `X-Request-Id`.
   public var requestId = ""
 
