@@ -62,6 +62,8 @@ public struct Config: Sendable, Equatable {
   public var maxVcpus = CreateSandboxRequest.vcpuRange.upperBound
   public var maxMemoryMb = CreateSandboxRequest.memoryRange.upperBound
   public var maxDiskGb = CreateSandboxRequest.diskRange.upperBound
+  /// GitHub as a login provider (off unless its client id and secret are set).
+  public var github = GitHubLoginSettings()
 
   /// What a create may ask for here: the API document states the same ranges.
   public var limits: SandboxLimits {
@@ -114,7 +116,9 @@ public struct Config: Sendable, Equatable {
     }
   }
 
-  static let keys: [Key] = [
+  static let keys: [Key] = coreKeys + GitHubLoginSettings.keys
+
+  static let coreKeys: [Key] = [
     Key(path: "dataDir") { config, value in
       guard value.hasPrefix("/") else { throw ConfigProblem("expected an absolute path") }
       config.dataDir = value

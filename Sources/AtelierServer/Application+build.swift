@@ -57,9 +57,12 @@ public enum ManagerServer {
       table: table, requiresAuth: true)
     admin.requiresAdmin = true
     let auth = AuthController(database: dependencies.database, authenticator: authenticator)
-    auth.addPublicRoutes(
-      to: DocumentedRoutes(
-        group: router.group("auth"), prefix: "/auth", table: table, requiresAuth: false))
+    let publicAuth = DocumentedRoutes(
+      group: router.group("auth"), prefix: "/auth", table: table, requiresAuth: false)
+    auth.addPublicRoutes(to: publicAuth)
+    if let github = try githubLogin(dependencies, signer: authenticator.signer) {
+      GitHubController(login: github, sessions: auth).addPublicRoutes(to: publicAuth)
+    }
     auth.addRoutes(
       to: DocumentedRoutes(
         group: router.group("auth").add(middleware: authentication), prefix: "/auth",
@@ -89,6 +92,24 @@ public enum ManagerServer {
         routes: table.all, version: AtelierVersion.current,
         context: SchemaContext(limits: dependencies.config.limits)))
     return (router, table)
+  }
+
+  /// GitHub login when configured; it needs a list of who may log in.
+  static func githubLogin(_ dependencies: Dependencies, signer: SessionSigner) throws
+    -> GitHubLogin?
+  {
+    let settings = dependencies.config.github
+    guard settings.isEnabled else { return nil }
+    guard !settings.allowedUsers.isEmpty || !settings.allowedOrgs.isEmpty else {
+      throw ConfigError(
+        key: "ATELIER_GITHUB_ALLOWED_USERS", source: nil,
+        message: "GitHub login needs allowed users or ATELIER_GITHUB_ALLOWED_ORGS")
+    }
+    return GitHubLogin(
+      settings: settings, signer: signer,
+      redirectURL: settings.redirectURL.isEmpty
+        ? "\(dependencies.config.managerURL)/auth/github/callback" : settings.redirectURL,
+      database: dependencies.database)
   }
 
   public static func buildApplication(_ dependencies: Dependencies, logger: Logger)

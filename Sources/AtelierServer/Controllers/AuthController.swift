@@ -80,10 +80,12 @@ struct AuthController {
 
   /// The session cookie: httpOnly, SameSite=Lax (sent on top-level navigations only), and
   /// Secure unless the manager is reached over plain HTTP on loopback.
-  static func cookie(_ value: String, maxAge: Int, request: Request) -> String {
+  static func cookie(
+    _ value: String, maxAge: Int, request: Request, name: String = SessionSigner.cookieName,
+    path: String = "/"
+  ) -> String {
     var parts = [
-      "\(SessionSigner.cookieName)=\(value)", "Path=/", "HttpOnly", "SameSite=Lax",
-      "Max-Age=\(maxAge)",
+      "\(name)=\(value)", "Path=\(path)", "HttpOnly", "SameSite=Lax", "Max-Age=\(maxAge)",
     ]
     let host = (request.head.authority ?? "").split(separator: ":").first.map(String.init) ?? ""
     let loopback =
