@@ -345,6 +345,11 @@ enum FileService {
       throw statFile(path, &info) == 0
         ? APIError.badRequest("\(path) is not a directory") : failure(ENOENT, path)
     }
+    if let mount = kernelFileSystem(at: path) {
+      throw APIError.badRequest(
+        "\(path) holds \(mount), a kernel file system whose files never end (/proc/kcore): "
+          + "archive a folder without it")
+    }
     let tar = try RunningProcess.start(
       tarOptions(["-c", "-f", "-", "-C", path, "."]), stdin: false, stdout: true, stderr: false)
     let body = ResponseBody { writer in
@@ -358,6 +363,29 @@ enum FileService {
       try await writer.finish(nil)
     }
     return Response(status: .ok, headers: [.contentType: "application/x-tar"], body: body)
+  }
+
+  /// File systems the kernel makes up (their files have no end, or are not files at all).
+  static let kernelFileSystems: Set<Substring> = [
+    "proc", "sysfs", "devtmpfs", "devpts", "securityfs", "cgroup", "cgroup2", "debugfs",
+    "tracefs", "pstore", "bpf", "configfs", "mqueue", "hugetlbfs", "fusectl", "efivarfs",
+    "binfmt_misc",
+  ]
+
+  /// The mount point of a kernel file system at, under or above `path`, if any: a tar of it
+  /// would never end.
+  static func kernelFileSystem(at path: String) -> String? {
+    let lines = readTextFile("/proc/mounts")?.split(separator: "\n") ?? []
+    let inside = path == "/" ? "/" : path + "/"
+    for line in lines {
+      let fields = line.split(separator: " ")
+      guard fields.count > 2, kernelFileSystems.contains(fields[2]) else { continue }
+      let mountPoint = String(fields[1])
+      if mountPoint == path || mountPoint.hasPrefix(inside) || path.hasPrefix(mountPoint + "/") {
+        return mountPoint
+      }
+    }
+    return nil
   }
 
   /// Unpacks a tar stream with Atelier's own extractor (`AtelierTar`): every folder opened

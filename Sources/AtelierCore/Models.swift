@@ -43,6 +43,8 @@ public struct SandboxInfo: Codable, Sendable, Equatable {
   public var ipAddress: String?
   /// The size of the sandbox's disk (its root file system fills it).
   public var diskGb: Int?
+  /// What the guest may reach (the host's default deny list comes on top).
+  public var network: NetworkPolicy?
   /// The id of the user it belongs to.
   public var ownerId: String?
 
@@ -51,7 +53,7 @@ public struct SandboxInfo: Codable, Sendable, Equatable {
     hostname: String, createdAt: Date, updatedAt: Date, timings: SpawnTimings? = nil,
     error: String? = nil, timeoutSeconds: Int? = nil, onIdle: IdleAction? = nil,
     snapshotId: String? = nil, ipAddress: String? = nil, diskGb: Int? = nil,
-    ownerId: String? = nil
+    network: NetworkPolicy? = nil, ownerId: String? = nil
   ) {
     self.id = id
     self.status = status
@@ -68,6 +70,7 @@ public struct SandboxInfo: Codable, Sendable, Equatable {
     self.snapshotId = snapshotId
     self.ipAddress = ipAddress
     self.diskGb = diskGb
+    self.network = network
     self.ownerId = ownerId
   }
 }
@@ -82,9 +85,12 @@ public struct CreateSandboxRequest: Codable, Sendable {
   public var onIdle: IdleAction?
   /// Disk size; default `ATELIER_DISK_SIZE_GB`, never smaller than the image's disk.
   public var diskGb: Int?
+  /// Egress policy; a restore keeps the snapshot's where this leaves a field out.
+  public var network: NetworkPolicyRequest?
   public init(
     image: String? = nil, vcpus: Int? = nil, memoryMb: Int? = nil, snapshot: String? = nil,
-    timeoutSeconds: Int? = nil, onIdle: IdleAction? = nil, diskGb: Int? = nil
+    timeoutSeconds: Int? = nil, onIdle: IdleAction? = nil, diskGb: Int? = nil,
+    network: NetworkPolicyRequest? = nil
   ) {
     self.image = image
     self.vcpus = vcpus
@@ -93,6 +99,7 @@ public struct CreateSandboxRequest: Codable, Sendable {
     self.timeoutSeconds = timeoutSeconds
     self.onIdle = onIdle
     self.diskGb = diskGb
+    self.network = network
   }
 
   public static let vcpuRange = 1...8
@@ -141,11 +148,16 @@ public struct SnapshotInfo: Codable, Sendable, Equatable {
   public var memoryMb: Int
   public var createdAt: Date
   public var sizeBytes: Int64
+  /// How long the sandbox was paused for it, and how long taking it took in all (absent for
+  /// snapshots from before this was recorded).
+  public var pauseMs: Int?
+  public var totalMs: Int?
   /// The id of the user it belongs to.
   public var ownerId: String?
   public init(
     id: String, sandboxId: String, name: String, image: String, vcpus: Int, memoryMb: Int,
-    createdAt: Date, sizeBytes: Int64, ownerId: String? = nil
+    createdAt: Date, sizeBytes: Int64, pauseMs: Int? = nil, totalMs: Int? = nil,
+    ownerId: String? = nil
   ) {
     self.id = id
     self.sandboxId = sandboxId
@@ -155,6 +167,8 @@ public struct SnapshotInfo: Codable, Sendable, Equatable {
     self.memoryMb = memoryMb
     self.createdAt = createdAt
     self.sizeBytes = sizeBytes
+    self.pauseMs = pauseMs
+    self.totalMs = totalMs
     self.ownerId = ownerId
   }
 }
@@ -179,7 +193,12 @@ public struct Requester: Sendable, Equatable {
 
 public struct ForkRequest: Codable, Sendable {
   public var count: Int?
-  public init(count: Int? = nil) { self.count = count }
+  /// Egress policy of the forks; fields left out keep the parent's.
+  public var network: NetworkPolicyRequest?
+  public init(count: Int? = nil, network: NetworkPolicyRequest? = nil) {
+    self.count = count
+    self.network = network
+  }
   public static let countRange = 1...16
 }
 

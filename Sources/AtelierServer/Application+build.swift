@@ -120,7 +120,7 @@ public enum ManagerServer {
     let service = dependencies.service
     var app = Application(
       router: router,
-      server: .http1WebSocketUpgrade(
+      server: .guardedHTTP1WebSocketUpgrade(
         webSocketRouter: router, configuration: .init(maxFrameSize: 1 << 20)),
       configuration: .init(
         address: .hostname(config.serverHost, port: config.serverPort), serverName: "atelier"),

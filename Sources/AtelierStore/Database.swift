@@ -22,6 +22,9 @@ public struct SandboxRecord: Codable, Sendable, Equatable, FetchableRecord, Pers
   public var onIdle: String?
   /// The snapshot this sandbox was restored from, if any.
   public var snapshotId: String?
+  /// The snapshot whose memory file this sandbox's running VM maps (a restore or a fork, until
+  /// its VM stops): what keeps that file alive after the snapshot is deleted.
+  public var memorySnapshotId: String?
   /// The user it belongs to (members see and act on their own only).
   public var ownerId: String?
 
@@ -29,7 +32,7 @@ public struct SandboxRecord: Codable, Sendable, Equatable, FetchableRecord, Pers
     id: String, status: String, image: String, vcpus: Int, memoryMb: Int, hostname: String,
     createdAt: Date, updatedAt: Date, timings: String? = nil, error: String? = nil,
     runtime: String? = nil, timeoutSeconds: Int? = nil, onIdle: String? = nil,
-    snapshotId: String? = nil, ownerId: String? = nil
+    snapshotId: String? = nil, memorySnapshotId: String? = nil, ownerId: String? = nil
   ) {
     self.id = id
     self.status = status
@@ -45,6 +48,7 @@ public struct SandboxRecord: Codable, Sendable, Equatable, FetchableRecord, Pers
     self.timeoutSeconds = timeoutSeconds
     self.onIdle = onIdle
     self.snapshotId = snapshotId
+    self.memorySnapshotId = memorySnapshotId
     self.ownerId = ownerId
   }
 }
@@ -61,15 +65,19 @@ public struct SnapshotRecord: Codable, Sendable, Equatable, FetchableRecord, Per
   public var memoryMb: Int
   public var createdAt: Date
   public var sizeBytes: Int64
-  /// `user` (made through the API) or `fork` (internal, removed once the forks exist).
+  /// `user` (made through the API) or `fork` (internal, retired once the forks exist).
   public var kind: String
   public var state: String
+  /// Deleted (or, for a fork's, done with) while VMs still map its memory file: hidden from
+  /// the API, its files kept until the last of them is gone.
+  public var retiredAt: Date?
   /// The user it belongs to.
   public var ownerId: String?
 
   public init(
     id: String, sandboxId: String, name: String, image: String, vcpus: Int, memoryMb: Int,
-    createdAt: Date, sizeBytes: Int64, kind: String, state: String, ownerId: String? = nil
+    createdAt: Date, sizeBytes: Int64, kind: String, state: String, retiredAt: Date? = nil,
+    ownerId: String? = nil
   ) {
     self.id = id
     self.sandboxId = sandboxId
@@ -81,6 +89,7 @@ public struct SnapshotRecord: Codable, Sendable, Equatable, FetchableRecord, Per
     self.sizeBytes = sizeBytes
     self.kind = kind
     self.state = state
+    self.retiredAt = retiredAt
     self.ownerId = ownerId
   }
 }
@@ -144,6 +153,16 @@ public final class AtelierDatabase: Sendable {
         table.column("octet", .integer).notNull().unique()
       }
     }
+    migrator.registerMigration("v4-memory-snapshots") { db in
+      try db.alter(table: "sandboxes") { table in
+        table.add(column: "memorySnapshotId", .text)
+      }
+      try db.create(
+        index: "sandboxes_on_memorySnapshotId", on: "sandboxes", columns: ["memorySnapshotId"])
+      try db.alter(table: "snapshots") { table in
+        table.add(column: "retiredAt", .datetime)
+      }
+    }
     migrator.registerMigration("v5-access", migrate: AccessMigration.apply)
     return migrator
   }
@@ -204,21 +223,59 @@ public final class AtelierDatabase: Sendable {
     try pool.read { try SnapshotRecord.fetchOne($0, key: id) }
   }
 
-  /// The ids of all snapshots (without reading their state).
-  public func snapshotIds() throws -> [String] {
-    try pool.read { try String.fetchAll($0, sql: "SELECT id FROM snapshots") }
+  /// The ids of all snapshots, retired ones included (without reading their state).
+  public func snapshotIds(includingRetired: Bool = true) throws -> [String] {
+    try pool.read {
+      try String.fetchAll(
+        $0,
+        sql: includingRetired
+          ? "SELECT id FROM snapshots" : "SELECT id FROM snapshots WHERE retiredAt IS NULL")
+    }
   }
 
   public func countSnapshots(kind: String) throws -> Int {
-    try pool.read { try SnapshotRecord.filter(Column("kind") == kind).fetchCount($0) }
+    try pool.read {
+      try SnapshotRecord.filter(Column("kind") == kind && Column("retiredAt") == nil)
+        .fetchCount($0)
+    }
   }
 
+  /// Live (not retired) snapshots (of one kind, of one owner, when given).
   public func snapshots(kind: String? = nil, ownerId: String? = nil) throws -> [SnapshotRecord] {
     try pool.read { db in
-      var request = SnapshotRecord.order(Column("createdAt"))
+      var request = SnapshotRecord.filter(Column("retiredAt") == nil).order(Column("createdAt"))
       if let kind { request = request.filter(Column("kind") == kind) }
       if let ownerId { request = request.filter(Column("ownerId") == ownerId) }
       return try request.fetchAll(db)
+    }
+  }
+
+  /// Hides a snapshot whose memory file VMs still map; its row stays until they are gone.
+  public func retireSnapshot(id: String, at date: Date = Date()) throws {
+    try pool.write {
+      try $0.execute(
+        sql: "UPDATE snapshots SET retiredAt = ? WHERE id = ? AND retiredAt IS NULL",
+        arguments: [date, id])
+    }
+  }
+
+  /// Retired snapshots whose memory file no sandbox maps any more: the refcount of a
+  /// snapshot's memory file is the number of sandboxes whose `memorySnapshotId` names it.
+  public func unusedRetiredSnapshotIds() throws -> [String] {
+    try pool.read {
+      try String.fetchAll(
+        $0,
+        sql: """
+          SELECT id FROM snapshots WHERE retiredAt IS NOT NULL
+          AND NOT EXISTS (SELECT 1 FROM sandboxes WHERE memorySnapshotId = snapshots.id)
+          """)
+    }
+  }
+
+  /// How many sandboxes map the snapshot's memory file.
+  public func memoryUsers(ofSnapshot id: String) throws -> Int {
+    try pool.read {
+      try SandboxRecord.filter(Column("memorySnapshotId") == id).fetchCount($0)
     }
   }
 
@@ -253,6 +310,10 @@ public final class AtelierDatabase: Sendable {
         arguments: [sandboxId, free])
       return free
     }
+  }
+
+  public func leasedSandboxIds() throws -> [String] {
+    try pool.read { try String.fetchAll($0, sql: "SELECT sandboxId FROM network_leases") }
   }
 
   public func deleteLease(sandboxId: String) throws {

@@ -44,7 +44,8 @@ import Testing
       minimumSizeBytes: 0)
     try FileManager.default.createDirectory(
       atPath: "\(host.config.sandboxesDir)/\(orphan)", withIntermediateDirectories: true)
-    let network = try await host.network.attach(sandboxId: orphan)
+    let network = try await host.network.attach(
+      sandboxId: orphan, policy: NetworkPolicy(internet: true))
     _ = try await host.vmm.boot(
       VMSpec(
         sandboxId: orphan, runtimeDirectory: "\(host.config.sandboxesDir)/\(orphan)",

@@ -125,7 +125,7 @@ struct SnapshotsController {
     ) { body, _, context in
       ForkResponse(
         sandboxes: try await service.fork(
-          try await service.accessibleSandbox(context), count: body.count))
+          try await service.accessibleSandbox(context), count: body.count, network: body.network))
     }
     routes.json(.get, "snapshots", OperationDoc("List snapshots", tag: "snapshots")) {
       _, context in
