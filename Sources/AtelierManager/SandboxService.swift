@@ -330,11 +330,14 @@ public actor SandboxService {
       await undo.run()
       // A sandbox that never ran gives its address lease back too (a failed start keeps it).
       await drivers.network.forget(sandboxId: id)
+      // Its owner's subscribers see it go.
+      let owner = (try? database.sandbox(id: id))?.ownerId
       _ = try? database.deleteSandbox(id: id)
       let event = SandboxEvent(
         sandbox: SandboxInfo(
           id: id, status: .error, image: "", vcpus: 0, memoryMb: 0, hostname: "", createdAt: Date(),
-          updatedAt: Date(), error: "\(error)"), previousStatus: SandboxStatus.creating.rawValue)
+          updatedAt: Date(), error: "\(error)", ownerId: owner),
+        previousStatus: SandboxStatus.creating.rawValue)
       events.publish("sandbox.deleted", event)
       if let error = error as? AtelierError { throw error }
       throw AtelierError(.bootFailed, "sandbox failed to boot: \(error)")

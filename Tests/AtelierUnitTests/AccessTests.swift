@@ -6,6 +6,7 @@ import HummingbirdTesting
 import NIOCore
 import Testing
 
+@testable import AtelierManager
 @testable import AtelierServer
 
 /// Users, keys, ownership and sessions through the routes, over fake drivers. Every refusal has
@@ -189,5 +190,22 @@ import Testing
         body: ByteBuffer(string: #"{"name": "old", "expiresAt": "2020-01-01T00:00:00Z"}"#)
       ) { #expect($0.status == .badRequest) }
     }
+  }
+
+  /// Events carry their owner, a failed create's too (its owner's subscribers see it go).
+  @Test func aFailedCreatesEventsNameItsOwner() async throws {
+    let host = try FakeHost()
+    defer { Task { await host.tearDown() } }
+    host.faults.fail(at: .boot)
+    await #expect(throws: AtelierError.self) {
+      _ = try await host.service.create(CreateSandboxRequest(), owner: "u00000000001")
+    }
+    var seen: [EventBus.Event] = []
+    for await event in await host.service.events.subscribe(after: 0) {
+      seen.append(event)
+      if event.type == "sandbox.deleted" { break }
+    }
+    #expect(seen.map(\.type) == ["sandbox.created", "sandbox.deleted"])
+    #expect(seen.allSatisfy { $0.ownerId == "u00000000001" })
   }
 }
