@@ -265,6 +265,8 @@ enum FileService {
   static func mkdir(_ request: MkdirRequest) throws -> FileEntry {
     let path = try checkedPath(request.path)
     let mode = try parseMode(request.mode, default: 0o755)
+    // The owner is checked even when every folder exists already (nothing to create).
+    _ = try parseOwner(request.owner, path: path)
     // Create each missing parent with the requested owner.
     var current = ""
     for part in path.split(separator: "/") {
@@ -346,7 +348,7 @@ enum FileService {
         ? APIError.badRequest("\(path) is not a directory") : failure(ENOENT, path)
     }
     if let mount = kernelFileSystem(at: path) {
-      throw APIError.badRequest(
+      throw APIError.forbidden(
         "\(path) holds \(mount), a kernel file system whose files never end (/proc/kcore): "
           + "archive a folder without it")
     }
@@ -395,6 +397,12 @@ enum FileService {
     -> FileEntry
   {
     let path = try checkedPath(raw)
+    // Nothing at all is no archive (a tar stream ends with two zero blocks): refused before
+    // anything is created.
+    var chunks = body.makeAsyncIterator()
+    var first = try await chunks.next()
+    while let chunk = first, chunk.readableBytes == 0 { first = try await chunks.next() }
+    guard let first else { throw APIError.badRequest("no tar stream: the body is empty") }
     if !directoryExists(path) { _ = try mkdir(MkdirRequest(path: path, owner: owner)) }
     let (uid, gid) = try parseOwner(owner, path: path + "/x")
     let extractor: TarExtractor
@@ -407,7 +415,10 @@ enum FileService {
       throw APIError.badRequest("cannot extract into \(path): \(error)")
     }
     do {
-      for try await buffer in body { try extractor.write(Array(buffer.readableBytesView)) }
+      try extractor.write(Array(first.readableBytesView))
+      while let buffer = try await chunks.next() {
+        try extractor.write(Array(buffer.readableBytesView))
+      }
       try extractor.finish()
     } catch let error as TarError {
       throw APIError.badRequest("not a valid tar stream: \(error)")

@@ -90,7 +90,9 @@ public enum ManagerServer {
     document.set(
       OpenAPIDocument.make(
         routes: table.all, version: AtelierVersion.current,
-        context: SchemaContext(limits: dependencies.config.limits)))
+        context: SchemaContext(
+          limits: dependencies.config.limits,
+          destinationLists: dependencies.drivers.network.enforcesDestinationLists)))
     return (router, table)
   }
 

@@ -114,7 +114,7 @@ import Testing
         try await client.execute(
           uri: "/files/archive?path=\(path)", method: .get, headers: TestAgent.bearer()
         ) {
-          #expect($0.status == .badRequest, "\(path): \($0.text)")
+          #expect($0.status == .forbidden, "\(path): \($0.text)")
           #expect($0.text.contains("kernel file system"), "\(path)")
         }
       }
