@@ -45,7 +45,7 @@ struct AgentProxy: Sendable {
     if request.method == .put || request.method == .post || request.method == .patch {
       let length = request.headers[.contentLength].flatMap { Int64($0) }
       outgoing.body = .stream(
-        SinglePassBody(body: request.body), length: length.map { .known($0) } ?? .unknown)
+        SinglePassSequence(request.body), length: length.map { .known($0) } ?? .unknown)
     }
     // A request in flight is activity for as long as it lasts (a long upload, download or
     // batch must not see its sandbox paused as idle under it), until its response body is
@@ -65,7 +65,8 @@ struct AgentProxy: Sendable {
       }
     }
     let length = response.headers.first(name: "content-length").flatMap(Int.init)
-    let body = response.body
+    // Read once, whatever asks twice: a second read of the client's body traps.
+    let body = SinglePassSequence(response.body)
     return Response(
       status: .init(code: Int(response.status.code)), headers: headers,
       body: ResponseBody(contentLength: length) { writer in
@@ -134,24 +135,28 @@ final class ActivityLease: Sendable {
   }
 }
 
-/// A request body the HTTP client may read once. The client retries a request whose pooled
-/// connection turned out closed (an agent may close one after answering early, say with a
-/// 409, without reading the body), and a second read of Hummingbird's request body traps:
-/// one hostile guest would bring the manager down. A second pass fails the request instead.
-struct SinglePassBody: AsyncSequence, Sendable {
+/// A body that may be read once. A second read of Hummingbird's request body, or of the
+/// HTTP client's response body, traps and would end the manager: the HTTP client retries a
+/// request whose pooled connection turned out closed (an agent may close one after answering
+/// early, say with a 409, without reading the body), and one hostile guest must not bring the
+/// manager down. A second pass fails instead.
+struct SinglePassSequence<Base: AsyncSequence & Sendable>: AsyncSequence, Sendable
+where Base.Element == ByteBuffer {
   typealias Element = ByteBuffer
-  let body: RequestBody
+  let base: Base
   let started = StartedFlag()
+
+  init(_ base: Base) { self.base = base }
 
   final class StartedFlag: Sendable {
     let value = Mutex(false)
   }
 
   struct AsyncIterator: AsyncIteratorProtocol {
-    var base: RequestBody.AsyncIterator?
+    var base: Base.AsyncIterator?
     mutating func next() async throws -> ByteBuffer? {
       guard base != nil else {
-        throw AtelierError(.unavailable, "the agent dropped the connection during an upload")
+        throw AtelierError(.unavailable, "a body was read twice: the agent dropped a connection")
       }
       return try await base?.next()
     }
@@ -162,6 +167,6 @@ struct SinglePassBody: AsyncSequence, Sendable {
       defer { started = true }
       return !started
     }
-    return AsyncIterator(base: first ? body.makeAsyncIterator() : nil)
+    return AsyncIterator(base: first ? base.makeAsyncIterator() : nil)
   }
 }
