@@ -78,6 +78,8 @@ public struct Config: Sendable, Equatable {
   public var maxVcpus = CreateSandboxRequest.vcpuRange.upperBound
   public var maxMemoryMb = CreateSandboxRequest.memoryRange.upperBound
   public var maxDiskGb = CreateSandboxRequest.diskRange.upperBound
+  /// GitHub as a login provider (off unless its client id and secret are set).
+  public var github = GitHubLoginSettings()
 
   /// What a create may ask for here: the API document states the same ranges.
   public var limits: SandboxLimits {
@@ -131,7 +133,9 @@ public struct Config: Sendable, Equatable {
     }
   }
 
-  static let keys: [Key] = [
+  static let keys: [Key] = coreKeys + GitHubLoginSettings.keys
+
+  static let coreKeys: [Key] = [
     Key(path: "dataDir") { config, value in
       guard value.hasPrefix("/") else { throw ConfigProblem("expected an absolute path") }
       config.dataDir = value
@@ -356,6 +360,8 @@ public struct Config: Sendable, Equatable {
 
   public var databasePath: String { "\(dataDir)/atelier.db" }
   public var adminTokenPath: String { "\(dataDir)/admin-token" }
+  /// The key that signs browser session cookies (made at first start, 0600).
+  public var sessionKeyPath: String { "\(dataDir)/session-key" }
   public var imagesDir: String { "\(dataDir)/images" }
   public var kernelsDir: String { "\(dataDir)/kernels" }
   public var sandboxesDir: String { "\(dataDir)/sandboxes" }

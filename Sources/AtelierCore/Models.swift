@@ -45,13 +45,15 @@ public struct SandboxInfo: Codable, Sendable, Equatable {
   public var diskGb: Int?
   /// What the guest may reach (the host's default deny list comes on top).
   public var network: NetworkPolicy?
+  /// The id of the user it belongs to.
+  public var ownerId: String?
 
   public init(
     id: String, status: SandboxStatus, image: String, vcpus: Int, memoryMb: Int,
     hostname: String, createdAt: Date, updatedAt: Date, timings: SpawnTimings? = nil,
     error: String? = nil, timeoutSeconds: Int? = nil, onIdle: IdleAction? = nil,
     snapshotId: String? = nil, ipAddress: String? = nil, diskGb: Int? = nil,
-    network: NetworkPolicy? = nil
+    network: NetworkPolicy? = nil, ownerId: String? = nil
   ) {
     self.id = id
     self.status = status
@@ -69,6 +71,7 @@ public struct SandboxInfo: Codable, Sendable, Equatable {
     self.ipAddress = ipAddress
     self.diskGb = diskGb
     self.network = network
+    self.ownerId = ownerId
   }
 }
 
@@ -149,9 +152,12 @@ public struct SnapshotInfo: Codable, Sendable, Equatable {
   /// snapshots from before this was recorded).
   public var pauseMs: Int?
   public var totalMs: Int?
+  /// The id of the user it belongs to.
+  public var ownerId: String?
   public init(
     id: String, sandboxId: String, name: String, image: String, vcpus: Int, memoryMb: Int,
-    createdAt: Date, sizeBytes: Int64, pauseMs: Int? = nil, totalMs: Int? = nil
+    createdAt: Date, sizeBytes: Int64, pauseMs: Int? = nil, totalMs: Int? = nil,
+    ownerId: String? = nil
   ) {
     self.id = id
     self.sandboxId = sandboxId
@@ -163,7 +169,26 @@ public struct SnapshotInfo: Codable, Sendable, Equatable {
     self.sizeBytes = sizeBytes
     self.pauseMs = pauseMs
     self.totalMs = totalMs
+    self.ownerId = ownerId
   }
+}
+
+/// Who asks: members see and act on what they own, admins on everything.
+public struct Requester: Sendable, Equatable {
+  public var userId: String
+  public var isAdmin: Bool
+  public init(userId: String, isAdmin: Bool) {
+    self.userId = userId
+    self.isAdmin = isAdmin
+  }
+
+  /// Whether something owned by `ownerId` is visible to (and may be acted on by) this caller.
+  public func mayAccess(ownedBy ownerId: String?) -> Bool {
+    isAdmin || (ownerId != nil && ownerId == userId)
+  }
+
+  /// The owner filter for lists: nil (everything) for admins.
+  public var ownerFilter: String? { isAdmin ? nil : userId }
 }
 
 public struct ForkRequest: Codable, Sendable {

@@ -11,6 +11,8 @@ public final class EventBus: Sendable {
     public var type: String
     /// The JSON `data` of the event.
     public var data: Data
+    /// Whose sandbox or snapshot it is about: subscribers see only what they may see.
+    public var ownerId: String?
   }
 
   struct State {
@@ -34,8 +36,9 @@ public final class EventBus: Sendable {
 
   public func publish<T: Encodable>(_ type: String, _ payload: T) {
     let data = (try? JSONEncoder.atelier.encode(payload)) ?? Data("{}".utf8)
+    let ownerId = (payload as? any OwnedEvent)?.ownerId
     state.withLock { state in
-      let event = Event(id: state.nextId, type: type, data: data)
+      let event = Event(id: state.nextId, type: type, data: data, ownerId: ownerId)
       state.nextId += 1
       state.buffer.append(event)
       if state.buffer.count > capacity { state.buffer.removeFirst(state.buffer.count - capacity) }
@@ -63,13 +66,18 @@ public final class EventBus: Sendable {
   }
 }
 
+/// An event about something someone owns.
+protocol OwnedEvent { var ownerId: String? { get } }
+
 /// The payload of `sandbox.*` events.
-public struct SandboxEvent: Codable, Sendable {
+public struct SandboxEvent: Codable, Sendable, OwnedEvent {
   public var sandbox: SandboxInfo
   public var previousStatus: String?
+  var ownerId: String? { sandbox.ownerId }
 }
 
 /// The payload of `snapshot.*` events.
-public struct SnapshotEvent: Codable, Sendable {
+public struct SnapshotEvent: Codable, Sendable, OwnedEvent {
   public var snapshot: SnapshotInfo
+  var ownerId: String? { snapshot.ownerId }
 }

@@ -50,13 +50,22 @@ public actor SandboxService {
 
   // MARK: Reads
 
-  public func list(status: String?) throws -> [SandboxInfo] {
+  /// Sandboxes (of one status; of one owner when `ownerId` is given).
+  public func list(status: String?, ownerId: String? = nil) throws -> [SandboxInfo] {
     if let status, SandboxStatus(rawValue: status) == nil {
       throw AtelierError.validation(
         "unknown status \(status); expected one of \(SandboxStatus.allCases.map(\.rawValue).joined(separator: ", "))"
       )
     }
-    return try database.sandboxes(status: status).map(Self.info)
+    return try database.sandboxes(status: status, ownerId: ownerId).map(Self.info)
+  }
+
+  /// A 404 unless the sandbox exists and `requester` may act on it (its owner, or an admin):
+  /// what one may not see looks the same as what does not exist.
+  public func requireAccess(toSandbox id: String, _ requester: Requester) throws {
+    guard let row = try database.sandbox(id: id), requester.mayAccess(ownedBy: row.ownerId) else {
+      throw AtelierError.notFound("sandbox \(id) not found")
+    }
   }
 
   public func get(_ id: String) throws -> SandboxInfo {
@@ -144,7 +153,10 @@ public actor SandboxService {
 
   // MARK: Create
 
-  public func create(_ request: CreateSandboxRequest) async throws -> SandboxInfo {
+  /// A new sandbox owned by `owner` (a user id; nil for none, as before users existed).
+  public func create(_ request: CreateSandboxRequest, owner: String? = nil) async throws
+    -> SandboxInfo
+  {
     let idle = try Self.validateIdle(timeoutSeconds: request.timeoutSeconds, onIdle: request.onIdle)
     if let snapshotId = request.snapshot {
       guard request.image == nil, request.vcpus == nil, request.memoryMb == nil,
@@ -154,7 +166,8 @@ public actor SandboxService {
           "a restore takes its image, vcpus, memory and disk from the snapshot; give only "
             + "snapshot (and network, timeoutSeconds or onIdle)")
       }
-      return try await restore(snapshotId: snapshotId, idle: idle, network: request.network)
+      return try await restore(
+        snapshotId: snapshotId, idle: idle, network: request.network, owner: owner)
     }
     let vcpus = request.vcpus ?? CreateSandboxRequest.defaultVcpus
     let memoryMb = request.memoryMb ?? CreateSandboxRequest.defaultMemoryMb
@@ -183,7 +196,7 @@ public actor SandboxService {
       image: imageName, vcpus: vcpus, memoryMb: memoryMb, idle: idle, snapshotId: nil,
       runtime: SandboxRuntime(
         kernel: image.kernel, imageBuild: image.buildId, diskGb: diskGb,
-        agentKey: AgentKey.generate(), policy: policy))
+        agentKey: AgentKey.generate(), policy: policy), owner: owner)
     return try await build(row.id) { undo in
       let started = ContinuousClock.now
       let volumeName = VolumeNames.sandbox(row.id)
@@ -243,7 +256,7 @@ public actor SandboxService {
   /// creates cannot both take the last place).
   func reserve(
     image: String, vcpus: Int, memoryMb: Int, idle: (Int?, IdleAction?), snapshotId: String?,
-    memorySnapshotId: String? = nil, runtime: SandboxRuntime
+    memorySnapshotId: String? = nil, runtime: SandboxRuntime, owner: String? = nil
   ) throws -> SandboxRecord {
     let id = Identifier.make()
     let now = Date()
@@ -251,7 +264,7 @@ public actor SandboxService {
       id: id, status: SandboxStatus.creating.rawValue, image: image, vcpus: vcpus,
       memoryMb: memoryMb, hostname: "sbx-\(id)", createdAt: now, updatedAt: now,
       runtime: Self.encode(runtime), timeoutSeconds: idle.0, onIdle: idle.1?.rawValue,
-      snapshotId: snapshotId, memorySnapshotId: memorySnapshotId)
+      snapshotId: snapshotId, memorySnapshotId: memorySnapshotId, ownerId: owner)
     guard
       try database.insert(
         row, ifCountOf: Self.countedStatuses.map(\.rawValue),
@@ -290,11 +303,14 @@ public actor SandboxService {
       await undo.run()
       // A sandbox that never ran gives its address lease back too (a failed start keeps it).
       await drivers.network.forget(sandboxId: id)
+      // Its owner's subscribers see it go.
+      let owner = (try? database.sandbox(id: id))?.ownerId
       _ = try? database.deleteSandbox(id: id)
       let event = SandboxEvent(
         sandbox: SandboxInfo(
           id: id, status: .error, image: "", vcpus: 0, memoryMb: 0, hostname: "", createdAt: Date(),
-          updatedAt: Date(), error: "\(error)"), previousStatus: SandboxStatus.creating.rawValue)
+          updatedAt: Date(), error: "\(error)", ownerId: owner),
+        previousStatus: SandboxStatus.creating.rawValue)
       events.publish("sandbox.deleted", event)
       if let error = error as? AtelierError { throw error }
       throw AtelierError(.bootFailed, "sandbox failed to boot: \(error)")

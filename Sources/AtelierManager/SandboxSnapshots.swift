@@ -40,11 +40,20 @@ extension SandboxService {
     return SnapshotInfo(
       id: record.id, sandboxId: record.sandboxId, name: record.name, image: record.image,
       vcpus: record.vcpus, memoryMb: record.memoryMb, createdAt: record.createdAt,
-      sizeBytes: record.sizeBytes, pauseMs: state?.pauseMs, totalMs: state?.totalMs)
+      sizeBytes: record.sizeBytes, pauseMs: state?.pauseMs, totalMs: state?.totalMs,
+      ownerId: record.ownerId)
   }
 
-  public func listSnapshots() throws -> [SnapshotInfo] {
-    try database.snapshots(kind: "user").map(Self.info)
+  /// Snapshots (of one owner when `ownerId` is given).
+  public func listSnapshots(ownerId: String? = nil) throws -> [SnapshotInfo] {
+    try database.snapshots(kind: "user", ownerId: ownerId).map(Self.info)
+  }
+
+  /// A 404 unless the snapshot exists and `requester` may use it.
+  public func requireAccess(toSnapshot id: String, _ requester: Requester) throws {
+    guard let record = try database.snapshot(id: id), record.kind == "user",
+      requester.mayAccess(ownedBy: record.ownerId)
+    else { throw AtelierError.notFound("snapshot \(id) not found") }
   }
 
   /// A snapshot the API may see: made through it, and not deleted.
@@ -122,7 +131,7 @@ extension SandboxService {
         image: row.image, vcpus: row.vcpus, memoryMb: row.memoryMb, createdAt: Date(),
         sizeBytes: FileCopy.allocatedBytes(saved.memoryPath)
           + FileCopy.allocatedBytes(saved.devicesPath) + diskBytes,
-        kind: kind, state: Self.encode(state))
+        kind: kind, state: Self.encode(state), ownerId: row.ownerId)
       try database.insert(record)
       logger.info(
         "snapshot taken",
@@ -204,7 +213,7 @@ extension SandboxService {
   /// is told who it is now, the time, given fresh entropy and a key of its own.
   func restore(
     snapshotId: String, idle: (Int?, IdleAction?), network request: NetworkPolicyRequest? = nil,
-    forking: Bool = false
+    forking: Bool = false, owner: String? = nil
   ) async throws -> SandboxInfo {
     guard let snapshot = try database.snapshot(id: snapshotId),
       forking || (snapshot.kind == "user" && snapshot.retiredAt == nil)
@@ -225,7 +234,8 @@ extension SandboxService {
       snapshotId: snapshotId, memorySnapshotId: snapshotId,
       runtime: SandboxRuntime(
         kernel: state.kernel, diskGb: state.diskGb, agentKey: AgentKey.generate(),
-        policy: policy))
+        policy: policy),
+      owner: owner)
     defer { collectRetiredSnapshots() }
     return try await build(row.id) { undo in
       let started = ContinuousClock.now
@@ -304,9 +314,11 @@ extension SandboxService {
     await withTaskGroup(of: Result<SandboxInfo, any Error>.self) { group in
       for _ in 0..<count {
         group.addTask {
+          // The forks belong to the parent's owner.
           await Result(catching: {
             try await self.restore(
-              snapshotId: snapshot.id, idle: idle, network: network, forking: true)
+              snapshotId: snapshot.id, idle: idle, network: network, forking: true,
+              owner: parent.ownerId)
           })
         }
       }

@@ -31,7 +31,7 @@ public enum ManagerServer {
   }
 
   /// The router with every route and middleware, and the table it was built from.
-  static func buildRouter(_ dependencies: Dependencies, logger: Logger) -> (
+  static func buildRouter(_ dependencies: Dependencies, logger: Logger) throws -> (
     Router<ManagerRequestContext>, RouteTable
   ) {
     let router = Router(context: ManagerRequestContext.self)
@@ -42,11 +42,34 @@ public enum ManagerServer {
     router.add(middleware: PathNormalizationMiddleware())
     let root = DocumentedRoutes(
       group: router.group(), prefix: "", table: table, requiresAuth: false)
-    let api = DocumentedRoutes(
+    let authenticator = Authenticator(
+      database: dependencies.database,
+      signer: try SessionSigner.load(path: dependencies.config.sessionKeyPath))
+    let authentication = AuthenticationMiddleware(authenticator: authenticator)
+    let apiGroup = router.group("api").add(middleware: authentication)
+    let api = DocumentedRoutes(group: apiGroup, prefix: "/api", table: table, requiresAuth: true)
+    let webSockets = DocumentedRoutes(
       group: router.group("api").add(
-        middleware: AuthenticationMiddleware(tokens: TokenVerifier(database: dependencies.database))
-      ),
+        middleware: WebSocketAuthenticationMiddleware(authenticator: authenticator)),
       prefix: "/api", table: table, requiresAuth: true)
+    var admin = DocumentedRoutes(
+      group: apiGroup.group().add(middleware: AdminOnlyMiddleware()), prefix: "/api",
+      table: table, requiresAuth: true)
+    admin.requiresAdmin = true
+    let auth = AuthController(database: dependencies.database, authenticator: authenticator)
+    let publicAuth = DocumentedRoutes(
+      group: router.group("auth"), prefix: "/auth", table: table, requiresAuth: false)
+    auth.addPublicRoutes(to: publicAuth)
+    if let github = try githubLogin(dependencies, signer: authenticator.signer) {
+      GitHubController(login: github, sessions: auth).addPublicRoutes(to: publicAuth)
+    }
+    auth.addRoutes(
+      to: DocumentedRoutes(
+        group: router.group("auth").add(middleware: authentication), prefix: "/auth",
+        table: table, requiresAuth: true))
+    let users = UsersController(database: dependencies.database)
+    users.addAdminRoutes(to: admin)
+    users.addRoutes(to: api)
 
     let service = dependencies.service
     let document = DocumentBox()
@@ -58,11 +81,12 @@ public enum ManagerServer {
       document: document, heartbeat: .seconds(dependencies.config.eventsHeartbeatSeconds))
     system.addPublicRoutes(to: root)
     system.addRoutes(to: api)
+    system.addAdminRoutes(to: admin)
     SandboxesController(service: service).addRoutes(to: api)
     LifecycleController(service: service).addRoutes(to: api)
     SnapshotsController(service: service).addRoutes(to: api)
     AgentProxyController(service: service, proxy: AgentProxy(service: service, logger: logger))
-      .addRoutes(to: api)
+      .addRoutes(to: api, webSockets: webSockets)
     document.set(
       OpenAPIDocument.make(
         routes: table.all, version: AtelierVersion.current,
@@ -72,10 +96,28 @@ public enum ManagerServer {
     return (router, table)
   }
 
-  public static func buildApplication(_ dependencies: Dependencies, logger: Logger)
-    -> some ApplicationProtocol
+  /// GitHub login when configured; it needs a list of who may log in.
+  static func githubLogin(_ dependencies: Dependencies, signer: SessionSigner) throws
+    -> GitHubLogin?
   {
-    let (router, _) = buildRouter(dependencies, logger: logger)
+    let settings = dependencies.config.github
+    guard settings.isEnabled else { return nil }
+    guard !settings.allowedUsers.isEmpty || !settings.allowedOrgs.isEmpty else {
+      throw ConfigError(
+        key: "ATELIER_GITHUB_ALLOWED_USERS", source: nil,
+        message: "GitHub login needs allowed users or ATELIER_GITHUB_ALLOWED_ORGS")
+    }
+    return GitHubLogin(
+      settings: settings, signer: signer,
+      redirectURL: settings.redirectURL.isEmpty
+        ? "\(dependencies.config.managerURL)/auth/github/callback" : settings.redirectURL,
+      database: dependencies.database)
+  }
+
+  public static func buildApplication(_ dependencies: Dependencies, logger: Logger)
+    throws -> some ApplicationProtocol
+  {
+    let (router, _) = try buildRouter(dependencies, logger: logger)
     let config = dependencies.config
     let service = dependencies.service
     var app = Application(
@@ -102,7 +144,7 @@ public enum ManagerServer {
           "killed": "\(report.killedProcesses.count)",
         ])
       logger.notice(
-        "Atelier manager on \(config.managerURL) (admin token: \(config.adminTokenPath))")
+        "Atelier manager on \(config.managerURL) (the first admin's key: \(config.adminTokenPath))")
     }
     return app
   }

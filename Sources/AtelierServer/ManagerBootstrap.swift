@@ -21,9 +21,8 @@ public enum ManagerBootstrap {
     }
     chmod(config.dataDir, 0o700)
     let database = try AtelierDatabase(path: config.databasePath)
-    if let token = try AdminToken.ensure(database: database, path: config.adminTokenPath) {
-      logger.notice("created the admin API token in \(config.adminTokenPath)")
-      _ = token
+    if try AdminToken.ensure(database: database, path: config.adminTokenPath) != nil {
+      logger.notice("created the first admin and its API key in \(config.adminTokenPath)")
     }
     let runner = SystemCommandRunner()
     // VMs run as a user of their own when the manager is root (created if missing); it may
@@ -44,7 +43,7 @@ public enum ManagerBootstrap {
     let service = SandboxService(
       config: config, database: database, drivers: drivers,
       logger: Logger(label: "atelier.sandboxes"))
-    let app = ManagerServer.buildApplication(
+    let app = try ManagerServer.buildApplication(
       .init(
         config: config, service: service, database: database, drivers: drivers,
         qemuPath: qemuPath),

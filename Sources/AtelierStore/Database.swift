@@ -25,12 +25,14 @@ public struct SandboxRecord: Codable, Sendable, Equatable, FetchableRecord, Pers
   /// The snapshot whose memory file this sandbox's running VM maps (a restore or a fork, until
   /// its VM stops): what keeps that file alive after the snapshot is deleted.
   public var memorySnapshotId: String?
+  /// The user it belongs to (members see and act on their own only).
+  public var ownerId: String?
 
   public init(
     id: String, status: String, image: String, vcpus: Int, memoryMb: Int, hostname: String,
     createdAt: Date, updatedAt: Date, timings: String? = nil, error: String? = nil,
     runtime: String? = nil, timeoutSeconds: Int? = nil, onIdle: String? = nil,
-    snapshotId: String? = nil, memorySnapshotId: String? = nil
+    snapshotId: String? = nil, memorySnapshotId: String? = nil, ownerId: String? = nil
   ) {
     self.id = id
     self.status = status
@@ -47,6 +49,7 @@ public struct SandboxRecord: Codable, Sendable, Equatable, FetchableRecord, Pers
     self.onIdle = onIdle
     self.snapshotId = snapshotId
     self.memorySnapshotId = memorySnapshotId
+    self.ownerId = ownerId
   }
 }
 
@@ -68,10 +71,13 @@ public struct SnapshotRecord: Codable, Sendable, Equatable, FetchableRecord, Per
   /// Deleted (or, for a fork's, done with) while VMs still map its memory file: hidden from
   /// the API, its files kept until the last of them is gone.
   public var retiredAt: Date?
+  /// The user it belongs to.
+  public var ownerId: String?
 
   public init(
     id: String, sandboxId: String, name: String, image: String, vcpus: Int, memoryMb: Int,
-    createdAt: Date, sizeBytes: Int64, kind: String, state: String, retiredAt: Date? = nil
+    createdAt: Date, sizeBytes: Int64, kind: String, state: String, retiredAt: Date? = nil,
+    ownerId: String? = nil
   ) {
     self.id = id
     self.sandboxId = sandboxId
@@ -84,16 +90,8 @@ public struct SnapshotRecord: Codable, Sendable, Equatable, FetchableRecord, Per
     self.kind = kind
     self.state = state
     self.retiredAt = retiredAt
+    self.ownerId = ownerId
   }
-}
-
-public struct APITokenRecord: Codable, Sendable, FetchableRecord, PersistableRecord {
-  public static let databaseTableName = "api_tokens"
-  public var id: String
-  public var name: String
-  /// SHA-256 of the token, hex; the token itself is never stored.
-  public var tokenHash: String
-  public var createdAt: Date
 }
 
 /// SQLite in WAL mode through GRDB, with versioned migrations.
@@ -165,6 +163,7 @@ public final class AtelierDatabase: Sendable {
         table.add(column: "retiredAt", .datetime)
       }
     }
+    migrator.registerMigration("v5-access", migrate: AccessMigration.apply)
     return migrator
   }
 
@@ -195,10 +194,12 @@ public final class AtelierDatabase: Sendable {
     try pool.read { try SandboxRecord.fetchOne($0, key: id) }
   }
 
-  public func sandboxes(status: String? = nil) throws -> [SandboxRecord] {
+  /// Sandboxes (of one status, or of one owner, when given), oldest first.
+  public func sandboxes(status: String? = nil, ownerId: String? = nil) throws -> [SandboxRecord] {
     try pool.read { db in
       var request = SandboxRecord.order(Column("createdAt"))
       if let status { request = request.filter(Column("status") == status) }
+      if let ownerId { request = request.filter(Column("ownerId") == ownerId) }
       return try request.fetchAll(db)
     }
   }
@@ -239,11 +240,12 @@ public final class AtelierDatabase: Sendable {
     }
   }
 
-  /// Live (not retired) snapshots.
-  public func snapshots(kind: String? = nil) throws -> [SnapshotRecord] {
+  /// Live (not retired) snapshots (of one kind, of one owner, when given).
+  public func snapshots(kind: String? = nil, ownerId: String? = nil) throws -> [SnapshotRecord] {
     try pool.read { db in
       var request = SnapshotRecord.filter(Column("retiredAt") == nil).order(Column("createdAt"))
       if let kind { request = request.filter(Column("kind") == kind) }
+      if let ownerId { request = request.filter(Column("ownerId") == ownerId) }
       return try request.fetchAll(db)
     }
   }
@@ -318,31 +320,6 @@ public final class AtelierDatabase: Sendable {
     try pool.write {
       try $0.execute(sql: "DELETE FROM network_leases WHERE sandboxId = ?", arguments: [sandboxId])
     }
-  }
-
-  // MARK: API tokens
-
-  public func tokenCount() throws -> Int {
-    try pool.read { try APITokenRecord.fetchCount($0) }
-  }
-
-  public func insertToken(id: String, name: String, hash: String) throws {
-    try pool.write {
-      try APITokenRecord(id: id, name: name, tokenHash: hash, createdAt: Date()).insert($0)
-    }
-  }
-
-  public func tokens() throws -> [APITokenRecord] {
-    try pool.read { try APITokenRecord.order(Column("createdAt")).fetchAll($0) }
-  }
-
-  @discardableResult
-  public func deleteToken(id: String) throws -> Bool {
-    try pool.write { try APITokenRecord.deleteOne($0, key: id) }
-  }
-
-  public func token(hash: String) throws -> APITokenRecord? {
-    try pool.read { try APITokenRecord.filter(Column("tokenHash") == hash).fetchOne($0) }
   }
 
   /// The journal mode in effect (for the health check and tests).

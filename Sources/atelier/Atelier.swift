@@ -8,6 +8,7 @@ struct Atelier: AsyncParsableCommand {
     version: "0.1.0",
     subcommands: [
       Serve.self, Init.self, Network.self, Images.self, SandboxCommand.self, Snapshots.self,
-      Events.self, Doctor.self, Bench.self, Token.self,
+      Events.self, Doctor.self, Bench.self, Token.self, Login.self, Logout.self, Users.self,
+      Keys.self,
     ])
 }

@@ -55,20 +55,29 @@ func recipeLocations(_ config: Config) -> RecipeLocations {
     home: ProcessInfo.processInfo.environment["HOME"])
 }
 
-/// Talks to a manager: `ATELIER_URL` and `ATELIER_TOKEN`, else the local one and the admin
-/// token in its data folder.
+/// Talks to a manager: `ATELIER_URL` (else the one `atelier login` stored, else the local
+/// one) with `ATELIER_TOKEN` (else the stored key for that URL, else the admin key in the local
+/// data folder).
 struct ManagerClient {
   let baseURL: String
   let token: String
 
   static func make(config: Config) throws -> ManagerClient {
     let environment = ProcessInfo.processInfo.environment
-    let url = environment["ATELIER_URL"].flatMap { $0.isEmpty ? nil : $0 } ?? config.managerURL
+    let stored = Credentials.load()
+    let url =
+      environment["ATELIER_URL"].flatMap { $0.isEmpty ? nil : $0 } ?? stored?.url
+      ?? config.managerURL
     var token = environment["ATELIER_TOKEN"] ?? ""
+    if token.isEmpty, let stored,
+      Credentials.normalized(stored.url) == Credentials.normalized(url)
+    {
+      token = stored.key
+    }
     if token.isEmpty {
       guard let stored = try? String(contentsOfFile: config.adminTokenPath, encoding: .utf8) else {
         throw CLIError(
-          "no API token: set ATELIER_TOKEN, or run on the manager's host with read access to \(config.adminTokenPath)"
+          "no API key: run `atelier login URL`, set ATELIER_TOKEN, or run on the manager's host with read access to \(config.adminTokenPath)"
         )
       }
       token = stored.trimmingCharacters(in: .whitespacesAndNewlines)

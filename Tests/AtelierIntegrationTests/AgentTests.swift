@@ -114,8 +114,8 @@ extension VMTests {
         let exit = connection.frames.last { $0["type"] as? String == "exit" }
         #expect(exit?["exitCode"] as? Int == 137)
       }
-      // A missing token is refused before the upgrade; with one, a plain GET is not a
-      // WebSocket upgrade.
+      // A plain GET without a key is a 401 (an upgrade is closed with 4001: see the unit
+      // tests); with one, a plain GET is not a WebSocket upgrade.
       let refused = try await manager.request(
         .GET, "/api/sandboxes/\(id)/exec/stream", authorized: false)
       #expect(refused.status == 401)

@@ -83,7 +83,7 @@ extension VMTests {
     }
 
     @Test func tokenCommandsMintListAndRevoke() async throws {
-      try await withManager { manager in
+      try await withManager(images: []) { manager in
         let created = try await manager.cli(["token", "create", "--name", "ci"])
         #expect(created.exitCode == 0, "\(created.stderrText)")
         let token = created.stdoutText.trimmingCharacters(in: .whitespacesAndNewlines)
@@ -101,6 +101,57 @@ extension VMTests {
         #expect(try await manager.request(.GET, "/api/sandboxes").status == 200)
         let unknown = try await manager.cli(["token", "revoke", "nosuchtoken0"])
         #expect(unknown.exitCode != 0 && unknown.stderrText.contains("no token"))
+      }
+    }
+
+    /// `atelier login` stores a member's key and later commands use it (with no admin key
+    /// to fall back on); `users` and `keys` go through the API as that user.
+    @Test func loginUsersAndKeysThroughTheCLI() async throws {
+      try await withManager(images: []) { manager in
+        let created = try await manager.cli(["users", "create", "mia"])
+        #expect(created.exitCode == 0, "\(created.stderrText)")
+        let key = created.stdoutText.trimmingCharacters(in: .whitespacesAndNewlines)
+        let home = try TestEnvironment.temporaryDirectory("atl-access-home")
+        defer { try? FileManager.default.removeItem(atPath: home) }
+        var environment = TestEnvironment.baseEnvironment
+        environment["XDG_CONFIG_HOME"] = home
+        environment["ATELIER_DATA_DIR"] = home  // no admin key here
+        func mia(_ arguments: [String], token: String? = nil) async throws -> RunResult {
+          var environment = environment
+          environment["ATELIER_TOKEN"] = token
+          return try await TestEnvironment.cli(arguments, environment: environment)
+        }
+        let before = try await mia(["keys", "list"])
+        #expect(before.exitCode != 0 && before.stderrText.contains("atelier login"))
+        let login = try await mia(["login", manager.baseURL], token: key)
+        #expect(login.exitCode == 0 && login.stdoutText.contains("as mia (member)"))
+        let mode =
+          try FileManager.default.attributesOfItem(
+            atPath: "\(home)/atelier/credentials")[.posixPermissions] as? Int
+        #expect(mode == 0o600)
+        let laptop = try await mia(["keys", "create", "--name", "laptop"])
+        #expect(laptop.exitCode == 0, "\(laptop.stderrText)")
+        let laptopKey = laptop.stdoutText.trimmingCharacters(in: .whitespacesAndNewlines)
+        let listed = try await mia(["keys", "list"])
+        #expect(listed.stdoutText.contains("laptop") && listed.stdoutText.contains("first key"))
+        #expect(!listed.stdoutText.contains(key) && !listed.stdoutText.contains(laptopKey))
+        // A member may not manage users; the admin may.
+        let refused = try await mia(["users", "list"])
+        #expect(refused.exitCode != 0 && refused.stderrText.contains("FORBIDDEN"))
+        let users = try await manager.cli(["users", "list"])
+        #expect(users.stdoutText.contains("mia") && users.stdoutText.contains("admin"))
+        // Revoked at once; logged out, the stored key is gone.
+        let id = try #require(
+          listed.stdoutText.split(separator: "\n").first { $0.contains("laptop") }?
+            .split(separator: " ").first.map(String.init))
+        #expect(try await mia(["keys", "revoke", id]).exitCode == 0)
+        #expect(try await manager.request(.GET, "/api/sandboxes", token: laptopKey).status == 401)
+        #expect(try await manager.request(.GET, "/api/sandboxes", token: key).status == 200)
+        #expect(try await mia(["logout"]).exitCode == 0)
+        #expect(try await mia(["keys", "list"]).exitCode != 0)
+        let deleted = try await manager.cli(["users", "delete", "mia"])
+        #expect(deleted.exitCode == 0 && deleted.stdoutText.contains("deleted mia"))
+        #expect(try await manager.request(.GET, "/api/sandboxes", token: key).status == 401)
       }
     }
 

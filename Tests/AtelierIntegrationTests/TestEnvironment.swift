@@ -138,8 +138,11 @@ final class ManagerProcess: @unchecked Sendable {
       try FileManager.default.createSymbolicLink(
         atPath: "\(data)/images/\(image)", withDestinationPath: "\(shared)/images/\(image)")
     }
-    try FileManager.default.createSymbolicLink(
-      atPath: "\(data)/kernels", withDestinationPath: "\(shared)/kernels")
+    // With no image, no kernel either (a link to nowhere would stop the manager's start).
+    if !images.isEmpty {
+      try FileManager.default.createSymbolicLink(
+        atPath: "\(data)/kernels", withDestinationPath: "\(shared)/kernels")
+    }
     let port = try freePort()
     var environment = TestEnvironment.baseEnvironment
     environment["ATELIER_DATA_DIR"] = data

@@ -105,7 +105,7 @@ import Testing
     defer { Task { await host.tearDown() } }
     let row = try await host.service.reserve(
       image: "tiny", vcpus: 1, memoryMb: 256, idle: (nil, nil), snapshotId: nil,
-      runtime: SandboxRuntime())
+      runtime: SandboxRuntime(), owner: nil)
     _ = try await host.volumes.clone(
       base: DiskAttachment(path: "/dev/null", format: .raw), to: "sandbox-\(row.id)",
       minimumSizeBytes: 0)

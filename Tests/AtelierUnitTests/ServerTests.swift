@@ -29,7 +29,7 @@ import Testing
     defer { Task { await host.tearDown() } }
     let token = try #require(
       try AdminToken.ensure(database: host.database, path: "\(host.config.dataDir)/admin-token"))
-    let (router, table) = ManagerServer.buildRouter(
+    let (router, table) = try ManagerServer.buildRouter(
       .init(
         config: host.config, service: host.service, database: host.database,
         drivers: await host.service.drivers, qemuPath: nil),

@@ -1,4 +1,5 @@
 import Foundation
+import GRDB
 import Testing
 
 @testable import AtelierStore
@@ -54,12 +55,34 @@ import Testing
     #expect(try db.sandbox(id: "c00000000001") == nil)
   }
 
-  @Test func tokensAreLookedUpByHash() throws {
-    let db = try database()
-    #expect(try db.tokenCount() == 0)
-    try db.insertToken(id: "t1", name: "admin", hash: "abc")
-    #expect(try db.token(hash: "abc")?.name == "admin")
-    #expect(try db.token(hash: "abd") == nil)
+  /// The API tokens of earlier versions become the keys of a first admin, who owns what
+  /// exists; a database without tokens gets no user (the first start makes the admin).
+  @Test func tokensBecomeTheFirstAdminsKeys() throws {
+    let dir = NSTemporaryDirectory() + "atelier-db-\(UUID().uuidString)"
+    try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+    defer { try? FileManager.default.removeItem(atPath: dir) }
+    let path = "\(dir)/atelier.db"
+    do {
+      let pool = try DatabasePool(path: path)
+      try AtelierDatabase.migrator.migrate(pool, upTo: "v3-network-leases")
+      try pool.write { db in
+        try db.execute(
+          sql: "INSERT INTO api_tokens (id, name, tokenHash, createdAt) VALUES (?, ?, ?, ?)",
+          arguments: ["t00000000001", "admin", "abc", Date()])
+        try db.execute(
+          sql: """
+            INSERT INTO sandboxes (id, status, image, vcpus, memoryMb, hostname, createdAt,
+              updatedAt) VALUES ('c00000000001', 'running', 'tiny', 1, 256, 'h', ?, ?)
+            """, arguments: [Date(), Date()])
+      }
+    }
+    let database = try AtelierDatabase(path: path)
+    let admin = try #require(try database.users().first)
+    #expect(admin.role == .admin && admin.name == "admin")
+    #expect(try database.apiKey(hash: "abc")?.userId == admin.id)
+    #expect(try database.apiKey(hash: "abd") == nil)
+    #expect(try database.sandbox(id: "c00000000001")?.ownerId == admin.id)
+    #expect(try self.database().userCount() == 0)
   }
 }
 

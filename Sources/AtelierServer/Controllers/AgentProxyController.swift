@@ -27,13 +27,15 @@ struct AgentProxyController {
   /// paused sandbox; `SandboxesController` serves it).
   static let servedByManager: Set<AgentOperation.ID> = [.exec]
 
-  func addRoutes(to routes: DocumentedRoutes) {
+  /// HTTP routes go to `routes`, WebSocket routes to `webSockets` (a group whose
+  /// authentication closes the socket rather than refusing the upgrade).
+  func addRoutes(to routes: DocumentedRoutes, webSockets: DocumentedRoutes) {
     for operation in AgentOperations.proxied where !Self.servedByManager.contains(operation.id) {
-      add(operation, to: routes)
+      add(operation, to: routes, webSockets: webSockets)
     }
   }
 
-  func add(_ operation: AgentOperation, to routes: DocumentedRoutes) {
+  func add(_ operation: AgentOperation, to routes: DocumentedRoutes, webSockets: DocumentedRoutes) {
     let service = self.service
     let proxy = self.proxy
     let path = "sandboxes/{id}\(operation.path)"
@@ -44,17 +46,18 @@ struct AgentProxyController {
       query: operation.query.map(Self.queryParameter),
       produces: Self.produces[operation.id] ?? [:])
     if operation.isWebSocket {
-      routes.webSocket(
+      webSockets.webSocket(
         path, doc,
-        shouldUpgrade: { _, context in
-          _ = try await service.agentEndpoint(try context.parameters.require("id"))
+        authorize: { context in
+          let id = try await service.webSocketTarget(context)
+          _ = try await service.agentEndpoint(id)
+          return id
         },
-        onUpgrade: { inbound, outbound, context in
-          let parameters = context.requestContext.parameters
+        serve: { id, inbound, outbound, context in
           try await proxy.pipe(
-            sandboxId: try parameters.require("id"),
-            agentPath: Self.agentPath(operation, parameters), inbound: inbound,
-            outbound: outbound)
+            sandboxId: id,
+            agentPath: Self.agentPath(operation, context.requestContext.parameters),
+            inbound: inbound, outbound: outbound)
         })
       return
     }
@@ -64,7 +67,7 @@ struct AgentProxyController {
       responses: [operation.status: Self.responseDoc(operation)]
     ) { request, context in
       try await proxy.forward(
-        request, sandboxId: try context.parameters.require("id"),
+        request, sandboxId: try await service.accessibleSandbox(context),
         agentPath: Self.agentPath(operation, context.parameters))
     }
   }

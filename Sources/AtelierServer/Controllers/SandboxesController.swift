@@ -20,8 +20,10 @@ struct SandboxesController {
               "enum": .array(SandboxStatus.allCases.map { .string($0.rawValue) }),
             ])
         ])
-    ) { request, _ in
-      try await service.list(status: request.uri.queryParameters.get("status"))
+    ) { request, context in
+      try await service.list(
+        status: request.uri.queryParameters.get("status"),
+        ownerId: try context.caller().requester.ownerFilter)
     }
     routes.json(
       .post, "sandboxes",
@@ -30,28 +32,38 @@ struct SandboxesController {
         errors: [.notFound, .conflict, .resourceExhausted, .bootFailed],
         produces: ["id": "$response.body#/id"]),
       body: CreateSandboxRequest.self, status: .created, description: "the running sandbox"
-    ) { body, _, _ in try await service.create(body) }
+    ) { body, _, context in
+      let caller = try context.caller()
+      if let snapshot = body.snapshot {
+        try await service.requireAccess(toSnapshot: snapshot, caller.requester)
+      }
+      return try await service.create(body, owner: caller.userId)
+    }
     routes.json(
       .get, "sandboxes/{id}", OperationDoc("Get a sandbox", tag: "sandboxes", errors: [.notFound])
-    ) { _, context in try await service.get(try context.parameters.require("id")) }
+    ) { _, context in try await service.get(try await service.accessibleSandbox(context)) }
     routes.json(
       .patch, "sandboxes/{id}",
       OperationDoc("Change the idle policy", tag: "lifecycle", errors: [.notFound]),
       body: UpdateSandboxRequest.self
-    ) { body, _, context in try await service.update(try context.parameters.require("id"), body) }
+    ) { body, _, context in
+      try await service.update(try await service.accessibleSandbox(context), body)
+    }
     routes.noContent(
       .delete, "sandboxes/{id}",
       OperationDoc(
         "Delete a sandbox: kill its VM, remove its disk and files", tag: "sandboxes",
         errors: [.notFound, .conflict])
-    ) { _, context in try await service.delete(try context.parameters.require("id")) }
+    ) { _, context in try await service.delete(try await service.accessibleSandbox(context)) }
     routes.json(
       .post, "sandboxes/{id}/exec",
       OperationDoc(
         "Run a command in the sandbox (200 whatever its exit code)", tag: "exec",
         errors: [.notFound, .sandboxNotRunning, .unavailable]),
       body: ExecRequest.self, description: "the command's result"
-    ) { body, _, context in try await service.exec(try context.parameters.require("id"), body) }
+    ) { body, _, context in
+      try await service.exec(try await service.accessibleSandbox(context), body)
+    }
   }
 }
 
@@ -82,7 +94,7 @@ struct LifecycleController {
           summary, tag: "lifecycle",
           errors: [.notFound, .conflict, .resourceExhausted, .bootFailed, .unavailable]),
         description: "the sandbox afterwards"
-      ) { _, context in try await operation(service, try context.parameters.require("id")) }
+      ) { _, context in try await operation(service, try await service.accessibleSandbox(context)) }
     }
   }
 }
@@ -101,7 +113,7 @@ struct SnapshotsController {
         produces: ["snapshotId": "$response.body#/id"]),
       body: SnapshotRequest.self, status: .created, description: "the snapshot"
     ) { body, _, context in
-      try await service.snapshot(try context.parameters.require("id"), name: body.name)
+      try await service.snapshot(try await service.accessibleSandbox(context), name: body.name)
     }
     routes.json(
       .post, "sandboxes/{id}/fork",
@@ -113,16 +125,17 @@ struct SnapshotsController {
     ) { body, _, context in
       ForkResponse(
         sandboxes: try await service.fork(
-          try context.parameters.require("id"), count: body.count, network: body.network))
+          try await service.accessibleSandbox(context), count: body.count, network: body.network))
     }
-    routes.json(.get, "snapshots", OperationDoc("List snapshots", tag: "snapshots")) { _, _ in
-      try await service.listSnapshots()
+    routes.json(.get, "snapshots", OperationDoc("List snapshots", tag: "snapshots")) {
+      _, context in
+      try await service.listSnapshots(ownerId: try context.caller().requester.ownerFilter)
     }
     routes.json(
       .get, "snapshots/{snapshotId}",
       OperationDoc("Get a snapshot", tag: "snapshots", errors: [.notFound])
     ) { _, context in
-      try await service.getSnapshot(try context.parameters.require("snapshotId"))
+      try await service.getSnapshot(try await service.accessibleSnapshot(context))
     }
     routes.noContent(
       .delete, "snapshots/{snapshotId}",
@@ -130,7 +143,37 @@ struct SnapshotsController {
         "Delete a snapshot (sandboxes restored from it keep working)", tag: "snapshots",
         errors: [.notFound])
     ) { _, context in
-      try await service.deleteSnapshot(try context.parameters.require("snapshotId"))
+      try await service.deleteSnapshot(try await service.accessibleSnapshot(context))
     }
+  }
+}
+
+extension SandboxService {
+  /// The `{id}` of the request, once the caller is known to have access to that sandbox
+  /// (404 otherwise, as for one that does not exist).
+  func accessibleSandbox(_ context: ManagerRequestContext) async throws -> String {
+    let id = try context.parameters.require("id")
+    try requireAccess(toSandbox: id, try context.caller().requester)
+    return id
+  }
+
+  /// The `{id}` of a WebSocket request, told apart for its close code: a sandbox that does
+  /// not exist is a 404 (4004), another user's a 403 (4003; its id, 12 random characters, is
+  /// not something a member can guess).
+  func webSocketTarget(_ context: ManagerRequestContext) async throws -> String {
+    let id = try context.parameters.require("id")
+    let caller = try context.caller()
+    let sandbox = try get(id)
+    guard caller.requester.mayAccess(ownedBy: sandbox.ownerId) else {
+      throw AtelierError.forbidden("sandbox \(id) is not yours")
+    }
+    return id
+  }
+
+  /// The `{snapshotId}` of the request, once the caller is known to have access to it.
+  func accessibleSnapshot(_ context: ManagerRequestContext) async throws -> String {
+    let id = try context.parameters.require("snapshotId")
+    try requireAccess(toSnapshot: id, try context.caller().requester)
+    return id
   }
 }

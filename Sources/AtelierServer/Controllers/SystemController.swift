@@ -21,6 +21,17 @@ struct SystemController {
     ) { [document] _, _ in document.value }
   }
 
+  /// Routes only admins may use.
+  func addAdminRoutes(to routes: DocumentedRoutes) {
+    let service = self.service
+    routes.json(
+      .post, "system/cleanup",
+      OperationDoc(
+        "Reconcile now: remove orphaned VMs, disks, folders; mark dead sandboxes", tag: "system"),
+      description: "what was changed"
+    ) { _, _ in await service.reconcile() }
+  }
+
   func addRoutes(to routes: DocumentedRoutes) {
     let service = self.service
     routes.json(.get, "images", OperationDoc("List built images", tag: "images")) {
@@ -30,21 +41,18 @@ struct SystemController {
       .get, "system/stats",
       OperationDoc("Host CPU, memory, disk; sandboxes by status; the limit", tag: "system")
     ) { _, _ in try await service.stats() }
-    routes.json(
-      .post, "system/cleanup",
-      OperationDoc(
-        "Reconcile now: remove orphaned VMs, disks, folders; mark dead sandboxes", tag: "system"),
-      description: "what was changed"
-    ) { _, _ in await service.reconcile() }
     routes.raw(
       .get, "events",
       OperationDoc(
         "Server-sent events: sandbox.created|updated|deleted, snapshot.created|deleted; "
           + "Last-Event-ID resumes", tag: "events"),
       responses: [200: .eventStream("an event stream")]
-    ) { [heartbeat] request, _ in
+    ) { [heartbeat] request, context in
       let lastId = request.headers[.init("Last-Event-ID")!].flatMap { Int($0) }
-      return eventStream(await service.events.subscribe(after: lastId), heartbeat: heartbeat)
+      let requester = try context.caller().requester
+      return eventStream(
+        await service.events.subscribe(after: lastId), heartbeat: heartbeat,
+        visible: { requester.mayAccess(ownedBy: $0.ownerId) })
     }
   }
 }
@@ -57,11 +65,14 @@ final class DocumentBox: Sendable {
 }
 
 /// `text/event-stream` from the bus, with a comment line every `heartbeat`.
-func eventStream(_ events: AsyncStream<EventBus.Event>, heartbeat: Duration) -> Response {
+func eventStream(
+  _ events: AsyncStream<EventBus.Event>, heartbeat: Duration,
+  visible: @escaping @Sendable (EventBus.Event) -> Bool
+) -> Response {
   let body = ResponseBody { writer in
     let (chunks, continuation) = AsyncStream.makeStream(of: String.self)
     let forward = Task {
-      for await event in events {
+      for await event in events where visible(event) {
         continuation.yield(
           "id: \(event.id)\nevent: \(event.type)\ndata: \(String(decoding: event.data, as: UTF8.self))\n\n"
         )

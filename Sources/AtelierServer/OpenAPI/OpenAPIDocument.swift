@@ -20,7 +20,13 @@ enum OpenAPIDocument {
       "paths": .object(paths.mapValues { .object($0) }),
       "components": [
         "schemas": .object(registry.components),
-        "securitySchemes": ["bearerAuth": ["type": "http", "scheme": "bearer"]],
+        "securitySchemes": [
+          "bearerAuth": ["type": "http", "scheme": "bearer", "description": "an API key"],
+          "sessionCookie": [
+            "type": "apiKey", "in": "cookie", "name": .string(SessionSigner.cookieName),
+            "description": "a browser session (POST /auth/session); writes need X-CSRF-Token",
+          ],
+        ],
       ],
     ]
   }
@@ -92,7 +98,7 @@ enum OpenAPIDocument {
         "description": .string(text), "content": ["application/json": ["schema": errorSchema]],
       ]
     }
-    if route.requiresAuth { operation["security"] = [["bearerAuth": []]] }
+    if route.requiresAuth { operation["security"] = [["bearerAuth": []], ["sessionCookie": []]] }
     operation["responses"] = .object(responses)
     return .object(operation)
   }
@@ -101,6 +107,8 @@ enum OpenAPIDocument {
   static func errorStatuses(_ route: RouteDoc) -> [(Int, String)] {
     var codes = route.errors + [.validation]
     if route.requiresAuth { codes.append(.unauthorized) }
+    // A write with a session cookie but without its CSRF token.
+    if route.requiresAuth && ![.get, .head].contains(route.method) { codes.append(.forbidden) }
     let byStatus = Dictionary(grouping: Set(codes), by: \.httpStatus)
     return byStatus.keys.sorted().map { status in
       let names = byStatus[status]!.map(\.rawValue).sorted().joined(separator: ", ")

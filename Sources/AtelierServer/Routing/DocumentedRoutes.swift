@@ -37,6 +37,8 @@ struct DocumentedRoutes {
   let prefix: String
   let table: RouteTable
   let requiresAuth: Bool
+  /// Behind `AdminOnlyMiddleware` too (members get 403).
+  var requiresAdmin = false
 
   func fullPath(_ path: String) -> String { path.isEmpty ? prefix : "\(prefix)/\(path)" }
 
@@ -48,7 +50,8 @@ struct DocumentedRoutes {
       RouteDoc(
         method: method, path: fullPath(path), summary: doc.summary, tag: doc.tag,
         requiresAuth: requiresAuth, query: doc.query, body: body, responses: responses,
-        webSocket: webSocket, errors: doc.errors, produces: doc.produces))
+        webSocket: webSocket, errors: doc.errors + (requiresAdmin ? [.forbidden] : []),
+        produces: doc.produces))
   }
 
   /// A route answering `Output` as JSON.
@@ -100,24 +103,44 @@ struct DocumentedRoutes {
     group.on(RouterPath(path), method: method, use: handler)
   }
 
-  /// A WebSocket route: `shouldUpgrade` may refuse with an error before the upgrade; a GET
-  /// without an upgrade answers 400.
-  func webSocket(
+  /// A WebSocket route, on a group behind `WebSocketAuthenticationMiddleware`. Every upgrade
+  /// is accepted; then `authorize` (after the authentication's outcome) decides, and a refusal
+  /// closes the socket with its code (`WebSocketRefusal`) before `serve` is ever called. A GET
+  /// without an upgrade answers the authentication's error, else 400.
+  func webSocket<Target: Sendable>(
     _ path: String, _ doc: OperationDoc,
-    shouldUpgrade: @escaping @Sendable (Request, Context) async throws -> Void,
-    onUpgrade: @escaping WebSocketDataHandler<WebSocketRouterContext<Context>>
+    authorize: @escaping @Sendable (Context) async throws -> Target,
+    serve:
+      @escaping @Sendable (
+        Target, WebSocketInboundStream, WebSocketOutboundWriter, WebSocketRouterContext<Context>
+      ) async throws -> Void
   ) {
     record(.get, path, doc, body: nil, responses: [101: .webSocketUpgrade], webSocket: true)
     group.ws(
       RouterPath(path),
       shouldUpgrade: { request, context in
         guard request.isWebSocketUpgrade else {
+          if let failure = context.authenticationFailure { throw failure }
           throw AtelierError.validation(
             "this endpoint needs a WebSocket upgrade (Connection: Upgrade, Upgrade: websocket)")
         }
-        try await shouldUpgrade(request, context)
         return .upgrade([:])
-      }, onUpgrade: onUpgrade)
+      },
+      onUpgrade: { inbound, outbound, context in
+        let target: Target
+        do {
+          if let failure = context.requestContext.authenticationFailure { throw failure }
+          target = try await authorize(context.requestContext)
+        } catch {
+          let refusal = WebSocketRefusal(error)
+          context.logger.info(
+            "WebSocket refused",
+            metadata: ["code": "\(refusal.code)", "reason": "\(refusal.reason)"])
+          try? await outbound.close(.unknown(refusal.code), reason: refusal.trimmedReason)
+          return
+        }
+        try await serve(target, inbound, outbound, context)
+      })
   }
 }
 

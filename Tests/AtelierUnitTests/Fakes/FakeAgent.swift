@@ -2,6 +2,7 @@ import AtelierAgentAPI
 import AtelierHTTP
 import Foundation
 import Hummingbird
+import HummingbirdWebSocket
 import Logging
 import Synchronization
 
@@ -24,7 +25,7 @@ final class FakeAgent: Sendable {
   }
 
   func start() async throws {
-    let router = Router()
+    let router = Router(context: BasicWebSocketRequestContext.self)
     router.get("/health") { [self] _, _ in
       jsonResponse(AgentHealth(status: "ok", sandboxId: sandboxId, hostname: nil, uptime: 1))
     }
@@ -45,6 +46,8 @@ final class FakeAgent: Sendable {
           ports: body.ports, maxTunnels: body.maxTunnels, activeTunnels: 0, idleTunnels: 0,
           refused: 0))
     }
+    // One proxied route, answered as the agent would (to check who may reach the agent).
+    router.get("/services") { _, _ in jsonResponse([ServiceStatus]()) }
     router.post("/exec") { request, _ in
       let body = try await request.decodeJSON(ExecRequest.self)
       return jsonResponse(
@@ -52,9 +55,18 @@ final class FakeAgent: Sendable {
           exitCode: 0, stdout: body.command ?? body.argv?.joined(separator: " ") ?? "", stderr: "",
           durationMs: 1, truncated: false, timedOut: false))
     }
+    // The streaming exec, as far as the manager's proxy needs: `started`, then every message
+    // echoed until the client closes.
+    router.ws("/exec/stream") { inbound, outbound, _ in
+      try await outbound.write(.text(#"{"type":"started"}"#))
+      for try await message in inbound.messages(maxSize: 1 << 20) {
+        if case .text(let text) = message { try await outbound.write(.text(text)) }
+      }
+    }
     let (started, continuation) = AsyncStream.makeStream(of: Void.self)
     let app = Application(
-      router: router, configuration: .init(address: .hostname("127.0.0.1", port: port)),
+      router: router, server: .http1WebSocketUpgrade(webSocketRouter: router),
+      configuration: .init(address: .hostname("127.0.0.1", port: port)),
       onServerRunning: { _ in continuation.yield() }, logger: Self.quiet)
     server.withLock { $0 = Task { try await app.runService(gracefulShutdownSignals: []) } }
     for await _ in started { break }
