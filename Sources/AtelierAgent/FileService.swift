@@ -140,7 +140,8 @@ enum FileService {
       owner: users[info.st_uid] ?? String(info.st_uid),
       group: groups[info.st_gid] ?? String(info.st_gid),
       modifiedAt: Double(info.st_mtim.tv_sec) + Double(info.st_mtim.tv_nsec) / 1e9,
-      linkTarget: target)
+      linkTarget: target, targetType: kind == .symlink ? targetKind(path) : nil,
+      metadata: userMetadata(path))
   }
 
   static func describe(path raw: String?) throws -> FileEntry {
@@ -148,23 +149,56 @@ enum FileService {
     return try entry(path, users: names("/etc/passwd"), groups: names("/etc/group"))
   }
 
-  static func list(path raw: String?) throws -> FileListing {
+  /// The folder's entries and, down to `depth` levels, theirs (folders are entered, symlinks
+  /// never), at most `FileListing.maxEntries` in all.
+  static func list(path raw: String?, depth rawDepth: String? = nil) throws -> FileListing {
     let path = try checkedPath(raw)
-    guard let directory = opendir(path) else { throw failure(errno, path) }
-    defer { closedir(directory) }
-    let users = names("/etc/passwd")
-    let groups = names("/etc/group")
+    let depth = try rawDepth.map { text in
+      guard let value = Int(text), FileListing.depthRange.contains(value) else {
+        throw APIError.badRequest("depth must be a number from 1 to 64")
+      }
+      return value
+    } ?? 1
+    var lookup = (users: names("/etc/passwd"), groups: names("/etc/group"))
     var entries: [FileEntry] = []
+    var truncated = false
+    try listLevel(path, depth: depth, lookup: &lookup, into: &entries, truncated: &truncated)
+    return FileListing(path: path, entries: entries, truncated: truncated ? true : nil)
+  }
+
+  static func listLevel(
+    _ path: String, depth: Int, lookup: inout (users: [UInt32: String], groups: [UInt32: String]),
+    into entries: inout [FileEntry], truncated: inout Bool, isTop: Bool = true
+  ) throws {
+    guard let directory = opendir(path) else {
+      if isTop { throw failure(errno, path) }
+      return
+    }
+    var level: [FileEntry] = []
     while let item = readdir(directory) {
       let name = withUnsafePointer(to: item.pointee.d_name) {
         $0.withMemoryRebound(to: CChar.self, capacity: 256) { String(cString: $0) }
       }
       if name == "." || name == ".." { continue }
       let child = path == "/" ? "/\(name)" : "\(path)/\(name)"
-      if let entry = try? entry(child, users: users, groups: groups) { entries.append(entry) }
+      if let entry = try? entry(child, users: lookup.users, groups: lookup.groups) {
+        level.append(entry)
+      }
     }
-    entries.sort { $0.name < $1.name }
-    return FileListing(path: path, entries: entries)
+    closedir(directory)
+    level.sort { $0.name < $1.name }
+    for entry in level {
+      guard entries.count < FileListing.maxEntries else {
+        truncated = true
+        return
+      }
+      entries.append(entry)
+      if depth > 1 && entry.type == .directory {
+        try listLevel(
+          entry.path, depth: depth - 1, lookup: &lookup, into: &entries, truncated: &truncated,
+          isTop: false)
+      }
+    }
   }
 
   // MARK: Download and upload

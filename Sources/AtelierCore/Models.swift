@@ -9,6 +9,11 @@ public enum IdleAction: String, Codable, Sendable, CaseIterable {
   case pause, stop
 }
 
+/// What happens to a sandbox at the end of its lifetime (`expiresAt`).
+public enum ExpiryAction: String, Codable, Sendable, CaseIterable {
+  case delete, pause
+}
+
 /// Milliseconds spent in each step of a create.
 public struct SpawnTimings: Codable, Sendable, Equatable {
   public var cloneMs: Int
@@ -43,12 +48,16 @@ public struct SandboxInfo: Codable, Sendable, Equatable {
   public var ipAddress: String?
   /// The size of the sandbox's disk (its root file system fills it).
   public var diskGb: Int?
+  /// The end of its lifetime, when `onExpiry` happens (nil: none).
+  public var expiresAt: Date?
+  public var onExpiry: ExpiryAction?
 
   public init(
     id: String, status: SandboxStatus, image: String, vcpus: Int, memoryMb: Int,
     hostname: String, createdAt: Date, updatedAt: Date, timings: SpawnTimings? = nil,
     error: String? = nil, timeoutSeconds: Int? = nil, onIdle: IdleAction? = nil,
-    snapshotId: String? = nil, ipAddress: String? = nil, diskGb: Int? = nil
+    snapshotId: String? = nil, ipAddress: String? = nil, diskGb: Int? = nil,
+    expiresAt: Date? = nil, onExpiry: ExpiryAction? = nil
   ) {
     self.id = id
     self.status = status
@@ -65,6 +74,8 @@ public struct SandboxInfo: Codable, Sendable, Equatable {
     self.snapshotId = snapshotId
     self.ipAddress = ipAddress
     self.diskGb = diskGb
+    self.expiresAt = expiresAt
+    self.onExpiry = onExpiry
   }
 }
 
@@ -78,9 +89,16 @@ public struct CreateSandboxRequest: Codable, Sendable {
   public var onIdle: IdleAction?
   /// Disk size; default `ATELIER_DISK_SIZE_GB`, never smaller than the image's disk.
   public var diskGb: Int?
+  /// Seconds until `onExpiry` happens, however busy the sandbox is (0 or none: no end).
+  public var lifetimeSeconds: Int?
+  /// `delete` by default.
+  public var onExpiry: ExpiryAction?
+  /// The sandbox-wide environment every command, terminal and service gets.
+  public var env: [String: String]?
   public init(
     image: String? = nil, vcpus: Int? = nil, memoryMb: Int? = nil, snapshot: String? = nil,
-    timeoutSeconds: Int? = nil, onIdle: IdleAction? = nil, diskGb: Int? = nil
+    timeoutSeconds: Int? = nil, onIdle: IdleAction? = nil, diskGb: Int? = nil,
+    lifetimeSeconds: Int? = nil, onExpiry: ExpiryAction? = nil, env: [String: String]? = nil
   ) {
     self.image = image
     self.vcpus = vcpus
@@ -89,6 +107,9 @@ public struct CreateSandboxRequest: Codable, Sendable {
     self.timeoutSeconds = timeoutSeconds
     self.onIdle = onIdle
     self.diskGb = diskGb
+    self.lifetimeSeconds = lifetimeSeconds
+    self.onExpiry = onExpiry
+    self.env = env
   }
 
   public static let vcpuRange = 1...8
@@ -98,6 +119,8 @@ public struct CreateSandboxRequest: Codable, Sendable {
   public static let defaultMemoryMb = 256
   /// Idle seconds before `onIdle` (0 turns it off); at most a year.
   public static let timeoutRange = 0...31_536_000
+  /// Seconds of lifetime (0 turns it off); at most a year.
+  public static let lifetimeRange = 0...31_536_000
 }
 
 /// The sizes a sandbox may have on this host (`ATELIER_MAX_VCPUS`, `…_MEMORY_MB`, `…_DISK_GB`).
@@ -112,13 +135,21 @@ public struct SandboxLimits: Sendable, Equatable {
   }
 }
 
-/// `PATCH /api/sandboxes/{id}`: idle policy (`timeoutSeconds: 0` turns it off).
+/// `PATCH /api/sandboxes/{id}`: idle policy (`timeoutSeconds: 0` turns it off) and lifetime
+/// (`lifetimeSeconds` from now; 0 turns it off).
 public struct UpdateSandboxRequest: Codable, Sendable {
   public var timeoutSeconds: Int?
   public var onIdle: IdleAction?
-  public init(timeoutSeconds: Int? = nil, onIdle: IdleAction? = nil) {
+  public var lifetimeSeconds: Int?
+  public var onExpiry: ExpiryAction?
+  public init(
+    timeoutSeconds: Int? = nil, onIdle: IdleAction? = nil, lifetimeSeconds: Int? = nil,
+    onExpiry: ExpiryAction? = nil
+  ) {
     self.timeoutSeconds = timeoutSeconds
     self.onIdle = onIdle
+    self.lifetimeSeconds = lifetimeSeconds
+    self.onExpiry = onExpiry
   }
 }
 

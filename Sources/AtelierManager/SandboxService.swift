@@ -80,7 +80,9 @@ public actor SandboxService {
       error: record.error, timeoutSeconds: record.timeoutSeconds,
       onIdle: record.onIdle.flatMap(IdleAction.init(rawValue:)), snapshotId: record.snapshotId,
       ipAddress: runtime.network.flatMap { $0.mac == nil ? nil : $0.guestIPv4 },
-      diskGb: runtime.diskGb)
+      diskGb: runtime.diskGb, expiresAt: record.expiresAt,
+      onExpiry: record.expiresAt == nil
+        ? nil : record.expiryAction.flatMap(ExpiryAction.init(rawValue:)) ?? .delete)
   }
 
   static func status(_ record: SandboxRecord) -> SandboxStatus {
@@ -170,7 +172,7 @@ public actor SandboxService {
   // MARK: Create
 
   public func create(_ request: CreateSandboxRequest) async throws -> SandboxInfo {
-    let idle = try Self.validateIdle(timeoutSeconds: request.timeoutSeconds, onIdle: request.onIdle)
+    let policy = try SandboxPolicy(request)
     if let snapshotId = request.snapshot {
       guard request.image == nil, request.vcpus == nil, request.memoryMb == nil,
         request.diskGb == nil
@@ -179,7 +181,7 @@ public actor SandboxService {
           "a restore takes its image, vcpus, memory and disk from the snapshot; give only snapshot"
         )
       }
-      return try await restore(snapshotId: snapshotId, idle: idle)
+      return try await restore(snapshotId: snapshotId, policy: policy)
     }
     let vcpus = request.vcpus ?? CreateSandboxRequest.defaultVcpus
     let memoryMb = request.memoryMb ?? CreateSandboxRequest.defaultMemoryMb
@@ -203,7 +205,7 @@ public actor SandboxService {
         "diskGb \(asked) is smaller than the disk of image \(imageName) (\(imageGb) GiB)")
     }
     let row = try reserve(
-      image: imageName, vcpus: vcpus, memoryMb: memoryMb, idle: idle, snapshotId: nil,
+      image: imageName, vcpus: vcpus, memoryMb: memoryMb, policy: policy, snapshotId: nil,
       runtime: SandboxRuntime(
         kernel: image.kernel, imageBuild: image.buildId, diskGb: diskGb,
         agentKey: AgentKey.generate()))
@@ -247,7 +249,7 @@ public actor SandboxService {
   /// Inserts the `creating` row, refusing beyond the limit (one transaction, so concurrent
   /// creates cannot both take the last place).
   func reserve(
-    image: String, vcpus: Int, memoryMb: Int, idle: (Int?, IdleAction?), snapshotId: String?,
+    image: String, vcpus: Int, memoryMb: Int, policy: SandboxPolicy, snapshotId: String?,
     runtime: SandboxRuntime
   ) throws -> SandboxRecord {
     let id = Identifier.make()
@@ -255,8 +257,11 @@ public actor SandboxService {
     let row = SandboxRecord(
       id: id, status: SandboxStatus.creating.rawValue, image: image, vcpus: vcpus,
       memoryMb: memoryMb, hostname: "sbx-\(id)", createdAt: now, updatedAt: now,
-      runtime: Self.encode(runtime), timeoutSeconds: idle.0, onIdle: idle.1?.rawValue,
-      snapshotId: snapshotId)
+      runtime: Self.encode(runtime), timeoutSeconds: policy.idle.0,
+      onIdle: policy.idle.1?.rawValue, snapshotId: snapshotId,
+      expiresAt: policy.lifetimeSeconds.map { now.addingTimeInterval(Double($0)) },
+      expiryAction: policy.lifetimeSeconds == nil ? nil : policy.onExpiry.rawValue,
+      environment: policy.environment.isEmpty ? nil : Self.encode(policy.environment))
     guard
       try database.insert(
         row, ifCountOf: Self.countedStatuses.map(\.rawValue),
@@ -281,6 +286,9 @@ public actor SandboxService {
     var undo = UndoStack()
     do {
       let timings = try await steps(&undo)
+      // Every command from the first one gets the sandbox's environment (a restore replaces
+      // whatever its snapshot's agent had).
+      try await pushEnvironment(id, evenIfEmpty: try record(id).snapshotId != nil)
       var row = try record(id)
       row.status = SandboxStatus.running.rawValue
       row.timings = Self.encode(timings)

@@ -151,7 +151,7 @@ extension SandboxService {
   /// A new sandbox from a snapshot: its own disk (a clone of the frozen one), port forward,
   /// id and hostname; memory restored instead of booting; then the guest is told who it is
   /// now, the time, and given fresh entropy.
-  func restore(snapshotId: String, idle: (Int?, IdleAction?)) async throws -> SandboxInfo {
+  func restore(snapshotId: String, policy: SandboxPolicy) async throws -> SandboxInfo {
     guard let snapshot = try database.snapshot(id: snapshotId) else {
       throw AtelierError.notFound("snapshot \(snapshotId) not found")
     }
@@ -164,7 +164,7 @@ extension SandboxService {
         "snapshot \(snapshotId) is from before agent keys: its agent cannot be given one")
     }
     let row = try reserve(
-      image: snapshot.image, vcpus: snapshot.vcpus, memoryMb: snapshot.memoryMb, idle: idle,
+      image: snapshot.image, vcpus: snapshot.vcpus, memoryMb: snapshot.memoryMb, policy: policy,
       snapshotId: snapshotId,
       runtime: SandboxRuntime(
         kernel: state.kernel, diskGb: state.diskGb, agentKey: AgentKey.generate()))
@@ -248,13 +248,17 @@ extension SandboxService {
       }
       return (row, try await snapshotLocked(row, name: "fork of \(id)", kind: "fork"))
     }
-    let idle = (parent.timeoutSeconds, parent.onIdle.flatMap(IdleAction.init(rawValue:)))
+    // Forks are copies: the parent's idle policy and environment, and what is left of its
+    // lifetime.
+    let policy = SandboxPolicy(inheritingFrom: parent)
     var created: [SandboxInfo] = []
     var failure: (any Error)?
     await withTaskGroup(of: Result<SandboxInfo, any Error>.self) { group in
       for _ in 0..<count {
         group.addTask {
-          await Result(catching: { try await self.restore(snapshotId: snapshot.id, idle: idle) })
+          await Result(catching: {
+            try await self.restore(snapshotId: snapshot.id, policy: policy)
+          })
         }
       }
       for await result in group {

@@ -22,12 +22,21 @@ public struct SandboxRecord: Codable, Sendable, Equatable, FetchableRecord, Pers
   public var onIdle: String?
   /// The snapshot this sandbox was restored from, if any.
   public var snapshotId: String?
+  /// The end of its lifetime: at this instant `expiryAction` happens, however busy it is
+  /// (unlike the idle policy); nil never.
+  public var expiresAt: Date?
+  /// `delete` (the default) or `pause`.
+  public var expiryAction: String?
+  /// The sandbox-wide environment (JSON object of strings) its agent gives every command,
+  /// terminal and service.
+  public var environment: String?
 
   public init(
     id: String, status: String, image: String, vcpus: Int, memoryMb: Int, hostname: String,
     createdAt: Date, updatedAt: Date, timings: String? = nil, error: String? = nil,
     runtime: String? = nil, timeoutSeconds: Int? = nil, onIdle: String? = nil,
-    snapshotId: String? = nil
+    snapshotId: String? = nil, expiresAt: Date? = nil, expiryAction: String? = nil,
+    environment: String? = nil
   ) {
     self.id = id
     self.status = status
@@ -43,6 +52,9 @@ public struct SandboxRecord: Codable, Sendable, Equatable, FetchableRecord, Pers
     self.timeoutSeconds = timeoutSeconds
     self.onIdle = onIdle
     self.snapshotId = snapshotId
+    self.expiresAt = expiresAt
+    self.expiryAction = expiryAction
+    self.environment = environment
   }
 }
 
@@ -147,6 +159,7 @@ public final class AtelierDatabase: Sendable {
         table.column("octet", .integer).notNull().unique()
       }
     }
+    registerLifetimeAndE2BMigrations(&migrator)
     return migrator
   }
 

@@ -1,0 +1,82 @@
+import AtelierAgentAPI
+import AtelierHTTP
+import CAtelierSys
+
+#if canImport(Glibc)
+  import Glibc
+#endif
+
+/// Moves, user metadata (extended attributes) and what an entry's symlink points at.
+extension FileService {
+  /// The type of what the symlink at `path` points at, or nil when that does not exist.
+  static func targetKind(_ path: String) -> FileEntry.Kind? {
+    var info = Glibc.stat()
+    guard stat(path, &info) == 0 else { return nil }
+    switch info.st_mode & S_IFMT {
+    case S_IFREG: return .file
+    case S_IFDIR: return .directory
+    default: return .other
+    }
+  }
+
+  /// The `user.e2b.*` attributes of `path` (not of what a symlink there points at), or nil.
+  static func userMetadata(_ path: String) -> [String: String]? {
+    let size = atelier_llistxattr(path, nil, 0)
+    guard size > 0 else { return nil }
+    var names = [CChar](repeating: 0, count: Int(size))
+    let count = atelier_llistxattr(path, &names, UInt(size))
+    guard count > 0 else { return nil }
+    let prefix = FileMetadataRequest.attributePrefix
+    var metadata: [String: String] = [:]
+    let bytes = names.prefix(Int(count)).map { UInt8(bitPattern: $0) }
+    for nameBytes in bytes.split(separator: 0) {
+      let name = String(decoding: nameBytes, as: UTF8.self)
+      guard name.hasPrefix(prefix) else { continue }
+      var value = [UInt8](repeating: 0, count: 65536)
+      let length = atelier_lgetxattr(path, name, &value, UInt(value.count))
+      guard length >= 0 else { continue }
+      metadata[String(name.dropFirst(prefix.count))] = String(
+        decoding: value.prefix(Int(length)), as: UTF8.self)
+    }
+    return metadata.isEmpty ? nil : metadata
+  }
+
+  /// Sets each key as `user.e2b.<key>` on the file at `path` (never through a symlink).
+  static func setMetadata(path raw: String?, _ request: FileMetadataRequest) throws -> FileEntry {
+    let path = try checkedPath(raw)
+    for (key, value) in request.metadata {
+      guard !key.isEmpty, !key.utf8.contains(0), !value.utf8.contains(0), key.utf8.count <= 200,
+        value.utf8.count <= 4096
+      else {
+        throw APIError.badRequest(
+          "metadata keys must be 1–200 bytes and values at most 4096, without NUL bytes")
+      }
+      let bytes = Array(value.utf8)
+      let result = bytes.withUnsafeBytes {
+        atelier_lsetxattr(
+          path, FileMetadataRequest.attributePrefix + key, $0.baseAddress, UInt($0.count))
+      }
+      guard result == 0 else { throw failure(errno, path) }
+    }
+    return try describe(path: path)
+  }
+
+  /// Renames `source` to `destination`, creating the destination's parents (with the owner
+  /// of the folder they are made in). Never follows a symlink at either end.
+  static func move(_ request: MoveRequest) throws -> FileEntry {
+    let source = try checkedPath(request.source)
+    let destination = try checkedPath(request.destination)
+    guard source != "/", destination != "/" else {
+      throw APIError.forbidden("refusing to move / or onto /")
+    }
+    var info = Glibc.stat()
+    guard lstat(source, &info) == 0 else { throw failure(errno, source) }
+    if destination.hasPrefix(source + "/") {
+      throw APIError.badRequest("cannot move \(source) into itself")
+    }
+    let parent = parentDirectory(of: destination)
+    if !directoryExists(parent) { _ = try mkdir(MkdirRequest(path: parent)) }
+    guard rename(source, destination) == 0 else { throw failure(errno, destination) }
+    return try describe(path: destination)
+  }
+}
