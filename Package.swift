@@ -23,7 +23,6 @@ let package = Package(
     .package(url: "https://github.com/apple/swift-crypto.git", from: "3.12.3"),
     .package(url: "https://github.com/swift-server/async-http-client.git", from: "1.37.0"),
     .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
-    .package(url: "https://github.com/modelcontextprotocol/swift-sdk.git", exact: "0.12.1"),
     // gzip for envd file transfers (already in the graph through hummingbird-websocket).
     .package(url: "https://github.com/adam-fowler/compress-nio.git", from: "1.5.0"),
   ],
@@ -99,8 +98,6 @@ let package = Package(
         "AtelierCore", "AtelierHost", "AtelierManager", "AtelierStore", "AtelierHTTP",
         "AtelierAgentAPI", "AtelierE2B",
         .product(name: "Hummingbird", package: "hummingbird"),
-        .product(name: "HummingbirdHTTP2", package: "hummingbird"),
-        .product(name: "MCP", package: "swift-sdk"),
         .product(name: "HummingbirdWebSocket", package: "hummingbird-websocket"),
         .product(name: "HummingbirdWSClient", package: "hummingbird-websocket"),
         .product(name: "AsyncHTTPClient", package: "async-http-client"),
@@ -123,7 +120,7 @@ let package = Package(
       name: "AtelierUnitTests",
       dependencies: [
         "AtelierCore", "AtelierHost", "AtelierManager", "AtelierStore", "AtelierServer",
-        "AtelierAgentAPI", "AtelierProcess", "AtelierHTTP",
+        "AtelierAgentAPI", "AtelierProcess", "AtelierHTTP", "AtelierE2B",
         .product(name: "Hummingbird", package: "hummingbird"),
         .product(name: "HummingbirdTesting", package: "hummingbird"),
       ],

@@ -153,12 +153,13 @@ enum FileService {
   /// never), at most `FileListing.maxEntries` in all.
   static func list(path raw: String?, depth rawDepth: String? = nil) throws -> FileListing {
     let path = try checkedPath(raw)
-    let depth = try rawDepth.map { text in
-      guard let value = Int(text), FileListing.depthRange.contains(value) else {
-        throw APIError.badRequest("depth must be a number from 1 to 64")
-      }
-      return value
-    } ?? 1
+    let depth =
+      try rawDepth.map { text in
+        guard let value = Int(text), FileListing.depthRange.contains(value) else {
+          throw APIError.badRequest("depth must be a number from 1 to 64")
+        }
+        return value
+      } ?? 1
     var lookup = (users: names("/etc/passwd"), groups: names("/etc/group"))
     var entries: [FileEntry] = []
     var truncated = false

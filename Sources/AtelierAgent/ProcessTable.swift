@@ -2,6 +2,7 @@ import AtelierAgentAPI
 import AtelierHTTP
 import AtelierProcess
 import CAtelierSys
+import Dispatch
 import Synchronization
 
 #if canImport(FoundationEssentials)
@@ -60,7 +61,8 @@ final class ProcessTable: Sendable {
     let io: ProcessIO
     let pid: Int32
     do {
-      (pid, io) = try request.pty.map { try Self.spawnOnTerminal(&options, size: $0) }
+      (pid, io) =
+        try request.pty.map { try Self.spawnOnTerminal(&options, size: $0) }
         ?? Self.spawnWithPipes(options, stdin: request.stdin ?? false)
     } catch let error as SpawnError {
       throw APIError.badRequest("\(error)")
@@ -114,7 +116,9 @@ final class ProcessTable: Sendable {
     // The reader gets its own descriptor: it closes it when done, while input and resizes
     // go through the shared one until the process has ended.
     let reading = dup(master)
-    return (pid, ProcessIO(input: SharedDescriptor(master), terminal: true, sources: [(reading, .stdout)]))
+    return (
+      pid, ProcessIO(input: SharedDescriptor(master), terminal: true, sources: [(reading, .stdout)])
+    )
   }
 }
 

@@ -38,8 +38,9 @@ public struct ProcessStartRequest: Codable, Sendable {
     guard let executable = argv.first, !executable.isEmpty else { return "argv is empty" }
     if argv.contains(where: { $0.utf8.contains(0) }) { return "argv contains a NUL byte" }
     if let timeoutMs, timeoutMs < 1 { return "timeoutMs must be at least 1" }
-    if let pty, !GuestFormats.terminalSizeRange.contains(pty.cols)
-      || !GuestFormats.terminalSizeRange.contains(pty.rows)
+    if let pty,
+      !GuestFormats.terminalSizeRange.contains(pty.cols)
+        || !GuestFormats.terminalSizeRange.contains(pty.rows)
     {
       return "pty cols and rows must be between 1 and 1000"
     }
@@ -163,5 +164,7 @@ public enum SandboxEnvironment {
     (UInt8(ascii: "a")...UInt8(ascii: "z")).contains(byte)
       || (UInt8(ascii: "A")...UInt8(ascii: "Z")).contains(byte)
   }
-  static func isDigit(_ byte: UInt8) -> Bool { (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(byte) }
+  static func isDigit(_ byte: UInt8) -> Bool {
+    (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(byte)
+  }
 }

@@ -31,8 +31,9 @@ struct E2BRecords: Sendable {
   /// 32 random bytes, hex.
   static func newToken() -> String {
     var generator = SystemRandomNumberGenerator()
-    return (0..<32).map { _ in String(format: "%02x", UInt8.random(in: 0...255, using: &generator)) }
-      .joined()
+    return (0..<32).map { _ in String(format: "%02x", UInt8.random(in: 0...255, using: &generator))
+    }
+    .joined()
   }
 
   static func metadata(_ record: E2BSandboxRecord?) -> [String: String] {

@@ -103,7 +103,8 @@ import Testing
     let host = try FakeHost()
     defer { Task { await host.tearDown() } }
     let row = try await host.service.reserve(
-      image: "tiny", vcpus: 1, memoryMb: 256, idle: (nil, nil), snapshotId: nil,
+      image: "tiny", vcpus: 1, memoryMb: 256, policy: try SandboxPolicy(CreateSandboxRequest()),
+      snapshotId: nil,
       runtime: SandboxRuntime())
     _ = try await host.volumes.clone(
       base: DiskAttachment(path: "/dev/null", format: .raw), to: "sandbox-\(row.id)",

@@ -1,6 +1,7 @@
 import AtelierCore
 import AtelierHost
 import Foundation
+import HTTPTypes
 import Hummingbird
 import NIOCore
 
@@ -164,7 +165,7 @@ struct EnvelopeReader {
     }
     guard pending.readableBytes >= 5 + Int(length) else { return nil }
     pending.moveReaderIndex(forwardBy: 5)
-    let payload = pending.readData(length: Int(length)) ?? Data()
+    let payload = Data(pending.readBytes(length: Int(length)) ?? [])
     pending.discardReadBytes()
     if flags & Connect.compressed != 0 {
       throw ConnectError(.unimplemented, "compressed messages are not supported")

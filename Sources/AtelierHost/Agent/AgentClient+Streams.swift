@@ -34,7 +34,7 @@ extension AgentClient {
   /// content type (JSON when nil and there is a body).
   public func stream(
     _ method: HTTPMethod, _ path: String, body: HTTPClientRequest.Body? = nil,
-    contentType: String? = nil, deadline: Duration = .hours(24)
+    contentType: String? = nil, deadline: Duration = .seconds(86_400)
   ) async throws -> HTTPClientResponse {
     var request = HTTPClientRequest(url: try baseURL() + path)
     request.method = method
