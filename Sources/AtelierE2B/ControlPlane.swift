@@ -1,8 +1,10 @@
 import AtelierCore
 import AtelierHTTP
+import AtelierHost
 import AtelierManager
 import AtelierStore
 import Foundation
+import HTTPTypes
 import Hummingbird
 
 /// E2B's control plane (`/sandboxes`, `/v2/sandboxes`, …) on Atelier's sandboxes: a create
@@ -80,7 +82,8 @@ struct ControlPlane<Context: RequestContext>: Sendable {
       try records.save(record)
     } catch {
       try? await service.delete(sandbox.id)
-      throw AtelierError.internal("cannot record the sandbox", cause: AtelierError.internal("\(error)"))
+      throw AtelierError.internal(
+        "cannot record the sandbox", cause: AtelierError.internal("\(error)"))
     }
     return try json(views.created(sandbox, record), status: .created)
   }
@@ -114,9 +117,9 @@ struct ControlPlane<Context: RequestContext>: Sendable {
         details.append(detail)
       }
     }
-    let (page, next) = query.page(details)
+    let (page, next) = try query.page(details)
     var response = try json(page)
-    if let next { response.headers[HTTPField.Name("X-Next-Token")!] = next }
+    if let next { response.headers[.nextToken] = next }
     return response
   }
 

@@ -1,4 +1,5 @@
 import AtelierCore
+import AtelierE2B
 import AtelierHost
 import AtelierManager
 import AtelierStore
@@ -40,6 +41,12 @@ public enum ManagerServer {
     router.add(middleware: RequestIdMiddleware())
     router.add(middleware: ErrorMiddleware(routes: table))
     router.add(middleware: PathNormalizationMiddleware())
+    // E2B's SDK: envd requests (by header) before any routing, its control plane at the root.
+    let e2b = E2BAdapter<ManagerRequestContext>(
+      service: dependencies.service, database: dependencies.database,
+      keys: e2bKeys(dependencies.database), logger: logger)
+    router.add(middleware: e2b.envdMiddleware())
+    e2b.addControlPlane(to: router)
     let root = DocumentedRoutes(
       group: router.group(), prefix: "", table: table, requiresAuth: false)
     let api = DocumentedRoutes(
@@ -70,6 +77,13 @@ public enum ManagerServer {
     return (router, table)
   }
 
+  /// What opens the E2B API: the manager's API tokens (the admin token) for now; the one
+  /// place to point at per-user API keys.
+  static func e2bKeys(_ database: AtelierDatabase) -> E2BKeyVerifier {
+    let tokens = TokenVerifier(database: database)
+    return E2BKeyVerifier { tokens.principal(for: $0) != nil }
+  }
+
   public static func buildApplication(_ dependencies: Dependencies, logger: Logger)
     -> some ApplicationProtocol
   {
@@ -89,6 +103,9 @@ public enum ManagerServer {
       },
       PeriodicService(name: "idle-reaper", every: .seconds(config.idleCheckSeconds)) {
         await service.reapIdle()
+      },
+      PeriodicService(name: "lifetime-reaper", every: .seconds(config.idleCheckSeconds)) {
+        await service.reapExpired()
       })
     app.beforeServerStarts {
       let report = await service.reconcile()

@@ -1,0 +1,138 @@
+"""Drives an Atelier manager with the unmodified E2B SDK (sync API).
+
+Run by the integration tests with E2B_API_KEY, E2B_API_URL and E2B_SANDBOX_URL pointing at
+the manager. Prints one line per check ("ok NAME" or "FAIL NAME: why"), then a JSON line of
+timings ("timings {...}"); exits 1 if any check failed. A check that cannot run fails: none
+is skipped.
+"""
+
+import json
+import os
+import statistics
+import sys
+import time
+import traceback
+
+from e2b import (
+    AuthenticationException,
+    CommandExitException,
+    FileNotFoundException,
+    Sandbox,
+    SandboxNotFoundException,
+)
+
+failures = []
+timings = {}
+
+
+def check(name, condition, detail=""):
+    if condition:
+        print(f"ok {name}", flush=True)
+    else:
+        failures.append(name)
+        print(f"FAIL {name}: {detail}", flush=True)
+
+
+def expect_raises(name, exception, call):
+    try:
+        call()
+    except exception as e:
+        check(name, True)
+        return e
+    except Exception as e:  # the wrong exception is a failure, with what it was
+        check(name, False, f"raised {type(e).__name__}: {e}")
+        return None
+    check(name, False, f"raised nothing, expected {exception.__name__}")
+    return None
+
+
+def commands(sbx):
+    result = sbx.commands.run("echo hello; echo oops >&2")
+    check("run.stdout", result.stdout == "hello\n", repr(result.stdout))
+    check("run.stderr", result.stderr == "oops\n", repr(result.stderr))
+    check("run.exit_code", result.exit_code == 0, repr(result.exit_code))
+    error = expect_raises("run.exit3", CommandExitException, lambda: sbx.commands.run("exit 3"))
+    check("run.exit3.code", error is not None and error.exit_code == 3, repr(error))
+    envs = sbx.commands.run("echo $GREETING", envs={"GREETING": "hi"})
+    check("run.envs", envs.stdout == "hi\n", repr(envs.stdout))
+    cwd = sbx.commands.run("pwd", cwd="/tmp")
+    check("run.cwd", cwd.stdout == "/tmp\n", repr(cwd.stdout))
+    root = sbx.commands.run("id -u", user="root")
+    check("run.user_root", root.stdout == "0\n", repr(root.stdout))
+    samples = []
+    for _ in range(5):
+        start = time.monotonic()
+        sbx.commands.run("true")
+        samples.append((time.monotonic() - start) * 1000)
+    timings["run_true_p50_ms"] = round(statistics.median(samples), 1)
+
+
+def files(sbx):
+    sbx.files.write("/tmp/e2b/hello.txt", "hello from the SDK")
+    text = sbx.files.read("/tmp/e2b/hello.txt")
+    check("files.text", text == "hello from the SDK", repr(text))
+    payload = bytes(range(256)) * 64
+    sbx.files.write("/tmp/e2b/blob.bin", payload)
+    check("files.bytes", bytes(sbx.files.read("/tmp/e2b/blob.bin", format="bytes")) == payload)
+    names = sorted(entry.name for entry in sbx.files.list("/tmp/e2b"))
+    check("files.list", names == ["blob.bin", "hello.txt"], repr(names))
+    check("files.exists", sbx.files.exists("/tmp/e2b/hello.txt"))
+    check("files.exists_missing", not sbx.files.exists("/tmp/e2b/none.txt"))
+    check("files.make_dir", sbx.files.make_dir("/tmp/e2b/folder") is True)
+    check("files.make_dir_again", sbx.files.make_dir("/tmp/e2b/folder") is False)
+    info = sbx.files.get_info("/tmp/e2b/folder")
+    check("files.get_info", info.type.value == "dir", repr(info))
+    sbx.files.remove("/tmp/e2b/hello.txt")
+    check("files.remove", not sbx.files.exists("/tmp/e2b/hello.txt"))
+    expect_raises(
+        "files.read_missing", FileNotFoundException, lambda: sbx.files.read("/tmp/e2b/none.txt")
+    )
+
+
+def control_plane(sbx):
+    info = Sandbox.get_info(sbx.sandbox_id)
+    check("get_info.state", str(info.state.value) == "running", repr(info.state))
+    listed = [item.sandbox_id for item in Sandbox.list().next_items()]
+    check("list.contains", sbx.sandbox_id in listed, repr(listed))
+    sbx.set_timeout(600)
+    check("is_running", sbx.is_running())
+    expect_raises(
+        "get_info.bad_id", SandboxNotFoundException, lambda: Sandbox.get_info("nosuchsandbox1")
+    )
+    expect_raises(
+        "connect.bad_id", SandboxNotFoundException, lambda: Sandbox.connect("nosuchsandbox1")
+    )
+    expect_raises(
+        "bad_key",
+        AuthenticationException,
+        lambda: Sandbox.get_info(sbx.sandbox_id, api_key="not-a-key"),
+    )
+
+
+def main():
+    start = time.monotonic()
+    sbx = Sandbox.create(timeout=300)
+    timings["create_ms"] = round((time.monotonic() - start) * 1000, 1)
+    check("create", bool(sbx.sandbox_id))
+    try:
+        for part in (commands, files, control_plane):
+            try:
+                part(sbx)
+            except Exception:
+                check(part.__name__, False, traceback.format_exc())
+    finally:
+        check("kill", sbx.kill() is True)
+    check("killed.is_running", not sbx.is_running())
+    expect_raises(
+        "killed.get_info", SandboxNotFoundException, lambda: Sandbox.get_info(sbx.sandbox_id)
+    )
+    print("timings " + json.dumps(timings), flush=True)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    for name in ("E2B_API_KEY", "E2B_API_URL", "E2B_SANDBOX_URL"):
+        if not os.environ.get(name):
+            print(f"FAIL setup: {name} is not set")
+            sys.exit(1)
+    sys.exit(main())
