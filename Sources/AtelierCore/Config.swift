@@ -26,6 +26,15 @@ public struct Config: Sendable, Equatable {
   public var firecrackerJailer: String
   /// The user a jailed Firecracker runs as (`atelier init` creates it).
   public var jailerUser: String
+  /// The unprivileged user QEMU runs as when the manager is root (created when missing).
+  public var vmUser: String
+  /// TCG's translation cache per QEMU VM in MiB (0: QEMU's own default, up to 1 GiB).
+  public var qemuTbSizeMb: Int
+  /// The most one VM's console log files hold (older output is dropped).
+  public var consoleLogBytes: Int
+  /// Creates and snapshots are refused when the data folder's file system has less free space
+  /// than this, in GiB (0: no floor).
+  public var minFreeGb: Int
   /// Bridge networking: the bridge, its address (a /24), the first guest address.
   public var bridgeName: String
   public var bridgeIp: String
@@ -35,6 +44,11 @@ public struct Config: Sendable, Equatable {
   public var bridgeAllowedPorts: [Int]
   /// DNS server written into guests on the bridge.
   public var guestDns: String
+  /// Whether a sandbox created without `network.internet` has outbound network.
+  public var guestInternet = true
+  /// IPv4 networks no guest reaches unless its `network.allow` says so (the host's own
+  /// addresses are refused whatever this says).
+  public var egressDeny = EgressDefaults.deny
   public var lvmVg: String
   public var lvmPool: String
   /// Size a sandbox disk is grown to when its image is smaller (the guest grows its file
@@ -81,6 +95,7 @@ public struct Config: Sendable, Equatable {
       serverHost: "127.0.0.1", serverPort: 4000, maxSandboxes: 20, accel: .auto, vmm: .qemu,
       storage: .file, network: .user, qemuBinary: "qemu-system-x86_64", qemuVsock: .auto,
       firecrackerBin: "firecracker", firecrackerJailer: "", jailerUser: "atelier",
+      vmUser: "atelier", qemuTbSizeMb: 32, consoleLogBytes: 1 << 20, minFreeGb: 2,
       bridgeName: "br0", bridgeIp: "172.16.0.1", guestIpStart: 10,
       bridgeAllowedPorts: [], guestDns: hostNameserver(), lvmVg: "sandbox-vg", lvmPool: "thin-pool",
       diskSizeGb: 10, agentPath: "", recipesDir: "",
@@ -138,6 +153,12 @@ public struct Config: Sendable, Equatable {
     Key(path: "qemuVsock") { $0.qemuVsock = try choice($1) },
     Key(path: "firecrackerJailer") { $0.firecrackerJailer = $1 },
     Key(path: "jailerUser") { $0.jailerUser = try nonEmpty($1) },
+    Key(path: "vmUser") { $0.vmUser = try nonEmpty($1) },
+    Key(path: "qemuTbSizeMb") { $0.qemuTbSizeMb = try integer($1, in: 0...4096) },
+    Key(path: "consoleLogBytes") {
+      $0.consoleLogBytes = try integer($1, in: (64 << 10)...(1 << 30))
+    },
+    Key(path: "minFreeGb") { $0.minFreeGb = try integer($1, in: 0...100_000) },
     Key(path: "firecrackerBin") { config, value in
       guard !value.isEmpty else { throw ConfigProblem("expected a program name or path") }
       config.firecrackerBin = value
@@ -163,6 +184,17 @@ public struct Config: Sendable, Equatable {
     Key(path: "bridgeAllowedPorts") { config, value in
       let ports = value.split(whereSeparator: { $0 == "," || $0 == " " || $0 == "[" || $0 == "]" })
       config.bridgeAllowedPorts = try ports.map { try integer(String($0), in: 1...65535) }
+    },
+    Key(path: "guestInternet") { $0.guestInternet = try boolean($1) },
+    Key(path: "egressDeny") { config, value in
+      let entries = value.split(whereSeparator: { ", []".contains($0) }).map(String.init)
+      config.egressDeny = try entries.map { entry in
+        guard let network = IPv4Network(entry) else {
+          throw ConfigProblem(
+            "\(entry) is not an IPv4 network (a.b.c.d/n); expected a comma-separated list")
+        }
+        return network.description
+      }
     },
     Key(path: "guestDns") { config, value in
       guard value.split(separator: ".").count == 4 else {
@@ -296,6 +328,14 @@ public struct Config: Sendable, Equatable {
       throw ConfigProblem("expected a whole number from \(range.lowerBound) to \(range.upperBound)")
     }
     return number
+  }
+
+  static func boolean(_ value: String) throws -> Bool {
+    switch value.lowercased() {
+    case "true", "1", "yes", "on": return true
+    case "false", "0", "no", "off": return false
+    default: throw ConfigProblem("expected true or false")
+    }
   }
 
   static func choice<T: RawRepresentable & CaseIterable>(_ value: String) throws -> T

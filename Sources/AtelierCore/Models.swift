@@ -51,13 +51,15 @@ public struct SandboxInfo: Codable, Sendable, Equatable {
   /// The end of its lifetime, when `onExpiry` happens (nil: none).
   public var expiresAt: Date?
   public var onExpiry: ExpiryAction?
+  /// What the guest may reach (the host's default deny list comes on top).
+  public var network: NetworkPolicy?
 
   public init(
     id: String, status: SandboxStatus, image: String, vcpus: Int, memoryMb: Int,
     hostname: String, createdAt: Date, updatedAt: Date, timings: SpawnTimings? = nil,
     error: String? = nil, timeoutSeconds: Int? = nil, onIdle: IdleAction? = nil,
     snapshotId: String? = nil, ipAddress: String? = nil, diskGb: Int? = nil,
-    expiresAt: Date? = nil, onExpiry: ExpiryAction? = nil
+    expiresAt: Date? = nil, onExpiry: ExpiryAction? = nil, network: NetworkPolicy? = nil
   ) {
     self.id = id
     self.status = status
@@ -76,6 +78,7 @@ public struct SandboxInfo: Codable, Sendable, Equatable {
     self.diskGb = diskGb
     self.expiresAt = expiresAt
     self.onExpiry = onExpiry
+    self.network = network
   }
 }
 
@@ -95,10 +98,13 @@ public struct CreateSandboxRequest: Codable, Sendable {
   public var onExpiry: ExpiryAction?
   /// The sandbox-wide environment every command, terminal and service gets.
   public var env: [String: String]?
+  /// Egress policy; a restore keeps the snapshot's where this leaves a field out.
+  public var network: NetworkPolicyRequest?
   public init(
     image: String? = nil, vcpus: Int? = nil, memoryMb: Int? = nil, snapshot: String? = nil,
     timeoutSeconds: Int? = nil, onIdle: IdleAction? = nil, diskGb: Int? = nil,
-    lifetimeSeconds: Int? = nil, onExpiry: ExpiryAction? = nil, env: [String: String]? = nil
+    lifetimeSeconds: Int? = nil, onExpiry: ExpiryAction? = nil, env: [String: String]? = nil,
+    network: NetworkPolicyRequest? = nil
   ) {
     self.image = image
     self.vcpus = vcpus
@@ -110,6 +116,7 @@ public struct CreateSandboxRequest: Codable, Sendable {
     self.lifetimeSeconds = lifetimeSeconds
     self.onExpiry = onExpiry
     self.env = env
+    self.network = network
   }
 
   public static let vcpuRange = 1...8
@@ -168,9 +175,13 @@ public struct SnapshotInfo: Codable, Sendable, Equatable {
   public var memoryMb: Int
   public var createdAt: Date
   public var sizeBytes: Int64
+  /// How long the sandbox was paused for it, and how long taking it took in all (absent for
+  /// snapshots from before this was recorded).
+  public var pauseMs: Int?
+  public var totalMs: Int?
   public init(
     id: String, sandboxId: String, name: String, image: String, vcpus: Int, memoryMb: Int,
-    createdAt: Date, sizeBytes: Int64
+    createdAt: Date, sizeBytes: Int64, pauseMs: Int? = nil, totalMs: Int? = nil
   ) {
     self.id = id
     self.sandboxId = sandboxId
@@ -180,12 +191,19 @@ public struct SnapshotInfo: Codable, Sendable, Equatable {
     self.memoryMb = memoryMb
     self.createdAt = createdAt
     self.sizeBytes = sizeBytes
+    self.pauseMs = pauseMs
+    self.totalMs = totalMs
   }
 }
 
 public struct ForkRequest: Codable, Sendable {
   public var count: Int?
-  public init(count: Int? = nil) { self.count = count }
+  /// Egress policy of the forks; fields left out keep the parent's.
+  public var network: NetworkPolicyRequest?
+  public init(count: Int? = nil, network: NetworkPolicyRequest? = nil) {
+    self.count = count
+    self.network = network
+  }
   public static let countRange = 1...16
 }
 

@@ -44,6 +44,8 @@ struct SandboxRuntime: Codable, Sendable, Equatable {
   /// What the agent must be shown (`AgentKey`): on its key drive at boot, replaced after a
   /// restore. Never in API answers or logs.
   var agentKey: String?
+  /// The egress policy (absent for sandboxes from before it existed: the default applies).
+  var policy: NetworkPolicy?
 }
 
 enum VolumeNames {
@@ -64,5 +66,9 @@ extension AtelierDatabase: AddressLeases {
 
   public func releaseLease(sandboxId: String) async {
     try? deleteLease(sandboxId: sandboxId)
+  }
+
+  public func leaseHolders() async -> [String] {
+    (try? leasedSandboxIds()) ?? []
   }
 }

@@ -86,11 +86,14 @@ public struct ReconcileReport: Codable, Sendable {
   public var removedVolumes: [String] = []
   public var removedDirectories: [String] = []
   public var removedSnapshotFiles: [String] = []
+  /// TAP devices, firewall rules and address leases no sandbox owns.
+  public var removedNetwork: [String] = []
 
   public var isEmpty: Bool {
     adopted.isEmpty && markedError.isEmpty && abandonedCreates.isEmpty && finishedStops.isEmpty
       && killedProcesses.isEmpty
       && removedVolumes.isEmpty && removedDirectories.isEmpty && removedSnapshotFiles.isEmpty
+      && removedNetwork.isEmpty
   }
 }
 
@@ -120,9 +123,13 @@ extension SandboxService {
     for action in actions {
       await perform(action, rows: byId, live: live, into: &report)
     }
+    report.removedSnapshotFiles = collectRetiredSnapshots()
     report.removedVolumes += await collectVolumeGarbage()
-    report.removedSnapshotFiles = removeOrphanSnapshotFiles()
+    report.removedSnapshotFiles += removeOrphanSnapshotFiles()
     await reconcileGuestServices()
+    report.removedNetwork = await drivers.network.removeOrphans(inUse: { prefix in
+      await self.knowsSandbox(startingWith: prefix)
+    })
     if !report.isEmpty {
       logger.info(
         "reconciled",
@@ -136,6 +143,31 @@ extension SandboxService {
     return report
   }
 
+  /// Takes over a live VM this process did not start (after a manager restart): its network
+  /// allocation and console relay come back, and a VM a snapshot left paused when the manager
+  /// died runs again. False when this process runs it already.
+  func adopt(_ row: SandboxRecord, pid: Int32) async throws -> Bool {
+    let id = row.id
+    let runtime = Self.runtime(row)
+    var handle =
+      runtime.vm ?? VMHandle(sandboxId: id, pid: pid, runtimeDirectory: runtimeDirectory(id))
+    guard !(attached.contains(id) && handle.pid == pid) else { return false }
+    handle.pid = pid
+    handle.runtimeDirectory = runtimeDirectory(id)
+    if let network = runtime.network {
+      await drivers.network.adopt(sandboxId: id, attachment: network)
+    }
+    await drivers.vmm.reattach(handle)
+    if Self.status(row) == .running, (try? await drivers.vmm.isExecuting(handle)) == false {
+      logger.warning(
+        "adopted a paused VM of a running sandbox: resuming it", metadata: ["sandbox": "\(id)"])
+      try? await drivers.vmm.resume(handle)
+    }
+    attached.insert(id)
+    try updateRuntime(id) { $0.vm = handle }
+    return true
+  }
+
   /// Carries out one repair. Each one that changes a sandbox re-checks, under its lock, that
   /// the row is as planned and no operation is in flight on it.
   func perform(
@@ -145,22 +177,14 @@ extension SandboxService {
     switch action {
     case .adopt(let id):
       guard let row = byId[id], let pid = live[id] else { return }
-      let adopted = await underLockIfUnchanged(row) {
-        let runtime = Self.runtime(row)
-        let handle = VMHandle(sandboxId: id, pid: pid, runtimeDirectory: runtimeDirectory(id))
-        guard runtime.vm != handle else { return false }  // already ours
-        if let network = runtime.network {
-          await drivers.network.adopt(sandboxId: id, attachment: network)
-        }
-        try updateRuntime(id) { $0.vm = handle }
-        return true
-      }
+      let adopted = await underLockIfUnchanged(row) { try await adopt(row, pid: pid) }
       if adopted { report.adopted.append(id) }
     case .markError(let id, let reason):
       guard let row = byId[id] else { return }
       let marked = await underLockIfUnchanged(row) {
         let runtime = Self.runtime(row)
         if let network = runtime.network { await releaseNetwork(id, network) }
+        releaseSnapshotMemory(id)
         try updateRuntime(id) {
           $0.vm = nil
           $0.network = nil
@@ -190,6 +214,7 @@ extension SandboxService {
           runtime.vm = VMHandle(sandboxId: id, pid: pid, runtimeDirectory: runtimeDirectory(id))
         }
         await stopVMProcess(id: id, runtime: runtime)
+        releaseSnapshotMemory(id)
         try updateRuntime(id) {
           $0.vm = nil
           $0.network = nil
@@ -242,6 +267,16 @@ extension SandboxService {
         else { return false }
         return try await body()
       }) ?? false
+  }
+
+  /// Whether a sandbox whose id starts with `prefix` has a row or an operation in flight (asked
+  /// just before its network leftovers would be removed: a create that began since the plan
+  /// has its row by then, before it makes any TAP).
+  func knowsSandbox(startingWith prefix: String) async -> Bool {
+    if inFlight.contains(where: { $0.hasPrefix(prefix) }) { return true }
+    if await locks.held.contains(where: { $0.hasPrefix(prefix) }) { return true }
+    guard let rows = try? database.sandboxes() else { return true }  // unsure: keep
+    return rows.contains { $0.id.hasPrefix(prefix) }
   }
 
   /// Snapshot folders (memory files) with no snapshot row.

@@ -77,15 +77,40 @@ extension SandboxService {
     }
   }
 
-  /// After a restore: the agent still has the snapshot's key (the memory it was restored
-  /// from); it is authenticated with that one and given the sandbox's own, so the snapshot's
-  /// key opens no live sandbox.
-  func replaceAgentKey(
-    _ id: String, snapshotKey: String?, network: NetworkAttachment,
-    identity: (id: String, hostname: String)
+  /// Tells a restored guest who it is now (its agent runs already: it was restored, not
+  /// booted) and gives it the sandbox's own key, authenticating with the snapshot's (the memory
+  /// it was restored from), so the snapshot's key opens no live sandbox. Retries until the
+  /// agent answers as the new sandbox: one round trip when the guest is quick. An answer lost
+  /// after the agent took the new key would leave it refusing the old one, so attempts
+  /// alternate between the two.
+  func announce(
+    _ row: SandboxRecord, vm: VMHandle, network: NetworkAttachment, snapshotKey: String?
   ) async throws {
-    let newKey = Self.runtime(try record(id)).agentKey
-    let old = AgentClient(endpoint: network.agent, key: snapshotKey)
-    try await syncGuest(old, network: network, identity: identity, newKey: newKey)
+    let newKey = Self.runtime(row).agentKey
+    let deadline = ContinuousClock.now + .seconds(config.bootTimeoutSeconds)
+    var lastError = "no answer"
+    var attempt = 0
+    while ContinuousClock.now < deadline {
+      guard drivers.vmm.isRunning(vm) else {
+        throw AtelierError(.bootFailed, "the restored VM exited")
+      }
+      let key = attempt % 2 == 0 ? snapshotKey : newKey
+      attempt += 1
+      do {
+        let health = try await syncGuest(
+          AgentClient(endpoint: network.agent, key: key), network: network,
+          identity: (row.id, row.hostname), newKey: newKey)
+        if health.sandboxId == row.id { return }
+        lastError = "the agent answered as \(health.sandboxId)"
+      } catch {
+        lastError = "\(error)"
+      }
+      try await Task.sleep(for: .milliseconds(10))
+    }
+    let tail = drivers.vmm.consoleTail(runtimeDirectory: vm.runtimeDirectory)
+    logger.error(
+      "restored sandbox did not answer: \(lastError)\nconsole:\n\(tail)",
+      metadata: ["sandbox": "\(row.id)"])
+    throw AtelierError(.bootFailed, "restored sandbox did not answer: \(lastError)")
   }
 }

@@ -43,6 +43,8 @@ extension SandboxService {
       }
     }
     await stopVMProcess(id: id, runtime: runtime)
+    drivers.vmm.removeGuestMemory(runtimeDirectory: runtimeDirectory(id))
+    releaseSnapshotMemory(id)
     if let volume = runtime.volume { await drivers.volumes.compact(volume) }
     try updateRuntime(id) {
       $0.vm = nil
@@ -73,12 +75,14 @@ extension SandboxService {
     guard try remainingCapacity() > 0 else {
       throw AtelierError(.resourceExhausted, "sandbox limit reached (\(config.maxSandboxes))")
     }
+    try requireFreeSpace(for: "a start")
     startsInProgress += 1
     defer { startsInProgress -= 1 }
     var undo = UndoStack()
     do {
       let runtime = Self.runtime(row)
       await stopVMProcess(id: id, runtime: runtime)
+      releaseSnapshotMemory(id)
       if let volume = runtime.volume {
         await drivers.volumes.compact(volume)
         if let disk = drivers.volumes.disk(of: volume) { try updateRuntime(id) { $0.disk = disk } }
@@ -137,7 +141,7 @@ extension SandboxService {
       do { try await drivers.vmm.resume(vm) } catch {
         throw AtelierError(.unavailable, "cannot resume sandbox \(id): \(error)")
       }
-      try? await syncGuest(
+      _ = try? await syncGuest(
         AgentClient(endpoint: network.agent, key: runtime.agentKey), network: network,
         identity: nil)
       touch(id)
@@ -147,10 +151,11 @@ extension SandboxService {
 
   /// Tells the guest the time (and, after a restore, its identity, its own address and MAC on
   /// a shared network, fresh entropy, and its new key).
+  @discardableResult
   func syncGuest(
     _ agent: AgentClient, network: NetworkAttachment, identity: (id: String, hostname: String)?,
     newKey: String? = nil
-  ) async throws {
+  ) async throws -> AgentHealth {
     var entropy: String?
     if identity != nil {
       var generator = SystemRandomNumberGenerator()
@@ -166,7 +171,20 @@ extension SandboxService {
       request.ipv4 = "\(network.guestIPv4)/\(network.prefixLength)"
       request.gateway = network.gateway
     }
-    _ = try await agent.resumeGuest(request)
+    var started = ContinuousClock.now
+    let health = try await agent.resumeGuest(request)
+    // The guest sets the time it was sent, whenever it gets to it: a guest just restored or
+    // resumed (its code translated again under TCG, several VMs at once) may take seconds, and
+    // its clock is then that far behind. Again with the time alone until an answer comes back
+    // quickly, which bounds the error by that round trip (with the key it has now).
+    let current = newKey.map { AgentClient(endpoint: network.agent, key: $0) } ?? agent
+    for _ in 0..<3 where ContinuousClock.now - started > .milliseconds(250) {
+      started = ContinuousClock.now
+      let time = GuestResumeRequest(
+        unixTimeNanos: Int64(Date().timeIntervalSince1970 * 1_000_000_000))
+      _ = try await current.resumeGuest(time)
+    }
+    return health
   }
 
   /// `PATCH`: the idle policy and the lifetime (from now).

@@ -29,6 +29,8 @@ public actor SandboxService {
   var openConnections: [String: Int] = [:]
   /// Stopped sandboxes booting again: they count against the limit before their rows do.
   var startsInProgress = 0
+  /// Sandboxes whose VM this process started or took over (the reconciler adopts the others).
+  var attached: Set<String> = []
 
   static let countedStatuses: [SandboxStatus] = [.creating, .running, .paused, .stopping]
 
@@ -82,7 +84,8 @@ public actor SandboxService {
       ipAddress: runtime.network.flatMap { $0.mac == nil ? nil : $0.guestIPv4 },
       diskGb: runtime.diskGb, expiresAt: record.expiresAt,
       onExpiry: record.expiresAt == nil
-        ? nil : record.expiryAction.flatMap(ExpiryAction.init(rawValue:)) ?? .delete)
+        ? nil : record.expiryAction.flatMap(ExpiryAction.init(rawValue:)) ?? .delete,
+      network: runtime.policy)
   }
 
   static func status(_ record: SandboxRecord) -> SandboxStatus {
@@ -172,16 +175,16 @@ public actor SandboxService {
   // MARK: Create
 
   public func create(_ request: CreateSandboxRequest) async throws -> SandboxInfo {
-    let policy = try SandboxPolicy(request)
+    let terms = try SandboxPolicy(request)
     if let snapshotId = request.snapshot {
       guard request.image == nil, request.vcpus == nil, request.memoryMb == nil,
         request.diskGb == nil
       else {
         throw AtelierError.validation(
-          "a restore takes its image, vcpus, memory and disk from the snapshot; give only snapshot"
-        )
+          "a restore takes its image, vcpus, memory and disk from the snapshot; give only "
+            + "snapshot (and network, timeoutSeconds or onIdle)")
       }
-      return try await restore(snapshotId: snapshotId, policy: policy)
+      return try await restore(snapshotId: snapshotId, terms: terms, network: request.network)
     }
     let vcpus = request.vcpus ?? CreateSandboxRequest.defaultVcpus
     let memoryMb = request.memoryMb ?? CreateSandboxRequest.defaultMemoryMb
@@ -189,6 +192,7 @@ public actor SandboxService {
     try Self.check("vcpus", vcpus, in: limits.vcpus)
     try Self.check("memoryMb", memoryMb, in: limits.memoryMb)
     if let diskGb = request.diskGb { try Self.check("diskGb", diskGb, in: limits.diskGb) }
+    let policy = try resolvePolicy(request.network, over: nil)
     let imageName = request.image ?? config.defaultImage
     guard ImageName.isValid(imageName) else {
       throw AtelierError.validation("invalid image name \(imageName)")
@@ -204,11 +208,12 @@ public actor SandboxService {
       throw AtelierError.validation(
         "diskGb \(asked) is smaller than the disk of image \(imageName) (\(imageGb) GiB)")
     }
+    try requireFreeSpace(for: "a create")
     let row = try reserve(
-      image: imageName, vcpus: vcpus, memoryMb: memoryMb, policy: policy, snapshotId: nil,
+      image: imageName, vcpus: vcpus, memoryMb: memoryMb, terms: terms, snapshotId: nil,
       runtime: SandboxRuntime(
         kernel: image.kernel, imageBuild: image.buildId, diskGb: diskGb,
-        agentKey: AgentKey.generate()))
+        agentKey: AgentKey.generate(), policy: policy))
     return try await build(row.id) { undo in
       let started = ContinuousClock.now
       let volumeName = VolumeNames.sandbox(row.id)
@@ -227,6 +232,24 @@ public actor SandboxService {
         bootMs: (launched - cloned).wholeMilliseconds,
         agentMs: (ready - launched).wholeMilliseconds, totalMs: (ready - started).wholeMilliseconds)
     }
+  }
+
+  /// The egress policy a request asks for over `inherited` (a restore's or fork's; else the
+  /// default: `ATELIER_GUEST_INTERNET`, no lists of its own). A 400 names the field at fault,
+  /// and lists this network mode cannot enforce are refused rather than ignored.
+  func resolvePolicy(_ request: NetworkPolicyRequest?, over inherited: NetworkPolicy?) throws
+    -> NetworkPolicy
+  {
+    let policy = try NetworkPolicy.resolve(
+      request, over: inherited ?? NetworkPolicy(internet: config.guestInternet))
+    if !drivers.network.enforcesDestinationLists && !(policy.allow.isEmpty && policy.deny.isEmpty) {
+      throw AtelierError.validation(
+        "network.allow and network.deny need bridge networking (ATELIER_NETWORK=bridge): in "
+          + "\(drivers.network.name) mode every VM's connections leave as the same VM user, so "
+          + "one sandbox's rules cannot be told from another's; network.internet works in every mode"
+      )
+    }
+    return policy
   }
 
   static func validateIdle(timeoutSeconds: Int?, onIdle: IdleAction?) throws -> (Int?, IdleAction?)
@@ -249,19 +272,20 @@ public actor SandboxService {
   /// Inserts the `creating` row, refusing beyond the limit (one transaction, so concurrent
   /// creates cannot both take the last place).
   func reserve(
-    image: String, vcpus: Int, memoryMb: Int, policy: SandboxPolicy, snapshotId: String?,
-    runtime: SandboxRuntime
+    image: String, vcpus: Int, memoryMb: Int, terms: SandboxPolicy, snapshotId: String?,
+    memorySnapshotId: String? = nil, runtime: SandboxRuntime
   ) throws -> SandboxRecord {
     let id = Identifier.make()
     let now = Date()
     let row = SandboxRecord(
       id: id, status: SandboxStatus.creating.rawValue, image: image, vcpus: vcpus,
       memoryMb: memoryMb, hostname: "sbx-\(id)", createdAt: now, updatedAt: now,
-      runtime: Self.encode(runtime), timeoutSeconds: policy.idle.0,
-      onIdle: policy.idle.1?.rawValue, snapshotId: snapshotId,
-      expiresAt: policy.lifetimeSeconds.map { now.addingTimeInterval(Double($0)) },
-      expiryAction: policy.lifetimeSeconds == nil ? nil : policy.onExpiry.rawValue,
-      environment: policy.environment.isEmpty ? nil : Self.encode(policy.environment))
+      runtime: Self.encode(runtime), timeoutSeconds: terms.idle.0,
+      onIdle: terms.idle.1?.rawValue, snapshotId: snapshotId,
+      expiresAt: terms.lifetimeSeconds.map { now.addingTimeInterval(Double($0)) },
+      expiryAction: terms.lifetimeSeconds == nil ? nil : terms.onExpiry.rawValue,
+      environment: terms.environment.isEmpty ? nil : Self.encode(terms.environment),
+      memorySnapshotId: memorySnapshotId)
     guard
       try database.insert(
         row, ifCountOf: Self.countedStatuses.map(\.rawValue),
@@ -367,6 +391,7 @@ public actor SandboxService {
     }
     undo.push { [drivers] in await drivers.vmm.kill(vm) }
     try updateRuntime(id) { $0.vm = vm }
+    attached.insert(id)
     let launched = ContinuousClock.now
     try await waitForAgent(id, vm: vm, network: network)
     // A booted agent listens on no guest port until told (a restore is always told: its
@@ -376,7 +401,10 @@ public actor SandboxService {
   }
 
   func attachNetwork(_ id: String, undo: inout UndoStack) async throws -> NetworkAttachment {
-    var network = try await drivers.network.attach(sandboxId: id)
+    let row = try record(id)
+    // A sandbox from before policies were kept gets the default.
+    let policy = Self.runtime(row).policy ?? NetworkPolicy(internet: config.guestInternet)
+    var network = try await drivers.network.attach(sandboxId: id, policy: policy)
     if case .vsock(let port) = network.agentChannel {
       // Only the VMM knows where this VM's vsock will be (a socket path, a CID).
       do {
@@ -418,6 +446,7 @@ public actor SandboxService {
       }
       await releaseResources(id: id, runtime: Self.runtime(row))
       try database.deleteSandbox(id: id)
+      collectRetiredSnapshots()
       lastActivity[id] = nil
       let event = SandboxEvent(sandbox: Self.info(row), previousStatus: row.status)
       events.publish("sandbox.deleted", event)
@@ -437,6 +466,7 @@ public actor SandboxService {
 
   /// Kills the VM process(es) of a sandbox and releases its network.
   func stopVMProcess(id: String, runtime: SandboxRuntime) async {
+    attached.remove(id)
     if let vm = runtime.vm { await drivers.vmm.kill(vm) }
     for observed in drivers.vmm.discover() where observed.sandboxId == id {
       await drivers.vmm.kill(

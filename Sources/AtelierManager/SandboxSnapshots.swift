@@ -4,11 +4,14 @@ import AtelierHost
 import AtelierStore
 import Foundation
 
-/// The host side of a snapshot: its frozen disk, its memory file, the kernel it ran.
+/// The host side of a snapshot: its frozen disk, its saved VM state, the kernel it ran.
 struct SnapshotState: Codable, Sendable {
   var volume: String
   var disk: DiskAttachment
-  var memoryPath: String
+  /// The VM's memory file and device state. Absent in snapshots of Atelier versions before
+  /// memory files, whose state is one migration stream at `memoryPath`.
+  var saved: SavedVMState?
+  var memoryPath: String?
   var kernel: GuestKernel
   /// The VMM and the devices of the VM (`SandboxService.deviceLayout`): a restore must
   /// recreate the same ones. Absent in snapshots from before it was recorded.
@@ -18,26 +21,44 @@ struct SnapshotState: Codable, Sendable {
   /// The agent key in the snapshot's memory: a restore authenticates with it once, to give
   /// the agent a key of its own. Absent in snapshots from before agent keys.
   var agentKey: String?
+  /// Its egress policy (restores and forks keep it unless they ask otherwise).
+  var policy: NetworkPolicy?
+  /// How long the VM was paused, and the whole snapshot took.
+  var pauseMs: Int?
+  var totalMs: Int?
 }
 
 /// Memory + disk snapshots, restores (a create that does not boot) and forks.
+///
+/// A snapshot's memory file is shared by every VM restored from it (each maps it privately),
+/// so it lives as long as one of them runs: a sandbox row's `memorySnapshotId` names the
+/// snapshot its running VM maps, and a snapshot deleted while some do is only retired (hidden
+/// from the API) until the last of them stops or goes (`collectRetiredSnapshots`).
 extension SandboxService {
   static func info(_ record: SnapshotRecord) -> SnapshotInfo {
-    SnapshotInfo(
+    let state = try? JSONDecoder().decode(SnapshotState.self, from: Data(record.state.utf8))
+    return SnapshotInfo(
       id: record.id, sandboxId: record.sandboxId, name: record.name, image: record.image,
       vcpus: record.vcpus, memoryMb: record.memoryMb, createdAt: record.createdAt,
-      sizeBytes: record.sizeBytes)
+      sizeBytes: record.sizeBytes, pauseMs: state?.pauseMs, totalMs: state?.totalMs)
   }
 
   public func listSnapshots() throws -> [SnapshotInfo] {
     try database.snapshots(kind: "user").map(Self.info)
   }
 
-  public func getSnapshot(_ id: String) throws -> SnapshotInfo {
-    guard let record = try database.snapshot(id: id), record.kind == "user" else {
+  /// A snapshot the API may see: made through it, and not deleted.
+  func visibleSnapshot(_ id: String) throws -> SnapshotRecord {
+    guard let record = try database.snapshot(id: id), record.kind == "user",
+      record.retiredAt == nil
+    else {
       throw AtelierError.notFound("snapshot \(id) not found")
     }
-    return Self.info(record)
+    return record
+  }
+
+  public func getSnapshot(_ id: String) throws -> SnapshotInfo {
+    Self.info(try visibleSnapshot(id))
   }
 
   public func snapshot(_ id: String, name: String?) async throws -> SnapshotInfo {
@@ -52,12 +73,14 @@ extension SandboxService {
     return Self.info(snapshot)
   }
 
-  /// Pauses the VM only while its memory is written; the disk is frozen (CoW) at the same
-  /// instant and the running VM continues on a new overlay.
+  /// Pauses the VM only while its device state and memory are saved (what does not change,
+  /// the VMM copies before); the disk is frozen (CoW) at the same instant and the running VM
+  /// continues on a new overlay.
   func snapshotLocked(_ row: SandboxRecord, name: String?, kind: String) async throws
     -> SnapshotRecord
   {
     try requireStatus(row, [.running, .paused], for: "snapshot")
+    try requireFreeSpace(for: "a snapshot")
     let runtime = Self.runtime(row)
     guard let vm = runtime.vm, let volume = runtime.volume, let kernel = runtime.kernel,
       let network = runtime.network
@@ -69,48 +92,43 @@ extension SandboxService {
     try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
     let wasPaused = Self.status(row) == .paused
     let started = ContinuousClock.now
+    var paused = false
     do {
+      try await drivers.vmm.prepareSave(vm, into: directory)
+      let pausedAt = ContinuousClock.now
       if !wasPaused { try await drivers.vmm.pause(vm) }
-      let plan = try await drivers.volumes.prepareFreeze(
-        volume, as: VolumeNames.snapshot(snapshotId))
-      // A store that froze the disk without a new top (LVM thin snapshots) needs no switch.
-      if plan.next != plan.previous {
-        do {
-          try await drivers.vmm.switchDisk(vm, to: plan.next)
-        } catch {
-          await drivers.volumes.abortFreeze(plan)
-          throw error
-        }
-      }
-      try await drivers.volumes.commitFreeze(plan)
-      let disk = drivers.volumes.disk(of: volume) ?? plan.next
-      try updateRuntime(row.id) { $0.disk = disk }
-      let memoryPath = "\(directory)/memory.state"
-      try await drivers.vmm.saveState(vm, to: memoryPath)
-      if !wasPaused {
+      paused = !wasPaused
+      let frozen = try await freezeDisk(row.id, vm: vm, volume: volume, snapshotId: snapshotId)
+      let saved = try await drivers.vmm.saveState(vm, into: directory)
+      if paused {
         try await drivers.vmm.resume(vm)
-        try? await syncGuest(
+        paused = false
+      }
+      let pauseMs = wasPaused ? 0 : (ContinuousClock.now - pausedAt).wholeMilliseconds
+      if !wasPaused {
+        _ = try? await syncGuest(
           AgentClient(endpoint: network.agent, key: runtime.agentKey), network: network,
           identity: nil)
       }
-      let state = SnapshotState(
-        volume: VolumeNames.snapshot(snapshotId), disk: plan.frozen, memoryPath: memoryPath,
-        kernel: kernel, devices: deviceLayout(network), diskGb: runtime.diskGb,
-        agentKey: runtime.agentKey)
+      var state = SnapshotState(
+        volume: VolumeNames.snapshot(snapshotId), disk: frozen, saved: saved, kernel: kernel,
+        devices: deviceLayout(network), diskGb: runtime.diskGb, agentKey: runtime.agentKey,
+        policy: runtime.policy, pauseMs: pauseMs)
       let diskBytes =
         await drivers.volumes.allocatedBytes(of: VolumeNames.snapshot(snapshotId)) ?? 0
+      state.totalMs = (ContinuousClock.now - started).wholeMilliseconds
       let record = SnapshotRecord(
         id: snapshotId, sandboxId: row.id, name: name ?? "\(row.id)-\(ISO8601.format(Date()))",
         image: row.image, vcpus: row.vcpus, memoryMb: row.memoryMb, createdAt: Date(),
-        sizeBytes: Self.allocatedBytes(memoryPath) + Self.allocatedBytes("\(memoryPath).vmstate")
-          + diskBytes,
+        sizeBytes: FileCopy.allocatedBytes(saved.memoryPath)
+          + FileCopy.allocatedBytes(saved.devicesPath) + diskBytes,
         kind: kind, state: Self.encode(state))
       try database.insert(record)
       logger.info(
         "snapshot taken",
         metadata: [
-          "sandbox": "\(row.id)", "snapshot": "\(snapshotId)",
-          "ms": "\((ContinuousClock.now - started).wholeMilliseconds)",
+          "sandbox": "\(row.id)", "snapshot": "\(snapshotId)", "pauseMs": "\(pauseMs)",
+          "totalMs": "\(state.totalMs ?? 0)",
         ])
       if kind == "user" {
         let event = SnapshotEvent(snapshot: Self.info(record))
@@ -118,17 +136,32 @@ extension SandboxService {
       }
       return record
     } catch {
-      if !wasPaused { try? await drivers.vmm.resume(vm) }
+      if paused { try? await drivers.vmm.resume(vm) }
       try? FileManager.default.removeItem(atPath: directory)
       if let error = error as? AtelierError { throw error }
       throw AtelierError(.unavailable, "snapshot of \(row.id) failed: \(error)")
     }
   }
 
-  static func allocatedBytes(_ path: String) -> Int64 {
-    var info = stat()
-    guard stat(path, &info) == 0 else { return 0 }
-    return Int64(info.st_blocks) * 512
+  /// Freezes the paused VM's disk as the snapshot's volume; the VM goes on on a new top.
+  func freezeDisk(_ id: String, vm: VMHandle, volume: String, snapshotId: String) async throws
+    -> DiskAttachment
+  {
+    let plan = try await drivers.volumes.prepareFreeze(
+      volume, as: VolumeNames.snapshot(snapshotId))
+    // A store that froze the disk without a new top (LVM thin snapshots) needs no switch.
+    if plan.next != plan.previous {
+      do {
+        try await drivers.vmm.switchDisk(vm, to: plan.next)
+      } catch {
+        await drivers.volumes.abortFreeze(plan)
+        throw error
+      }
+    }
+    try await drivers.volumes.commitFreeze(plan)
+    let disk = drivers.volumes.disk(of: volume) ?? plan.next
+    try updateRuntime(id) { $0.disk = disk }
+    return plan.frozen
   }
 
   /// The VMM and the network devices a VM of `network` has, e.g. `qemu/user+private-nic`.
@@ -148,26 +181,52 @@ extension SandboxService {
     return "\(drivers.vmm.name)/\(backend)+\(channel)"
   }
 
+  /// The saved state of a snapshot a restore can use, or why not.
+  func restorableState(_ snapshot: SnapshotRecord) throws -> (SnapshotState, SavedVMState) {
+    guard
+      let state = try? JSONDecoder().decode(SnapshotState.self, from: Data(snapshot.state.utf8))
+    else { throw AtelierError.conflict("snapshot \(snapshot.id) cannot be read") }
+    guard let saved = state.saved else {
+      throw AtelierError.conflict(
+        "snapshot \(snapshot.id) was saved by an earlier Atelier as one migration stream, which "
+          + "this version no longer restores (guest memory now lives in files that restores "
+          + "share). Take a new snapshot of a running sandbox (POST /api/sandboxes/{id}/"
+          + "snapshots) and delete this one (DELETE /api/snapshots/\(snapshot.id))")
+    }
+    guard FileManager.default.fileExists(atPath: saved.memoryPath),
+      FileManager.default.fileExists(atPath: saved.devicesPath)
+    else { throw AtelierError.conflict("snapshot \(snapshot.id) has no memory state left") }
+    return (state, saved)
+  }
+
   /// A new sandbox from a snapshot: its own disk (a clone of the frozen one), port forward,
-  /// id and hostname; memory restored instead of booting; then the guest is told who it is
-  /// now, the time, and given fresh entropy.
-  func restore(snapshotId: String, policy: SandboxPolicy) async throws -> SandboxInfo {
-    guard let snapshot = try database.snapshot(id: snapshotId) else {
+  /// id and hostname; memory mapped from the snapshot's file instead of booting; then the guest
+  /// is told who it is now, the time, given fresh entropy and a key of its own.
+  func restore(
+    snapshotId: String, terms: SandboxPolicy, network request: NetworkPolicyRequest? = nil,
+    forking: Bool = false
+  ) async throws -> SandboxInfo {
+    guard let snapshot = try database.snapshot(id: snapshotId),
+      forking || (snapshot.kind == "user" && snapshot.retiredAt == nil)
+    else {
       throw AtelierError.notFound("snapshot \(snapshotId) not found")
     }
-    guard
-      let state = try? JSONDecoder().decode(SnapshotState.self, from: Data(snapshot.state.utf8)),
-      FileManager.default.fileExists(atPath: state.memoryPath)
-    else { throw AtelierError.conflict("snapshot \(snapshotId) has no memory state left") }
+    let (state, saved) = try restorableState(snapshot)
     guard state.agentKey != nil else {
       throw AtelierError.conflict(
         "snapshot \(snapshotId) is from before agent keys: its agent cannot be given one")
     }
+    let policy = try resolvePolicy(request, over: state.policy)
+    try requireFreeSpace(for: "a create")
+    // The row names the memory file it will map from its insert on: a delete of the snapshot
+    // from now on only retires it.
     let row = try reserve(
-      image: snapshot.image, vcpus: snapshot.vcpus, memoryMb: snapshot.memoryMb, policy: policy,
-      snapshotId: snapshotId,
+      image: snapshot.image, vcpus: snapshot.vcpus, memoryMb: snapshot.memoryMb, terms: terms,
+      snapshotId: snapshotId, memorySnapshotId: snapshotId,
       runtime: SandboxRuntime(
-        kernel: state.kernel, diskGb: state.diskGb, agentKey: AgentKey.generate()))
+        kernel: state.kernel, diskGb: state.diskGb, agentKey: AgentKey.generate(),
+        policy: policy))
+    defer { collectRetiredSnapshots() }
     return try await build(row.id) { undo in
       let started = ContinuousClock.now
       let volumeName = VolumeNames.sandbox(row.id)
@@ -179,11 +238,8 @@ extension SandboxService {
       }
       let cloned = ContinuousClock.now
       let network = try await attachNetwork(row.id, undo: &undo)
-      // Snapshots from before the layout was recorded: only QEMU user-mode sandboxes have
-      // changed since (their agent moved from eth0's forward to a private NIC).
       let current = deviceLayout(network)
-      let taken =
-        state.devices ?? (current == "qemu/user+private-nic" ? "qemu/user+shared" : current)
+      let taken = state.devices ?? current
       guard taken == current else {
         throw AtelierError.conflict(
           "snapshot \(snapshotId) was taken on a VM with \(taken); this manager makes "
@@ -198,7 +254,7 @@ extension SandboxService {
       try writeKeyDrive(row.id, key: Self.runtime(try record(row.id)).agentKey)
       let vm: VMHandle
       do {
-        vm = try await drivers.vmm.restore(spec, statePath: state.memoryPath)
+        vm = try await drivers.vmm.restore(spec, from: saved)
       } catch let error as VMMError {
         logger.error(
           "restore failed: \(error.message)\n\(error.consoleTail)",
@@ -207,21 +263,10 @@ extension SandboxService {
       }
       undo.push { [drivers] in await drivers.vmm.kill(vm) }
       try updateRuntime(row.id) { $0.vm = vm }
+      attached.insert(row.id)
       try await drivers.vmm.resume(vm)
       let launched = ContinuousClock.now
-      let agent = AgentClient(endpoint: network.agent, key: state.agentKey)
-      do {
-        // The restored agent still answers as the original (and to its key) until told.
-        try await agent.waitUntilReady(
-          sandboxId: nil, timeout: .seconds(config.bootTimeoutSeconds),
-          stillBooting: { [drivers] in drivers.vmm.isRunning(vm) })
-        try await replaceAgentKey(
-          row.id, snapshotKey: state.agentKey, network: network,
-          identity: (row.id, row.hostname))
-      } catch {
-        throw AtelierError(.bootFailed, "restored sandbox did not answer: \(error)")
-      }
-      try await waitForAgent(row.id, vm: vm, network: network)
+      try await announce(row, vm: vm, network: network, snapshotKey: state.agentKey)
       try await configureGuestServices(row.id)
       let ready = ContinuousClock.now
       return SpawnTimings(
@@ -231,11 +276,16 @@ extension SandboxService {
     }
   }
 
-  /// N new sandboxes continuing from the parent's current memory and disk. The parent is
-  /// paused only while its memory is written.
-  public func fork(_ id: String, count: Int?) async throws -> [SandboxInfo] {
+  /// N new sandboxes continuing from the parent's current memory and disk: one snapshot (the
+  /// parent pauses only while it is saved), N restores of it. The snapshot is retired at once;
+  /// its memory file lives as long as a fork maps it.
+  public func fork(_ id: String, count: Int?, network: NetworkPolicyRequest? = nil) async throws
+    -> [SandboxInfo]
+  {
     let count = count ?? 1
     try Self.check("count", count, in: ForkRequest.countRange)
+    // Checked before the parent is paused for its snapshot.
+    _ = try resolvePolicy(network, over: Self.runtime(try record(id)).policy)
     let (parent, snapshot) = try await withSandboxLock(id) {
       let row = try record(id)
       try requireStatus(row, [.running], for: "fork")
@@ -250,14 +300,15 @@ extension SandboxService {
     }
     // Forks are copies: the parent's idle policy and environment, and what is left of its
     // lifetime.
-    let policy = SandboxPolicy(inheritingFrom: parent)
+    let terms = SandboxPolicy(inheritingFrom: parent)
     var created: [SandboxInfo] = []
     var failure: (any Error)?
     await withTaskGroup(of: Result<SandboxInfo, any Error>.self) { group in
       for _ in 0..<count {
         group.addTask {
           await Result(catching: {
-            try await self.restore(snapshotId: snapshot.id, policy: policy)
+            try await self.restore(
+              snapshotId: snapshot.id, terms: terms, network: network, forking: true)
           })
         }
       }
@@ -268,32 +319,59 @@ extension SandboxService {
         }
       }
     }
-    // The forks no longer need the memory file; their disks keep the frozen disk alive.
-    try? database.deleteSnapshot(id: snapshot.id)
-    try? FileManager.default.removeItem(atPath: "\(config.snapshotsDir)/\(snapshot.id)")
+    try? database.retireSnapshot(id: snapshot.id)
     if let failure {
       for sandbox in created { try? await delete(sandbox.id) }
+      collectRetiredSnapshots()
       await collectVolumeGarbage()
       throw failure
     }
+    collectRetiredSnapshots()
     return created.sorted { $0.createdAt < $1.createdAt }
   }
 
+  /// Deletes a snapshot; while restores still map its memory file it is only retired.
   public func deleteSnapshot(_ id: String) async throws {
-    guard let record = try database.snapshot(id: id), record.kind == "user" else {
-      throw AtelierError.notFound("snapshot \(id) not found")
+    let record = try visibleSnapshot(id)
+    if try database.memoryUsers(ofSnapshot: id) > 0 {
+      try database.retireSnapshot(id: id)
+      logger.info(
+        "snapshot retired: restores still map its memory", metadata: ["snapshot": "\(id)"])
+    } else {
+      try database.deleteSnapshot(id: id)
+      try? FileManager.default.removeItem(atPath: "\(config.snapshotsDir)/\(id)")
     }
-    try database.deleteSnapshot(id: id)
-    try? FileManager.default.removeItem(atPath: "\(config.snapshotsDir)/\(id)")
     await collectVolumeGarbage()
     let event = SnapshotEvent(snapshot: Self.info(record))
     events.publish("snapshot.deleted", event)
   }
 
-  /// Removes frozen disks that no snapshot and no sandbox disk needs any more.
+  /// Removes the rows and files of retired snapshots no VM maps any more.
+  @discardableResult
+  func collectRetiredSnapshots() -> [String] {
+    let unused = (try? database.unusedRetiredSnapshotIds()) ?? []
+    for id in unused {
+      _ = try? database.deleteSnapshot(id: id)
+      try? FileManager.default.removeItem(atPath: "\(config.snapshotsDir)/\(id)")
+    }
+    if !unused.isEmpty {
+      logger.info("removed retired snapshots: \(unused.joined(separator: ", "))")
+    }
+    return unused
+  }
+
+  /// The sandbox's VM no longer maps a snapshot's memory (it stopped, or boots afresh).
+  func releaseSnapshotMemory(_ id: String) {
+    guard var row = try? record(id), row.memorySnapshotId != nil else { return }
+    row.memorySnapshotId = nil
+    try? database.update(row)
+    collectRetiredSnapshots()
+  }
+
+  /// Removes frozen disks that no live snapshot and no sandbox disk needs any more.
   @discardableResult
   func collectVolumeGarbage() async -> [String] {
-    let ids = ((try? database.snapshotIds()) ?? []) + snapshotsInProgress
+    let ids = ((try? database.snapshotIds(includingRetired: false)) ?? []) + snapshotsInProgress
     let keep = Set(ids.map { VolumeNames.snapshot($0) })
     let removed = await drivers.volumes.collectGarbage(keep: keep)
     if !removed.isEmpty {

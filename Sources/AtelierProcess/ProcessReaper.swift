@@ -54,12 +54,15 @@ public struct SpawnOptions: Sendable {
   public var newSession: Bool
   /// Make stdin (a terminal) the controlling terminal; needs `newSession`.
   public var controllingTerminal: Bool
+  /// Descriptors the child gets as 3, 4, … (they stay owned by the caller).
+  public var inheritedDescriptors: [Int32]
 
   public init(
     executable: String, arguments: [String] = [], environment: [String: String] = [:],
     workingDirectory: String? = nil, credentials: ProcessCredentials? = nil,
     stdin: Int32? = nil, stdout: Int32? = nil, stderr: Int32? = nil,
-    newSession: Bool = true, controllingTerminal: Bool = false
+    newSession: Bool = true, controllingTerminal: Bool = false,
+    inheritedDescriptors: [Int32] = []
   ) {
     self.executable = executable
     self.arguments = arguments
@@ -71,6 +74,7 @@ public struct SpawnOptions: Sendable {
     self.stderr = stderr
     self.newSession = newSession
     self.controllingTerminal = controllingTerminal
+    self.inheritedDescriptors = inheritedDescriptors
   }
 }
 
@@ -111,29 +115,33 @@ public final class ProcessReaper: Sendable {
     let pid: Int32 = try withCStringArray(argv) { argvPointer in
       try withCStringArray(envp) { envPointer in
         let groups = options.credentials?.groups ?? []
-        return try groups.withUnsafeBufferPointer { groupPointer in
-          try state.withLock { state -> Int32 in
-            let pid = withOptionalCString(options.workingDirectory) { cwd in
-              executable.withCString { path in
-                var raw = atelier_spawn_options(
-                  path: path, argv: argvPointer, envp: envPointer, cwd: cwd,
-                  uid: options.credentials.map { Int32(bitPattern: $0.uid) } ?? -1,
-                  gid: options.credentials.map { Int32(bitPattern: $0.gid) } ?? -1,
-                  groups: groupPointer.baseAddress, ngroups: Int32(groups.count),
-                  stdin_fd: options.stdin ?? -1, stdout_fd: options.stdout ?? -1,
-                  stderr_fd: options.stderr ?? -1,
-                  new_session: options.newSession ? 1 : 0,
-                  controlling_tty: options.controllingTerminal ? 1 : 0)
-                return atelier_spawn(&raw, &execErrno)
+        let inherited = options.inheritedDescriptors
+        return try inherited.withUnsafeBufferPointer { inheritPointer in
+          try groups.withUnsafeBufferPointer { groupPointer in
+            try state.withLock { state -> Int32 in
+              let pid = withOptionalCString(options.workingDirectory) { cwd in
+                executable.withCString { path in
+                  var raw = atelier_spawn_options(
+                    path: path, argv: argvPointer, envp: envPointer, cwd: cwd,
+                    uid: options.credentials.map { Int32(bitPattern: $0.uid) } ?? -1,
+                    gid: options.credentials.map { Int32(bitPattern: $0.gid) } ?? -1,
+                    groups: groupPointer.baseAddress, ngroups: Int32(groups.count),
+                    stdin_fd: options.stdin ?? -1, stdout_fd: options.stdout ?? -1,
+                    stderr_fd: options.stderr ?? -1,
+                    new_session: options.newSession ? 1 : 0,
+                    controlling_tty: options.controllingTerminal ? 1 : 0,
+                    inherit_fds: inheritPointer.baseAddress, ninherit: Int32(inherited.count))
+                  return atelier_spawn(&raw, &execErrno)
+                }
               }
+              if pid < 0 { throw SpawnError(executable: options.executable, errno: errno) }
+              state.known.insert(pid)
+              if !state.threadStarted {
+                state.threadStarted = true
+                startReaperThread()
+              }
+              return pid
             }
-            if pid < 0 { throw SpawnError(executable: options.executable, errno: errno) }
-            state.known.insert(pid)
-            if !state.threadStarted {
-              state.threadStarted = true
-              startReaperThread()
-            }
-            return pid
           }
         }
       }

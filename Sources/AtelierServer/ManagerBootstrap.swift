@@ -26,6 +26,10 @@ public enum ManagerBootstrap {
       _ = token
     }
     let runner = SystemCommandRunner()
+    // VMs run as a user of their own when the manager is root (created if missing); it may
+    // pass through the data folder to what VMs open, and read nothing else there.
+    let vmUser = try await VMUser.ensure(named: config.vmUser, runner: runner)
+    try vmUser?.prepareDataDirectory(config, volumesDirectory: volumesDirectory(config))
     let qemuPath = findExecutable(config.qemuBinary)
     let kernel = KernelProvider(
       kernelsDirectory: config.kernelsDir, cacheDirectory: config.cacheDir, runner: runner
@@ -36,8 +40,7 @@ public enum ManagerBootstrap {
     logger.info("acceleration \(acceleration.acceleration.rawValue): \(acceleration.reason)")
     let drivers = try await makeDrivers(
       config: config, database: database, runner: runner, acceleration: acceleration,
-      kernel: kernel,
-      logger: logger)
+      kernel: kernel, vmUser: vmUser, logger: logger)
     let service = SandboxService(
       config: config, database: database, drivers: drivers,
       logger: Logger(label: "atelier.sandboxes"))
@@ -92,7 +95,8 @@ public enum ManagerBootstrap {
   /// `ATELIER_NETWORK`), with the host prepared for them.
   static func makeDrivers(
     config: Config, database: AtelierDatabase, runner: any CommandRunning,
-    acceleration: AccelerationProbe.Verdict, kernel: GuestKernel?, logger: Logger
+    acceleration: AccelerationProbe.Verdict, kernel: GuestKernel?, vmUser: VMUser?,
+    logger: Logger
   ) async throws -> HostDrivers {
     if config.vmm == .firecracker && config.network == .user {
       throw ConfigError(
@@ -107,13 +111,15 @@ public enum ManagerBootstrap {
       agentOverVsock = try qemuAgentOverVsock(config, logger: logger)
       vmm = QEMUMicroVM(
         binary: config.qemuBinary, acceleration: acceleration.acceleration,
-        sandboxesDirectory: config.sandboxesDir, vhostVsock: agentOverVsock, runner: runner)
+        sandboxesDirectory: config.sandboxesDir, vhostVsock: agentOverVsock, user: vmUser,
+        consoleCapBytes: config.consoleLogBytes, translationCacheMb: config.qemuTbSizeMb)
     case .firecracker:
       jail = try firecrackerJail(config)
       vmm = FirecrackerVMM(
         binary: jail == nil
           ? config.firecrackerBin : findExecutable(config.firecrackerBin) ?? config.firecrackerBin,
-        sandboxesDirectory: config.sandboxesDir, jail: jail)
+        sandboxesDirectory: config.sandboxesDir, jail: jail,
+        consoleCapBytes: config.consoleLogBytes)
       if let kernel {
         _ = try await KernelProvider(
           kernelsDirectory: config.kernelsDir, cacheDirectory: config.cacheDir, runner: runner
@@ -124,11 +130,12 @@ public enum ManagerBootstrap {
     switch config.network {
     case .user:
       network = UserModeNetwork(agentOverVsock: agentOverVsock)
+      try await filterUserModeEgress(config: config, vmUid: nil, runner: runner, logger: logger)
     case .bridge:
       try await BridgeSetup(config: config, runner: runner).apply()
       network = BridgeNetwork(
         bridge: config.bridgeName, bridgeIp: config.bridgeIp, guestIpStart: config.guestIpStart,
-        dns: config.guestDns, leases: database,
+        dns: config.guestDns, defaultDeny: config.egressDeny, leases: database,
         agentAccess: agentOverVsock ? .vsock : .privateInterface,
         tapOwner: jail.map { ($0.uid, $0.gid) }, runner: runner)
     }
@@ -137,7 +144,9 @@ public enum ManagerBootstrap {
     case .file:
       return HostDrivers(
         // Disk sizes come with each clone (the request's, else ATELIER_DISK_SIZE_GB).
-        vmm: vmm, volumes: FileVolumeStore(directory: volumesDirectory(config)),
+        vmm: vmm,
+        volumes: FileVolumeStore(
+          directory: volumesDirectory(config), owner: config.vmm == .qemu ? vmUser : nil),
         network: network, images: images, acceleration: acceleration)
     case .lvm:
       let store = LVMThinVolumeStore(
@@ -155,6 +164,26 @@ public enum ManagerBootstrap {
           return (usage.dataPercent, usage.metadataPercent)
         })
     }
+  }
+
+  /// User-mode guests with `internet: true` are filtered by the uid of the VM user: only a
+  /// root manager whose VMs run as a user of their own can do it (see `UserModeFirewall`).
+  static func filterUserModeEgress(
+    config: Config, vmUid: UInt32?, runner: any CommandRunning, logger: Logger
+  ) async throws {
+    guard geteuid() == 0 else {
+      logger.warning(
+        """
+        not root: user-mode guests with internet reach every address of this host (nothing \
+        can filter them); ATELIER_GUEST_INTERNET=false, bridge networking or root fix it
+        """)
+      return
+    }
+    guard let vmUid, vmUid != 0 else {
+      logger.warning("VMs run as root: user-mode egress cannot be filtered by their uid")
+      return
+    }
+    try await UserModeFirewall(config: config, uid: vmUid, runner: runner).apply()
   }
 
   /// `name` if it is a path to an executable, else the first match in PATH or the sbin

@@ -33,14 +33,14 @@ extension AtelierDatabase {
   /// Added migrations (never changed once released): sandbox lifetimes and environments, and
   /// the E2B adapter's table.
   static func registerLifetimeAndE2BMigrations(_ migrator: inout DatabaseMigrator) {
-    migrator.registerMigration("v4-lifetime-environment") { db in
+    migrator.registerMigration("v5-lifetime-environment") { db in
       try db.alter(table: "sandboxes") { table in
         table.add(column: "expiresAt", .datetime)
         table.add(column: "expiryAction", .text)
         table.add(column: "environment", .text)
       }
     }
-    migrator.registerMigration("v5-e2b") { db in
+    migrator.registerMigration("v6-e2b") { db in
       try db.create(table: "e2b_sandboxes") { table in
         table.column("sandboxId", .text).primaryKey()
           .references("sandboxes", onDelete: .cascade)

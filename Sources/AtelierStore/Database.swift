@@ -30,13 +30,16 @@ public struct SandboxRecord: Codable, Sendable, Equatable, FetchableRecord, Pers
   /// The sandbox-wide environment (JSON object of strings) its agent gives every command,
   /// terminal and service.
   public var environment: String?
+  /// The snapshot whose memory file this sandbox's running VM maps (a restore or a fork, until
+  /// its VM stops): what keeps that file alive after the snapshot is deleted.
+  public var memorySnapshotId: String?
 
   public init(
     id: String, status: String, image: String, vcpus: Int, memoryMb: Int, hostname: String,
     createdAt: Date, updatedAt: Date, timings: String? = nil, error: String? = nil,
     runtime: String? = nil, timeoutSeconds: Int? = nil, onIdle: String? = nil,
     snapshotId: String? = nil, expiresAt: Date? = nil, expiryAction: String? = nil,
-    environment: String? = nil
+    environment: String? = nil, memorySnapshotId: String? = nil
   ) {
     self.id = id
     self.status = status
@@ -55,6 +58,7 @@ public struct SandboxRecord: Codable, Sendable, Equatable, FetchableRecord, Pers
     self.expiresAt = expiresAt
     self.expiryAction = expiryAction
     self.environment = environment
+    self.memorySnapshotId = memorySnapshotId
   }
 }
 
@@ -70,13 +74,16 @@ public struct SnapshotRecord: Codable, Sendable, Equatable, FetchableRecord, Per
   public var memoryMb: Int
   public var createdAt: Date
   public var sizeBytes: Int64
-  /// `user` (made through the API) or `fork` (internal, removed once the forks exist).
+  /// `user` (made through the API) or `fork` (internal, retired once the forks exist).
   public var kind: String
   public var state: String
+  /// Deleted (or, for a fork's, done with) while VMs still map its memory file: hidden from
+  /// the API, its files kept until the last of them is gone.
+  public var retiredAt: Date?
 
   public init(
     id: String, sandboxId: String, name: String, image: String, vcpus: Int, memoryMb: Int,
-    createdAt: Date, sizeBytes: Int64, kind: String, state: String
+    createdAt: Date, sizeBytes: Int64, kind: String, state: String, retiredAt: Date? = nil
   ) {
     self.id = id
     self.sandboxId = sandboxId
@@ -88,6 +95,7 @@ public struct SnapshotRecord: Codable, Sendable, Equatable, FetchableRecord, Per
     self.sizeBytes = sizeBytes
     self.kind = kind
     self.state = state
+    self.retiredAt = retiredAt
   }
 }
 
@@ -159,6 +167,16 @@ public final class AtelierDatabase: Sendable {
         table.column("octet", .integer).notNull().unique()
       }
     }
+    migrator.registerMigration("v4-memory-snapshots") { db in
+      try db.alter(table: "sandboxes") { table in
+        table.add(column: "memorySnapshotId", .text)
+      }
+      try db.create(
+        index: "sandboxes_on_memorySnapshotId", on: "sandboxes", columns: ["memorySnapshotId"])
+      try db.alter(table: "snapshots") { table in
+        table.add(column: "retiredAt", .datetime)
+      }
+    }
     registerLifetimeAndE2BMigrations(&migrator)
     return migrator
   }
@@ -217,20 +235,58 @@ public final class AtelierDatabase: Sendable {
     try pool.read { try SnapshotRecord.fetchOne($0, key: id) }
   }
 
-  /// The ids of all snapshots (without reading their state).
-  public func snapshotIds() throws -> [String] {
-    try pool.read { try String.fetchAll($0, sql: "SELECT id FROM snapshots") }
+  /// The ids of all snapshots, retired ones included (without reading their state).
+  public func snapshotIds(includingRetired: Bool = true) throws -> [String] {
+    try pool.read {
+      try String.fetchAll(
+        $0,
+        sql: includingRetired
+          ? "SELECT id FROM snapshots" : "SELECT id FROM snapshots WHERE retiredAt IS NULL")
+    }
   }
 
   public func countSnapshots(kind: String) throws -> Int {
-    try pool.read { try SnapshotRecord.filter(Column("kind") == kind).fetchCount($0) }
+    try pool.read {
+      try SnapshotRecord.filter(Column("kind") == kind && Column("retiredAt") == nil)
+        .fetchCount($0)
+    }
   }
 
+  /// Live (not retired) snapshots.
   public func snapshots(kind: String? = nil) throws -> [SnapshotRecord] {
     try pool.read { db in
-      var request = SnapshotRecord.order(Column("createdAt"))
+      var request = SnapshotRecord.filter(Column("retiredAt") == nil).order(Column("createdAt"))
       if let kind { request = request.filter(Column("kind") == kind) }
       return try request.fetchAll(db)
+    }
+  }
+
+  /// Hides a snapshot whose memory file VMs still map; its row stays until they are gone.
+  public func retireSnapshot(id: String, at date: Date = Date()) throws {
+    try pool.write {
+      try $0.execute(
+        sql: "UPDATE snapshots SET retiredAt = ? WHERE id = ? AND retiredAt IS NULL",
+        arguments: [date, id])
+    }
+  }
+
+  /// Retired snapshots whose memory file no sandbox maps any more: the refcount of a
+  /// snapshot's memory file is the number of sandboxes whose `memorySnapshotId` names it.
+  public func unusedRetiredSnapshotIds() throws -> [String] {
+    try pool.read {
+      try String.fetchAll(
+        $0,
+        sql: """
+          SELECT id FROM snapshots WHERE retiredAt IS NOT NULL
+          AND NOT EXISTS (SELECT 1 FROM sandboxes WHERE memorySnapshotId = snapshots.id)
+          """)
+    }
+  }
+
+  /// How many sandboxes map the snapshot's memory file.
+  public func memoryUsers(ofSnapshot id: String) throws -> Int {
+    try pool.read {
+      try SandboxRecord.filter(Column("memorySnapshotId") == id).fetchCount($0)
     }
   }
 
@@ -265,6 +321,10 @@ public final class AtelierDatabase: Sendable {
         arguments: [sandboxId, free])
       return free
     }
+  }
+
+  public func leasedSandboxIds() throws -> [String] {
+    try pool.read { try String.fetchAll($0, sql: "SELECT sandboxId FROM network_leases") }
   }
 
   public func deleteLease(sandboxId: String) throws {

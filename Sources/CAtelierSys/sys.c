@@ -7,6 +7,7 @@
 #include <fcntl.h>
 #include <grp.h>
 #include <net/if.h>
+#include <linux/if_tun.h>
 #include <net/route.h>
 #include <netinet/in.h>
 #include <pty.h>
@@ -76,8 +77,18 @@ pid_t atelier_spawn(const atelier_spawn_options *o, int *exec_errno) {
       if (setuid((uid_t)o->uid) != 0) child_fail(report[1]);
     }
     if (o->cwd && chdir(o->cwd) != 0) child_fail(report[1]);
+    // Descriptors to hand over: first out of the way (above every target), then into place.
+    int moved[32];
+    if (o->ninherit > 32) child_fail(report[1]);
+    for (int i = 0; i < o->ninherit; i++) {
+      moved[i] = fcntl(o->inherit_fds[i], F_DUPFD, 3 + o->ninherit);
+      if (moved[i] < 0) child_fail(report[1]);
+    }
+    for (int i = 0; i < o->ninherit; i++) {
+      if (dup2(moved[i], 3 + i) < 0) child_fail(report[1]);
+    }
     // Descriptors the parent leaked without CLOEXEC must not reach the new program.
-    close_range(3, ~0U, CLOSE_RANGE_CLOEXEC);
+    close_range(3 + (unsigned int)o->ninherit, ~0U, CLOSE_RANGE_CLOEXEC);
     execve(o->path, o->argv, o->envp);
     child_fail(report[1]);
   }
@@ -91,6 +102,87 @@ pid_t atelier_spawn(const atelier_spawn_options *o, int *exec_errno) {
   close(report[0]);
   if (n == (ssize_t)sizeof(child_errno)) *exec_errno = child_errno;
   return pid;
+}
+
+int atelier_tap_open(const char *name) {
+  int fd = open("/dev/net/tun", O_RDWR | O_CLOEXEC);
+  if (fd < 0) return -1;
+  struct ifreq ifr;
+  memset(&ifr, 0, sizeof(ifr));
+  strncpy(ifr.ifr_name, name, IFNAMSIZ - 1);
+  ifr.ifr_flags = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR;
+  if (ioctl(fd, TUNSETIFF, &ifr) != 0) {
+    int err = errno;
+    close(fd);
+    errno = err;
+    return -1;
+  }
+  return fd;
+}
+
+long atelier_send_with_fd(int sock, const void *buf, unsigned long len, int fd) {
+  struct iovec iov = {.iov_base = (void *)buf, .iov_len = len};
+  union {
+    char bytes[CMSG_SPACE(sizeof(int))];
+    struct cmsghdr align;
+  } control;
+  memset(&control, 0, sizeof(control));
+  struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.bytes,
+                       .msg_controllen = sizeof(control.bytes)};
+  struct cmsghdr *cmsg = CMSG_FIRSTHDR(&msg);
+  cmsg->cmsg_level = SOL_SOCKET;
+  cmsg->cmsg_type = SCM_RIGHTS;
+  cmsg->cmsg_len = CMSG_LEN(sizeof(int));
+  memcpy(CMSG_DATA(cmsg), &fd, sizeof(int));
+  ssize_t n;
+  do {
+    n = sendmsg(sock, &msg, MSG_NOSIGNAL);
+  } while (n < 0 && errno == EINTR);
+  return (long)n;
+}
+
+static int copy_extent(int in, int out, off_t start, off_t end) {
+  off_t in_pos = start, out_pos = start;
+  while (in_pos < end) {
+    ssize_t n = copy_file_range(in, &in_pos, out, &out_pos, (size_t)(end - in_pos), 0);
+    if (n > 0) continue;
+    if (n == 0) return 0;
+    if (errno == EINTR) continue;
+    if (errno != EXDEV && errno != ENOSYS && errno != EINVAL && errno != EOPNOTSUPP) return -1;
+    // The kernel cannot copy between these two: by hand.
+    static __thread char buffer[1 << 20];
+    while (in_pos < end) {
+      size_t want = (size_t)(end - in_pos) < sizeof(buffer) ? (size_t)(end - in_pos) : sizeof(buffer);
+      ssize_t got = pread(in, buffer, want, in_pos);
+      if (got < 0 && errno == EINTR) continue;
+      if (got <= 0) return got == 0 ? 0 : -1;
+      for (ssize_t done = 0; done < got;) {
+        ssize_t put = pwrite(out, buffer + done, (size_t)(got - done), in_pos + done);
+        if (put < 0 && errno == EINTR) continue;
+        if (put <= 0) return -1;
+        done += put;
+      }
+      in_pos += got;
+    }
+  }
+  return 0;
+}
+
+int atelier_sparse_copy(int in, int out, long long size, long long *copied) {
+  *copied = 0;
+  if (ftruncate(out, (off_t)size) != 0) return -1;
+  off_t position = 0;
+  while (position < (off_t)size) {
+    off_t data = lseek(in, position, SEEK_DATA);
+    if (data < 0) return errno == ENXIO ? 0 : -1;  // nothing but a hole to the end
+    off_t hole = lseek(in, data, SEEK_HOLE);
+    if (hole < 0) return -1;
+    if (hole > (off_t)size) hole = (off_t)size;
+    if (copy_extent(in, out, data, hole) != 0) return -1;
+    *copied += hole - data;
+    position = hole;
+  }
+  return 0;
 }
 
 int atelier_openpty(int *master_fd, int *slave_fd, unsigned short rows, unsigned short cols) {

@@ -12,7 +12,7 @@ import NIOHTTP1
 struct Bench: AsyncParsableCommand {
   static let configuration = CommandConfiguration(
     abstract: "Benchmarks (ratios against a baseline measured in the same run).",
-    subcommands: [Spawn.self, Agent.self, Snapshot.self])
+    subcommands: [Spawn.self, Agent.self, Snapshot.self, Density.self])
 
   struct Spawn: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -74,20 +74,19 @@ struct Bench: AsyncParsableCommand {
       print("== boot to agent-ready (\(verdict.acceleration.rawValue)), \(runs) runs each")
       let bare = try await bareBoots(
         record: record, acceleration: verdict.acceleration, config: config, scratch: scratch)
-      let api = try await apiBoots(config: config, scratch: scratch)
+      let api = try await apiBoots()
       print(String(format: "bare QEMU: median %.0f ms  (%@)", median(bare), list(bare)))
       print(String(format: "API:       median %.0f ms  (%@)", median(api), list(api)))
       print(String(format: "ratio API/bare: %.3f (goal <= 1.15)", median(api) / median(bare)))
     }
 
-    /// QEMU started directly with the same kernel, initramfs, disk and devices; timed until
-    /// the agent answers /health.
+    /// QEMU started directly (the driver, no manager) with the same kernel, initramfs, disk and
+    /// devices; timed until the agent answers /health.
     func bareBoots(record: ImageRecord, acceleration: Acceleration, config: Config, scratch: String)
       async throws -> [Double]
     {
       let vmm = QEMUMicroVM(
-        binary: config.qemuBinary, acceleration: acceleration, sandboxesDirectory: "\(scratch)/vms",
-        runner: SystemCommandRunner())
+        binary: config.qemuBinary, acceleration: acceleration, sandboxesDirectory: "\(scratch)/vms")
       var times: [Double] = []
       for index in 0..<runs {
         let id = Identifier.make()
@@ -111,7 +110,6 @@ struct Bench: AsyncParsableCommand {
           ).kernelArguments,
           disk: DiskAttachment(path: disk, format: .qcow2), vcpus: 1, memoryMb: 256,
           network: network, agentKeyDrive: "\(scratch)/vms/\(id)/\(AgentKeyDrive.fileName)")
-        let arguments = vmm.arguments(for: spec)
         try FileManager.default.createDirectory(
           atPath: spec.runtimeDirectory, withIntermediateDirectories: true)
         // The agent answers only to its key, as under the manager.
@@ -119,39 +117,34 @@ struct Bench: AsyncParsableCommand {
         try Data(AgentKeyDrive.contents(key: key)).write(
           to: URL(fileURLWithPath: spec.agentKeyDrive!))
         let started = ContinuousClock.now
-        let launch = try await ProcessRunner.run(
-          SpawnOptions(
-            executable: config.qemuBinary, arguments: arguments,
-            environment: ProcessInfo.processInfo.environment))
-        guard launch.exitCode == 0 else { throw CLIError("qemu failed: \(launch.stderrText)") }
-        let agent = AgentClient(endpoint: network.agent, key: key)
-        try await agent.waitUntilReady(
-          sandboxId: id, timeout: .seconds(120), stillBooting: { true })
-        times.append(milliseconds(since: started))
-        if let pidText = try? String(
-          contentsOfFile: "\(spec.runtimeDirectory)/qemu.pid", encoding: .utf8),
-          let pid = Int32(pidText.trimmingCharacters(in: .whitespacesAndNewlines))
-        {
-          kill(pid, SIGKILL)
-          while kill(pid, 0) == 0 { try await Task.sleep(for: .milliseconds(10)) }
+        let vm = try await vmm.boot(spec)
+        do {
+          try await AgentClient(endpoint: network.agent, key: key).waitUntilReady(
+            sandboxId: id, timeout: .seconds(120), stillBooting: { vmm.isRunning(vm) })
+        } catch {
+          await vmm.kill(vm)
+          throw error
         }
+        times.append(milliseconds(since: started))
+        await vmm.kill(vm)
+        try? FileManager.default.removeItem(atPath: spec.runtimeDirectory)
         try? FileManager.default.removeItem(atPath: disk)
       }
       return times
     }
 
     /// POST /api/sandboxes timed from request to 201, then DELETE.
-    func apiBoots(config: Config, scratch: String) async throws -> [Double] {
-      let manager = try await BenchManager.start(config: config, scratch: scratch)
-      defer { manager.stop() }
-      var times: [Double] = []
-      for _ in 0..<runs {
-        let started = ContinuousClock.now
-        let sandbox = try await manager.createSandbox(image: "tiny")
-        times.append(milliseconds(since: started))
-        _ = try await manager.send(.DELETE, "/api/sandboxes/\(sandbox.id)")
+    func apiBoots() async throws -> [Double] {
+      try await BenchManager.run { manager in
+        var times: [Double] = []
+        for _ in 0..<runs {
+          let started = ContinuousClock.now
+          let sandbox = try await manager.createSandbox(image: image)
+          times.append(milliseconds(since: started))
+          try await manager.delete(sandbox.id)
+        }
+        return times
       }
-      return times
     }
   }
 
@@ -164,10 +157,12 @@ struct Bench: AsyncParsableCommand {
     @Option(help: "Megabytes to upload and download.") var megabytes = 100
 
     func run() async throws {
-      let (manager, scratch) = try await BenchManager.startInScratch()
-      defer { manager.stop(removing: scratch) }
+      // The sandbox is deleted (and awaited) before the manager stops, whatever happens.
+      try await BenchManager.run { try await measure($0) }
+    }
+
+    func measure(_ manager: BenchManager) async throws {
       let sandbox = try await manager.createSandbox(image: image)
-      defer { Task { _ = try? await manager.send(.DELETE, "/api/sandboxes/\(sandbox.id)") } }
       let agentPort = try manager.agentPort(of: sandbox.id)
       let agent = "http://127.0.0.1:\(agentPort)"
       let key = try manager.agentKey(of: sandbox.id)
@@ -232,221 +227,6 @@ struct Bench: AsyncParsableCommand {
             Double(megabytes) / down * 1000))
       }
     }
-  }
-}
-
-extension Bench {
-  struct Snapshot: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(
-      abstract:
-        "Cold create vs create-from-snapshot vs resume; snapshot time per GiB; fork latency.")
-    @Option(help: "Runs of each measurement.") var runs = 5
-
-    func run() async throws {
-      let (manager, scratch) = try await BenchManager.startInScratch()
-      defer { manager.stop(removing: scratch) }
-
-      func timed(_ body: () async throws -> Void) async throws -> Double {
-        let started = ContinuousClock.now
-        try await body()
-        return milliseconds(since: started)
-      }
-      func post(_ path: String, _ body: String = "{}", expect: Int = 200) async throws -> Data {
-        let (status, data) = try await manager.send(.POST, path, body: Data(body.utf8))
-        guard status == expect else {
-          throw CLIError("\(path) answered \(status): \(String(decoding: data, as: UTF8.self))")
-        }
-        return data
-      }
-      func delete(_ id: String) async throws {
-        _ = try await manager.send(.DELETE, "/api/sandboxes/\(id)")
-      }
-
-      var cold: [Double] = []
-      for _ in 0..<runs {
-        var id = ""
-        cold.append(try await timed { id = try await manager.createSandbox(image: "tiny").id })
-        try await delete(id)
-      }
-      let parent = try await manager.createSandbox(image: "tiny")
-      var snapshotTimes: [Double] = []
-      var snapshotId = ""
-      snapshotTimes.append(
-        try await timed {
-          let data = try await post("/api/sandboxes/\(parent.id)/snapshots", expect: 201)
-          snapshotId = try JSONDecoder.atelier.decode(SnapshotInfo.self, from: data).id
-        })
-      var restored: [Double] = []
-      for _ in 0..<runs {
-        var id = ""
-        restored.append(
-          try await timed {
-            let data = try await post(
-              "/api/sandboxes", #"{"snapshot":"\#(snapshotId)"}"#, expect: 201)
-            id = try JSONDecoder.atelier.decode(SandboxInfo.self, from: data).id
-          })
-        try await delete(id)
-      }
-      var resumes: [Double] = []
-      for _ in 0..<runs {
-        _ = try await post("/api/sandboxes/\(parent.id)/pause")
-        resumes.append(try await timed { _ = try await post("/api/sandboxes/\(parent.id)/resume") })
-      }
-      print("== \(runs) runs each, tiny image, 256 MiB guests")
-      print(String(format: "cold create:          median %.0f ms  (%@)", median(cold), list(cold)))
-      print(
-        String(
-          format: "create from snapshot: median %.0f ms  (%@)", median(restored), list(restored)))
-      print(
-        String(format: "resume:               median %.0f ms  (%@)", median(resumes), list(resumes))
-      )
-      print(
-        String(
-          format: "from-snapshot speed-up: %.2fx (goal >= 4x)", median(cold) / median(restored)))
-
-      for memory in [256, 1024] {
-        let sandbox = try await manager.createSandbox(image: "tiny", memoryMb: memory)
-        // Touch most of the memory, so the snapshot writes it rather than skipping zero pages.
-        _ = try await post(
-          "/api/sandboxes/\(sandbox.id)/exec",
-          #"{"command":"head -c \#(memory * 6 / 10)m /dev/urandom > /dev/shm/fill"}"#)
-        var times: [Double] = []
-        for _ in 0..<runs {
-          times.append(
-            try await timed {
-              _ = try await post("/api/sandboxes/\(sandbox.id)/snapshots", expect: 201)
-            })
-        }
-        print(
-          String(
-            format: "snapshot of a %d MiB guest (60%% filled): median %.0f ms = %.0f ms per GiB",
-            memory,
-            median(times), median(times) * 1024 / Double(memory)))
-        try await delete(sandbox.id)
-      }
-
-      for count in [1, 4] {
-        var times: [Double] = []
-        for _ in 0..<runs {
-          var ids: [String] = []
-          times.append(
-            try await timed {
-              let data = try await post(
-                "/api/sandboxes/\(parent.id)/fork", #"{"count":\#(count)}"#, expect: 201)
-              ids = try JSONDecoder.atelier.decode(ForkResponse.self, from: data).sandboxes.map(
-                \.id)
-            })
-          for id in ids { try await delete(id) }
-        }
-        print(String(format: "fork N=%d: median %.0f ms  (%@)", count, median(times), list(times)))
-      }
-      try await delete(parent.id)
-    }
-  }
-}
-
-/// A manager started by a benchmark on a scratch data folder that shares this one's images.
-struct BenchManager {
-  let baseURL: String
-  let token: String
-  let pid: Int32
-  let dataDirectory: String
-
-  static func start(config: Config, scratch: String) async throws -> BenchManager {
-    let data = "\(scratch)/manager"
-    try FileManager.default.createDirectory(atPath: data, withIntermediateDirectories: true)
-    try FileManager.default.createSymbolicLink(
-      atPath: "\(data)/images", withDestinationPath: config.imagesDir)
-    try FileManager.default.createSymbolicLink(
-      atPath: "\(data)/kernels", withDestinationPath: config.kernelsDir)
-    if FileManager.default.fileExists(atPath: "\(config.dataDir)/accel-probe.json") {
-      try FileManager.default.copyItem(
-        atPath: "\(config.dataDir)/accel-probe.json", toPath: "\(data)/accel-probe.json")
-    }
-    let port = try LoopbackPortAllocator().reserve()
-    var environment = ProcessInfo.processInfo.environment
-    environment["ATELIER_DATA_DIR"] = data
-    environment["ATELIER_SERVER_PORT"] = String(port)
-    environment["ATELIER_LOG_LEVEL"] = "warning"
-    let log = open("\(scratch)/manager.log", O_WRONLY | O_CREAT | O_TRUNC, 0o644)
-    let pid = try ProcessReaper.shared.spawn(
-      SpawnOptions(
-        executable: "/proc/self/exe", arguments: ["serve"], environment: environment, stdout: log,
-        stderr: log))
-    close(log)
-    let base = "http://127.0.0.1:\(port)"
-    let deadline = ContinuousClock.now + .seconds(60)
-    while ContinuousClock.now < deadline {
-      if let text = try? String(contentsOfFile: "\(data)/admin-token", encoding: .utf8),
-        (try? await atelier.send(.GET, "\(base)/health", token: "", body: nil))?.0 == 200
-      {
-        return BenchManager(
-          baseURL: base, token: text.trimmingCharacters(in: .whitespacesAndNewlines), pid: pid,
-          dataDirectory: data)
-      }
-      try await Task.sleep(for: .milliseconds(100))
-    }
-    kill(pid, SIGTERM)
-    throw CLIError("bench manager did not start (see \(scratch)/manager.log)")
-  }
-
-  func stop() { kill(pid, SIGTERM) }
-
-  /// A manager on a new scratch folder (with the configuration's images).
-  static func startInScratch() async throws -> (BenchManager, String) {
-    let config = try loadConfig()
-    bootstrapLogging(level: "warning")
-    let scratch = "/tmp/atelier-bench-\(Identifier.make(length: 6))"
-    try FileManager.default.createDirectory(atPath: scratch, withIntermediateDirectories: true)
-    do {
-      return (try await start(config: config, scratch: scratch), scratch)
-    } catch {
-      try? FileManager.default.removeItem(atPath: scratch)
-      throw error
-    }
-  }
-
-  func stop(removing scratch: String) {
-    stop()
-    try? FileManager.default.removeItem(atPath: scratch)
-  }
-
-  func send(_ method: HTTPMethod, _ path: String, body: Data? = nil) async throws -> (Int, Data) {
-    try await atelier.send(method, baseURL + path, token: token, body: body)
-  }
-
-  func createSandbox(image: String, memoryMb: Int = 256) async throws -> SandboxInfo {
-    let (status, body) = try await send(
-      .POST, "/api/sandboxes", body: Data(#"{"image":"\#(image)","memoryMb":\#(memoryMb)}"#.utf8))
-    guard status == 201 else {
-      throw CLIError("create answered \(status): \(String(decoding: body, as: UTF8.self))")
-    }
-    return try JSONDecoder.atelier.decode(SandboxInfo.self, from: body)
-  }
-
-  /// The loopback port forwarded to a sandbox's agent, from its QEMU command line.
-  /// The agent key of a sandbox, from its key drive (the bench's manager is ours).
-  func agentKey(of id: String) throws -> String {
-    let drive = FileManager.default.contents(
-      atPath: "\(dataDirectory)/sandboxes/\(id)/\(AgentKeyDrive.fileName)")
-    guard let key = drive.flatMap({ AgentKeyDrive.key(in: Array($0)) }) else {
-      throw CLIError("cannot read the agent key of \(id)")
-    }
-    return key
-  }
-
-  func agentPort(of id: String) throws -> Int {
-    let pidText = try String(
-      contentsOfFile: "\(dataDirectory)/sandboxes/\(id)/qemu.pid", encoding: .utf8)
-    let pid = pidText.trimmingCharacters(in: .whitespacesAndNewlines)
-    let commandLine = String(
-      decoding: (FileManager.default.contents(atPath: "/proc/\(pid)/cmdline") ?? Data()).map {
-        $0 == 0 ? 32 : $0
-      }, as: UTF8.self)
-    guard let range = commandLine.range(of: "hostfwd=tcp:127.0.0.1:"),
-      let port = Int(commandLine[range.upperBound...].prefix { $0.isNumber })
-    else { throw CLIError("cannot find the agent port of \(id)") }
-    return port
   }
 }
 

@@ -31,6 +31,7 @@ struct DoctorChecks {
     findings += toolFindings()
     findings.append(await agent())
     findings += [firecracker(kvm), await lvm(), await bridge(), vhostVsock()]
+    findings.append(await NetworkChecks.egress(config, runner: runner))
     return findings
   }
 

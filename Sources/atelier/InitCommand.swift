@@ -155,7 +155,8 @@ struct Init: AsyncParsableCommand {
   // MARK: The plan
 
   static let packages = [
-    "qemu-system-x86", "qemu-utils", "e2fsprogs", "debootstrap", "iproute2", "iptables", "lvm2",
+    "qemu-system-x86", "qemu-utils", "e2fsprogs", "debootstrap", "iproute2", "iptables", "nftables",
+    "lvm2",
     "thin-provisioning-tools", "ca-certificates", "curl",
   ]
 
@@ -411,28 +412,54 @@ struct Init: AsyncParsableCommand {
   }
 }
 
-/// `atelier network setup|status`: the bridge and firewall (run at boot by the network unit).
+/// `atelier network setup|status`: the bridge and its firewall, or the user-mode egress filter
+/// (run at boot by the network unit; the manager sets them up at start too).
 struct Network: AsyncParsableCommand {
   static let configuration = CommandConfiguration(
-    abstract: "Set up the bridge and firewall rules for bridge networking.",
+    abstract: "Set up or show the bridge and firewall rules (bridge), or the egress filter (user).",
     subcommands: [Setup.self, Status.self])
 
   struct Setup: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-      abstract: "Create the bridge and rules (idempotent).")
+      abstract: "Create the bridge and rules, or the user-mode egress filter (idempotent).")
     func run() async throws {
       let config = try loadConfig()
-      try await BridgeSetup(config: config, runner: SystemCommandRunner()).apply()
-      print("bridge \(config.bridgeName) \(config.bridgeIp)/24 ready")
+      let runner = SystemCommandRunner()
+      switch config.network {
+      case .bridge:
+        try await BridgeSetup(config: config, runner: runner).apply()
+        print("bridge \(config.bridgeName) \(config.bridgeIp)/24 and its rules ready")
+      case .user:
+        guard let firewall = NetworkChecks.userModeFirewall(config, runner: runner) else {
+          throw CLIError(NetworkChecks.userModeUnfiltered(config))
+        }
+        try await firewall.apply()
+        print("user-mode egress filter \(UserModeFirewall.chain) ready")
+      }
     }
   }
 
   struct Status: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Show which parts are in place.")
+    static let configuration = CommandConfiguration(
+      abstract: "Show which parts are in place, and the rules of each chain.")
+    @Flag(help: "Only the summary, not the rules.") var brief = false
     func run() async throws {
       let config = try loadConfig()
-      let plan = await BridgeSetup(config: config, runner: SystemCommandRunner()).plan()
+      let runner = SystemCommandRunner()
+      let plan: [(description: String, done: Bool)]
+      switch config.network {
+      case .bridge: plan = await BridgeSetup(config: config, runner: runner).plan()
+      case .user:
+        guard let firewall = NetworkChecks.userModeFirewall(config, runner: runner) else {
+          print("MISS \(NetworkChecks.userModeUnfiltered(config))")
+          throw ExitCode(1)
+        }
+        plan = await firewall.plan()
+      }
       for step in plan { print("\(step.done ? "ok  " : "MISS") \(step.description)") }
+      if !brief {
+        for line in await NetworkChecks.ruleListing(config, runner: runner) { print(line) }
+      }
       if plan.contains(where: { !$0.done }) { throw ExitCode(1) }
     }
   }

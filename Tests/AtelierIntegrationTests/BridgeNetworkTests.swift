@@ -3,15 +3,16 @@ import AtelierProcess
 import Foundation
 import Testing
 
-/// A manager with bridge networking inside a network namespace this test creates (so the
-/// bridge, TAP devices and firewall rules exist only there, and guests reach nothing outside
-/// it). The test talks to the manager with `ip netns exec … curl`.
+/// A manager inside a network namespace this test creates, with bridge (or user-mode)
+/// networking: the bridge, TAP devices, firewall rules and every socket QEMU opens for a guest
+/// exist only there, and guests reach nothing outside it but the namespaces the test links to
+/// it (`TestInternet`). The test talks to the manager with `ip netns exec … curl`.
 final class NamespacedManager: @unchecked Sendable {
   let namespace: String
   let dataDirectory: String
   let port = 4300
   let bridgeIp = "172.31.0.1"
-  let bridge = "atlbr0"
+  let bridge = "atlnetbr0"
   let environment: [String: String]
   private(set) var pid: Int32 = 0
   private(set) var token = ""
@@ -19,12 +20,16 @@ final class NamespacedManager: @unchecked Sendable {
   static var canRun: Bool {
     getuid() == 0 && FileManager.default.fileExists(atPath: "/dev/net/tun")
       && FileManager.default.isExecutableFile(atPath: "/usr/sbin/iptables")
+      && FileManager.default.isExecutableFile(atPath: "/usr/sbin/nft")
       && FileManager.default.isExecutableFile(atPath: "/usr/bin/curl")
   }
 
-  init(allowedPort: Int) async throws {
+  init(
+    allowedPort: Int, network: String = "bridge", environment extra: [String: String] = [:],
+    beforeLaunch: (NamespacedManager) async throws -> Void = { _ in }
+  ) async throws {
     let shared = try await TestEnvironment.sharedImage.ensure()
-    namespace = "atl-\(Identifier.make(length: 6))"
+    namespace = "atlnet\(Identifier.make(length: 6))"
     dataDirectory = try TestEnvironment.temporaryDirectory("atl-br")
     try FileManager.default.createDirectory(
       atPath: "\(dataDirectory)/images", withIntermediateDirectories: true)
@@ -37,17 +42,24 @@ final class NamespacedManager: @unchecked Sendable {
     environment["ATELIER_SERVER_HOST"] = "0.0.0.0"  // so a guest could try to reach it
     environment["ATELIER_SERVER_PORT"] = String(port)
     environment["ATELIER_ACCEL"] = "tcg"
-    environment["ATELIER_NETWORK"] = "bridge"
+    environment["ATELIER_NETWORK"] = network
     environment["ATELIER_BRIDGE_NAME"] = bridge
     environment["ATELIER_BRIDGE_IP"] = bridgeIp
     environment["ATELIER_BRIDGE_ALLOWED_PORTS"] = String(allowedPort)
     // A host service for guests, on the namespace's loopback (reached only through tunnels).
     environment["ATELIER_GUEST_SERVICES"] = "7000=127.0.0.1:\(allowedPort + 2)"
     environment["ATELIER_LOG_LEVEL"] = "debug"
+    for (key, value) in extra { environment[key] = value }
     self.environment = environment
     try await run(["ip", "netns", "add", namespace])
-    try await inside(["ip", "link", "set", "lo", "up"])
-    try await launch()
+    do {
+      try await inside(["ip", "link", "set", "lo", "up"])
+      try await beforeLaunch(self)
+      try await launch()
+    } catch {
+      await tearDown()
+      throw error
+    }
   }
 
   @discardableResult
@@ -63,6 +75,16 @@ final class NamespacedManager: @unchecked Sendable {
   @discardableResult
   func inside(_ arguments: [String]) async throws -> RunResult {
     try await run(["ip", "netns", "exec", namespace] + arguments)
+  }
+
+  /// The `atelier` CLI in the namespace, configured as the manager is.
+  func cli(_ arguments: [String]) async throws -> RunResult {
+    try await ProcessRunner.run(
+      SpawnOptions(
+        executable: "/usr/sbin/ip",
+        arguments: ["netns", "exec", namespace, TestEnvironment.atelierBinary] + arguments,
+        environment: environment),
+      timeout: .seconds(120))
   }
 
   func launch() async throws {
@@ -141,16 +163,33 @@ final class NamespacedManager: @unchecked Sendable {
     return !result.stdout.isEmpty
   }
 
+  /// The command lines of the VM processes of this manager's sandboxes.
+  func vmCommandLines() -> [(pid: Int32, arguments: [String])] {
+    let prefix = "\(dataDirectory)/sandboxes/"
+    return ((try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []).compactMap {
+      guard let pid = Int32($0),
+        let data = FileManager.default.contents(atPath: "/proc/\(pid)/cmdline")
+      else { return nil }
+      let arguments = data.split(separator: 0).map { String(decoding: $0, as: UTF8.self) }
+      return arguments.contains { $0.contains(prefix) } ? (pid, arguments) : nil
+    }
+  }
+
+  /// The loopback port the agent of `id` is forwarded to (from its QEMU's `hostfwd`).
+  func agentPort(of id: String) -> Int? {
+    for (_, arguments) in vmCommandLines()
+    where arguments.contains(where: { $0.contains("/\(id)/") }) {
+      for argument in arguments where argument.contains("id=agent0") {
+        guard let range = argument.range(of: "hostfwd=tcp:127.0.0.1:") else { continue }
+        return Int(argument[range.upperBound...].prefix { $0.isNumber })
+      }
+    }
+    return nil
+  }
+
   func tearDown() async {
     await kill()
-    let prefix = "\(dataDirectory)/sandboxes/"
-    for pidText in (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? [] {
-      guard let pid = Int32(pidText),
-        let data = FileManager.default.contents(atPath: "/proc/\(pid)/cmdline"),
-        String(decoding: data, as: UTF8.self).contains(prefix)
-      else { continue }
-      Foundation.kill(pid, SIGKILL)
-    }
+    for (pid, _) in vmCommandLines() { Foundation.kill(pid, SIGKILL) }
     _ = try? await run(["ip", "netns", "del", namespace])
     try? FileManager.default.removeItem(atPath: dataDirectory)
   }

@@ -108,6 +108,7 @@ extension VMTests {
         #expect(started.json["status"] as? String == "running")
         let afterStart = try await manager.exec(id, ["command": "cat /root/file; hostname"])
         #expect(afterStart.json["stdout"] as? String == "kept\nsbx-\(id)\n")
+        manager.expectLeastPrivilege(count: 1)
         let ticking = try await eventually(.seconds(15)) {
           try await manager.request(.GET, "\(api)/services/ticker").json["status"] as? String
             == "running"
@@ -261,6 +262,7 @@ extension VMTests {
         }
         #expect(Set(restoredIds).count == 2)
         #expect(!restoredIds.contains(id))
+        manager.expectLeastPrivilege(count: 3)
         // Fresh entropy: the two restores do not produce the same random bytes.
         var randoms: [String] = []
         for restoredId in restoredIds {

@@ -222,7 +222,9 @@ extension VMTests {
         #expect(qemu.count == 1)
         let port = try #require(agentPort(ofQEMU: qemu[0]))
         #expect(isListening(port: port))
-        #expect(manager.files(in: "volumes") == ["sandbox-\(id).qcow2"])
+        // The overlay, and the manager's record of its backing file.
+        #expect(
+          manager.files(in: "volumes") == ["sandbox-\(id).qcow2", "sandbox-\(id).qcow2.backing"])
 
         let deleted = try await manager.request(.DELETE, "/api/sandboxes/\(id)")
         #expect(deleted.status == 204)
@@ -311,6 +313,8 @@ extension VMTests {
         let afterRestart = try await manager.exec(id, ["command": "cat /root/marker"])
         #expect(afterRestart.status == 200)
         #expect(afterRestart.json["stdout"] as? String == "kept\n")
+        // The adopted VM still runs as the VM user, under its seccomp filter.
+        manager.expectLeastPrivilege(count: 1)
 
         // SIGKILL the manager in the middle of a create: the next start removes what it made.
         let pending = Task {
@@ -324,13 +328,14 @@ extension VMTests {
         while manager.qemuProcesses().count < 2 && ContinuousClock.now < deadline {
           try await Task.sleep(for: .milliseconds(20))
         }
-        // (Two or three: QEMU's daemonizing parent may still be there.)
+        // (QEMU is not daemonized: exactly one process per VM.)
         #expect(manager.qemuProcesses().count >= 2)
         await manager.kill()
         _ = await pending.value
         try await manager.restart()
         #expect(manager.qemuProcesses().count == 1)
-        #expect(manager.files(in: "volumes") == ["sandbox-\(id).qcow2"])
+        #expect(
+          manager.files(in: "volumes") == ["sandbox-\(id).qcow2", "sandbox-\(id).qcow2.backing"])
         #expect(manager.files(in: "sandboxes") == [id])
         let list = try await manager.request(.GET, "/api/sandboxes")
         #expect(list.jsonArray.compactMap { $0["id"] as? String } == [id])

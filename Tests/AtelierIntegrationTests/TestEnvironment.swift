@@ -146,6 +146,10 @@ final class ManagerProcess: @unchecked Sendable {
     environment["ATELIER_SERVER_PORT"] = String(port)
     environment["ATELIER_ACCEL"] = "tcg"
     environment["ATELIER_LOG_LEVEL"] = "debug"
+    // This manager runs in the host's namespace: its guests get no outbound network (user-mode
+    // networking would turn their connections into this machine's). Tests that need one run
+    // their manager in a namespace of their own (NamespacedManager).
+    environment["ATELIER_GUEST_INTERNET"] = "false"
     for (key, value) in extra { environment[key] = value }
     let manager = ManagerProcess(dataDirectory: data, port: port, environment: environment)
     try await manager.launch()

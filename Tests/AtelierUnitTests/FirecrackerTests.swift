@@ -1,5 +1,6 @@
 import AsyncHTTPClient
 import AtelierAgentAPI
+import AtelierCore
 import AtelierProcess
 import Foundation
 import NIOCore
@@ -107,13 +108,13 @@ import Testing
     let server = try FakeFirecrackerAPI(
       socketPath: "\(dir)/api.sock", failures: ["PUT /boot-source": "Invalid kernel path"])
     defer { server.stop() }
-    let api = FirecrackerAPI(socketPath: "\(dir)/api.sock")
+    let api = FirecrackerClient(socketPath: "\(dir)/api.sock")
 
-    try await api.put("/vsock", FirecrackerVsock(guestCid: 3, udsPath: "/a/b.sock"))
+    try await api.putVsock(FirecrackerVsock(guestCid: 3, udsPath: "/a/b.sock"))
     #expect(try await api.version() == "1.16.0")
     let error = await #expect(throws: FirecrackerAPIError.self) {
-      try await api.put(
-        "/boot-source", FirecrackerBootSource(kernelImagePath: "/k", initrdPath: nil, bootArgs: ""))
+      try await api.putBootSource(
+        FirecrackerBootSource(kernelImagePath: "/k", initrdPath: nil, bootArgs: ""))
     }
     #expect(error?.status == 400)
     #expect(error?.faultMessage == "Invalid kernel path")
@@ -124,20 +125,50 @@ import Testing
         // No initrd: the field is left out, not sent as null.
         RecordedRequest("PUT", "/boot-source", #"{"kernel_image_path": "/k", "boot_args": ""}"#),
       ])
-    // The raw request: HTTP/1.1 with a Host and an exact Content-Length.
-    let head = server.rawHeads.first ?? ""
-    #expect(head.hasPrefix("PUT /vsock HTTP/1.1\r\n"))
-    #expect(head.contains("\r\nHost: localhost\r\n"))
-    #expect(head.contains("\r\nContent-Length: 38\r\n"))
+    // The raw request: HTTP/1.1, JSON with an exact length, one request per connection.
+    let head = (server.rawHeads.first ?? "").lowercased()
+    #expect(head.hasPrefix("put /vsock http/1.1\r\n"))
+    #expect(head.contains("\r\ncontent-length: 38\r\n"))
+    #expect(head.contains("\r\ncontent-type: application/json\r\n"))
+    #expect(head.contains("\r\nconnection: close\r\n"))
+  }
+
+  @Test func apiClientHasOneTypedCallPerEndpoint() async throws {
+    let dir = try temporaryDirectory()
+    defer { try? FileManager.default.removeItem(atPath: dir) }
+    let server = try FakeFirecrackerAPI(socketPath: "\(dir)/api.sock")
+    defer { server.stop() }
+    let api = FirecrackerClient(socketPath: "\(dir)/api.sock")
+    let info = try await api.describeInstance()
+    #expect(info.state == .running && info.id == "fake")
+    try await api.putMachineConfiguration(FirecrackerMachineConfig(vcpuCount: 1, memSizeMib: 128))
+    try await api.putDrive(
+      FirecrackerDrive(driveId: "d1", pathOnHost: "d1.img", isRootDevice: false, isReadOnly: true))
+    try await api.putNetworkInterface(
+      FirecrackerNetworkInterface(ifaceId: "eth0", hostDevName: "tap0", guestMac: nil))
+    try await api.createSyncAction(FirecrackerAction(actionType: .instanceStart))
+    try await api.patchVm(FirecrackerVMState(state: .paused))
+    try await api.createSnapshot(
+      FirecrackerSnapshotCreate(snapshotType: .full, snapshotPath: "/s", memFilePath: "/m"),
+      timeout: .seconds(5))
+    #expect(
+      server.requests.map { "\($0.method) \($0.path)" } == [
+        "GET /", "PUT /machine-config", "PUT /drives/d1", "PUT /network-interfaces/eth0",
+        "PUT /actions", "PATCH /vm", "PUT /snapshot/create",
+      ])
+    #expect(
+      server.requests[3].body
+        == canonicalJSON(Data(#"{"iface_id":"eth0","host_dev_name":"tap0"}"#.utf8)))
   }
 
   @Test func apiClientReportsAMissingSocket() async throws {
-    let api = FirecrackerAPI(socketPath: "/tmp/atelier-fc-missing-\(UUID().uuidString.prefix(8))")
+    let api = FirecrackerClient(
+      socketPath: "/tmp/atelier-fc-missing-\(UUID().uuidString.prefix(8))")
     let error = await #expect(throws: FirecrackerAPIError.self) {
-      try await api.send(.GET, "/")
+      _ = try await api.describeInstance()
     }
     #expect(error?.status == nil)
-    #expect(error?.faultMessage.contains("cannot connect") == true)
+    #expect(error?.faultMessage.contains("no answer on /tmp/atelier-fc-missing-") == true)
   }
 
   // MARK: Configuration and lifecycle bodies
@@ -151,7 +182,7 @@ import Testing
     let spec = spec(runtimeDirectory: "\(dir)/sandboxes/abcdefghijkl")
     try await vmm.configure(
       spec, tap: try FirecrackerVMM.tapDevice(spec),
-      api: FirecrackerAPI(socketPath: "\(dir)/api.sock"))
+      api: FirecrackerClient(socketPath: "\(dir)/api.sock"))
     #expect(server.requests == expectedBootRequests(vmm, spec))
   }
 
@@ -164,7 +195,7 @@ import Testing
     let handle = VMHandle(sandboxId: "abcdefghijkl", pid: 1, runtimeDirectory: dir)
 
     try await vmm.pause(handle)
-    try await vmm.saveState(handle, to: "/data/snapshots/s1/memory")
+    let saved = try await vmm.saveState(handle, into: "/data/snapshots/s1")
     try await vmm.resume(handle)
     #expect(
       server.requests == [
@@ -172,12 +203,17 @@ import Testing
         RecordedRequest(
           "PUT", "/snapshot/create",
           """
-          {"snapshot_type": "Full", "snapshot_path": "/data/snapshots/s1/memory.vmstate",
+          {"snapshot_type": "Full", "snapshot_path": "/data/snapshots/s1/devices.state",
            "mem_file_path": "/data/snapshots/s1/memory"}
           """),
         RecordedRequest("PATCH", "/vm", #"{"state": "Resumed"}"#),
       ])
-    #expect(FirecrackerVMM.stateFile(forMemory: "/m") == "/m.vmstate")
+    // The same shape as QEMU's: a memory file restores map, and the device state.
+    #expect(
+      saved
+        == SavedVMState(
+          format: .firecracker, memoryPath: "/data/snapshots/s1/memory",
+          devicesPath: "/data/snapshots/s1/devices.state"))
   }
 
   @Test func snapshotLoadOverridesTheTapAndLeavesTheVMPaused() async throws {
@@ -186,8 +222,9 @@ import Testing
     let server = try FakeFirecrackerAPI(socketPath: "\(dir)/api.sock")
     defer { server.stop() }
     try await vmm(dir).loadSnapshot(
-      statePath: "/data/snapshots/s1/memory", tap: (device: "tap-newone", mac: "06:00:0a:00:09:07"),
-      api: FirecrackerAPI(socketPath: "\(dir)/api.sock"))
+      memory: "/data/snapshots/s1/memory", devices: "/data/snapshots/s1/devices.state",
+      tap: (device: "tap-newone", mac: "06:00:0a:00:09:07"),
+      api: FirecrackerClient(socketPath: "\(dir)/api.sock"))
     // No vsock_override: the snapshot's relative `vsock.sock` resolves in the new process's
     // own directory (and Firecracker before 1.16 rejects the field).
     #expect(
@@ -195,7 +232,7 @@ import Testing
         RecordedRequest(
           "PUT", "/snapshot/load",
           """
-          {"snapshot_path": "/data/snapshots/s1/memory.vmstate",
+          {"snapshot_path": "/data/snapshots/s1/devices.state",
            "mem_backend": {"backend_path": "/data/snapshots/s1/memory", "backend_type": "File"},
            "resume_vm": false,
            "network_overrides": [{"iface_id": "eth0", "host_dev_name": "tap-newone"}]}
@@ -228,7 +265,8 @@ import Testing
     #expect(network?.message.contains("TAP") == true)
     let qcow2 = spec(runtimeDirectory: "\(dir)/r", disk: DiskAttachment(path: "/d", format: .qcow2))
     let disk = await #expect(throws: VMMError.self) {
-      _ = try await vmm.restore(qcow2, statePath: "/s")
+      _ = try await vmm.restore(
+        qcow2, from: SavedVMState(format: .firecracker, memoryPath: "/m", devicesPath: "/s"))
     }
     #expect(disk?.message.contains("raw") == true)
     // Refused before anything was started or created.
@@ -330,7 +368,11 @@ import Testing
     spec.sandboxId = "restoredone1"
     let serving = serveAPIWhenLaunched(runtimeDirectory: runtime)
 
-    let handle = try await vmm.restore(spec, statePath: "/data/snapshots/s1/memory")
+    let handle = try await vmm.restore(
+      spec,
+      from: SavedVMState(
+        format: .firecracker, memoryPath: "/data/snapshots/s1/memory",
+        devicesPath: "/data/snapshots/s1/devices.state"))
     let server = try await serving.value
     defer { server.stop() }
     #expect(server.requests.map(\.path) == ["/snapshot/load"])
@@ -464,7 +506,7 @@ import Testing
     try Data("stale".utf8).write(to: URL(fileURLWithPath: "\(root)/snapshot.mem"))
     try FileManager.default.createDirectory(
       atPath: "\(dir)/snap", withIntermediateDirectories: true)
-    try await vmm.saveState(handle, to: "\(dir)/snap/memory")
+    let saved = try await vmm.saveState(handle, into: "\(dir)/snap")
     #expect(
       server.requests.last
         == RecordedRequest(
@@ -473,19 +515,21 @@ import Testing
         ))
     #expect(FileManager.default.contents(atPath: "\(dir)/snap/memory") == Data("memory".utf8))
     #expect(
-      FileManager.default.contents(atPath: "\(dir)/snap/memory.vmstate") == Data("state".utf8))
+      FileManager.default.contents(atPath: "\(dir)/snap/devices.state") == Data("state".utf8))
     #expect(!FileManager.default.fileExists(atPath: "\(root)/snapshot.mem"))
     // Out of the jail, the snapshot is root's and read-only.
-    var saved = stat()
-    #expect(stat("\(dir)/snap/memory", &saved) == 0)
-    #expect(saved.st_uid == 0 && saved.st_mode & 0o777 == 0o444)
+    var savedInfo = stat()
+    #expect(stat("\(dir)/snap/memory", &savedInfo) == 0)
+    #expect(savedInfo.st_uid == 0 && savedInfo.st_mode & 0o777 == 0o444)
 
     // A jailed process cannot hand back a link to a host file as its snapshot.
     snapshotKind.withLock { $0 = "symlink" }
+    try FileManager.default.createDirectory(
+      atPath: "\(dir)/evil", withIntermediateDirectories: true)
     await #expect(throws: VMMError.self) {
-      try await vmm.saveState(handle, to: "\(dir)/snap/evil")
+      _ = try await vmm.saveState(handle, into: "\(dir)/evil")
     }
-    #expect(!FileManager.default.fileExists(atPath: "\(dir)/snap/evil"))
+    #expect(!FileManager.default.fileExists(atPath: "\(dir)/evil/memory"))
     var hostFile = stat()
     #expect(stat("\(dir)/host-file", &hostFile) == 0 && hostFile.st_mode & 0o777 != 0o444)
     #expect(try String(contentsOfFile: "\(dir)/host-file", encoding: .utf8) == "secret\n")
@@ -501,13 +545,13 @@ import Testing
     let restoreServing = serveAPIWhenLaunched(
       runtimeDirectory: restored.runtimeDirectory,
       workDirectory: vmm.workDirectory(restored.runtimeDirectory))
-    let restoredHandle = try await vmm.restore(restored, statePath: "\(dir)/snap/memory")
+    let restoredHandle = try await vmm.restore(restored, from: saved)
     let restoreServer = try await restoreServing.value
     defer { restoreServer.stop() }
     let newRoot = "\(restored.runtimeDirectory)/jail/fake-firecracker/restoredxyz1/root"
     #expect(inode("\(newRoot)/restored.mem").ino == inode("\(dir)/snap/memory").ino)
     #expect(
-      inode("\(newRoot)/restored.mem.vmstate").ino == inode("\(dir)/snap/memory.vmstate").ino)
+      inode("\(newRoot)/restored.mem.vmstate").ino == inode("\(dir)/snap/devices.state").ino)
     let load = try #require(restoreServer.requests.first { $0.path == "/snapshot/load" })
     let loadBody = try jsonObject(load.body)
     #expect(loadBody["snapshot_path"] as? String == "/restored.mem.vmstate")
@@ -551,6 +595,7 @@ import Testing
   struct OneLease: AddressLeases {
     func lease(sandboxId: String, range: ClosedRange<Int>) async throws -> Int { 12 }
     func releaseLease(sandboxId: String) async {}
+    func leaseHolders() async -> [String] { [] }
   }
 
   @Test func jailedVMsGetTapsTheJailedUserMayOpenAndTheAgentOnVsock() async throws {
@@ -559,13 +604,15 @@ import Testing
     let network = BridgeNetwork(
       bridge: "br0", bridgeIp: "172.16.0.1", guestIpStart: 10, dns: "172.16.0.1",
       leases: OneLease(), agentAccess: .vsock, tapOwner: (4242, 4343), runner: runner)
-    let attachment = try await network.attach(sandboxId: "abcdefghijkl")
+    let attachment = try await network.attach(
+      sandboxId: "abcdefghijkl", policy: NetworkPolicy(internet: true))
     #expect(
       runner.lines(of: "ip", "bridge") == [
         "ip link show dev tap-abcdefgh",
         "ip tuntap add dev tap-abcdefgh mode tap user 4242 group 4343",
         "ip link set dev tap-abcdefgh master br0",
-        "bridge link set dev tap-abcdefgh isolated on",
+        "bridge link set dev tap-abcdefgh isolated on learning off flood off",
+        "bridge fdb replace 06:00:ac:10:00:0c dev tap-abcdefgh master static",
         "ip link set dev tap-abcdefgh up",
       ])
     #expect(attachment.guestIPv4 == "172.16.0.12")
@@ -741,16 +788,17 @@ import Testing
     #expect(uname.exitCode == 0)
 
     try await vmm.pause(handle)
-    let memory = "\(dir)/memory"
-    try await vmm.saveState(handle, to: memory)
-    #expect(FileManager.default.fileExists(atPath: FirecrackerVMM.stateFile(forMemory: memory)))
+    try FileManager.default.createDirectory(
+      atPath: "\(dir)/snap", withIntermediateDirectories: true)
+    let saved = try await vmm.saveState(handle, into: "\(dir)/snap")
+    #expect(FileManager.default.fileExists(atPath: saved.devicesPath))
     try await vmm.resume(handle)
     try await agent(original).waitUntilReady(
       sandboxId: original.sandboxId, timeout: .seconds(10), stillBooting: { vmm.isRunning(handle) })
 
     // Restored next to the still running original: its own disk, TAP and vsock socket.
     let copy = try await makeSpec("fcrestored01", tap: taps[1])
-    let restored = try await vmm.restore(copy, statePath: memory)
+    let restored = try await vmm.restore(copy, from: saved)
     started(restored)
     try await vmm.resume(restored)
     try await agent(copy).waitUntilReady(
@@ -937,6 +985,12 @@ final class FakeFirecrackerAPI: Sendable {
           decoding: try! JSONEncoder().encode(FirecrackerFault(faultMessage: fault)), as: UTF8.self)
         answer =
           "HTTP/1.1 400 \r\nServer: Firecracker API\r\nConnection: keep-alive\r\n"
+          + "Content-Type: application/json\r\nContent-Length: \(json.utf8.count)\r\n\r\n\(json)"
+      } else if parts[0] == "GET" && parts[1] == "/" {
+        let json =
+          #"{"app_name":"Firecracker","id":"fake","state":"Running","vmm_version":"1.16.0"}"#
+        answer =
+          "HTTP/1.1 200 \r\nServer: Firecracker API\r\nConnection: keep-alive\r\n"
           + "Content-Type: application/json\r\nContent-Length: \(json.utf8.count)\r\n\r\n\(json)"
       } else if parts[0] == "GET" && parts[1] == "/version" {
         let json = #"{"firecracker_version":"1.16.0"}"#

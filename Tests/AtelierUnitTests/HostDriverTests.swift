@@ -1,4 +1,5 @@
 import AsyncHTTPClient
+import AtelierCore
 import AtelierProcess
 import Foundation
 import Testing
@@ -137,8 +138,7 @@ import Testing
 
   @Test func qemuCommandLineCarriesTheSpec() {
     let vmm = QEMUMicroVM(
-      binary: "qemu-system-x86_64", acceleration: .tcg, sandboxesDirectory: "/data/sandboxes",
-      runner: SystemCommandRunner())
+      binary: "qemu-system-x86_64", acceleration: .tcg, sandboxesDirectory: "/data/sandboxes")
     let spec = VMSpec(
       sandboxId: "abcdefabcdef", runtimeDirectory: "/data/sandboxes/abcdefabcdef",
       kernelPath: "/k/vmlinuz", initrdPath: "/k/initrd.img",
@@ -158,22 +158,67 @@ import Testing
     }
     #expect(value(after: "-m") == "512")
     #expect(value(after: "-smp") == "2")
-    #expect(value(after: "-accel") == "tcg")
+    #expect(value(after: "-accel") == "tcg,tb-size=\(QEMUMicroVM.defaultTranslationCacheMb)")
     #expect(value(after: "-pidfile") == "/data/sandboxes/abcdefabcdef/qemu.pid")
+    // Its RAM is a file of its own, mapped shared (what a snapshot copies).
+    #expect(
+      value(after: "-object")
+        == "memory-backend-file,id=mem,size=512M,mem-path=/data/sandboxes/abcdefabcdef/memory,share=on"
+    )
+    #expect(value(after: "-machine")?.hasSuffix(",memory-backend=mem") == true)
+    // The console goes to the relay's FIFO, never straight to a file.
+    #expect(
+      value(after: "-chardev") == "file,id=console,path=/data/sandboxes/abcdefabcdef/console.pipe")
     #expect(value(after: "-netdev")?.contains("hostfwd=tcp:127.0.0.1:40000-10.0.2.15:9998") == true)
     #expect(value(after: "-drive")?.contains("format=qcow2") == true)
     let append = value(after: "-append") ?? ""
     #expect(append.contains("atelier.id=abcdefabcdef"))
     #expect(append.contains("console=ttyS0"))
     if let khz = HostInfo.tscKHz() { #expect(append.contains("tsc_early_khz=\(khz)")) }
-    #expect(arguments.contains("-daemonize"))
+    // Not daemonized (seccomp's spawn=deny forbids the fork), and under the seccomp filter.
+    #expect(!arguments.contains("-daemonize"))
+    #expect(!arguments.contains("-runas"))
+    #expect(
+      value(after: "-sandbox")
+        == "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny")
+    #expect(!arguments.contains("-incoming"))
+  }
+
+  @Test func qemuRestoresMapTheSnapshotPrivatelyAndWaitPaused() {
+    let vmm = QEMUMicroVM(
+      binary: "qemu-system-x86_64", acceleration: .tcg, sandboxesDirectory: "/data/sandboxes")
+    let spec = VMSpec(
+      sandboxId: "abcdefabcdef", runtimeDirectory: "/data/sandboxes/abcdefabcdef",
+      kernelPath: "/k/vmlinuz", initrdPath: "/k/initrd.img", kernelArguments: [],
+      disk: DiskAttachment(path: "/d.qcow2", format: .qcow2), vcpus: 1, memoryMb: 256,
+      network: NetworkAttachment(
+        backend: .tap(device: "tap-x", mac: "06:00:0a:00:00:02"), guestIPv4: "10.0.0.2",
+        prefixLength: 24, gateway: "10.0.0.1", dns: "10.0.0.1",
+        agent: .vsock(cid: 77, port: 9998), agentChannel: .vsock(port: 9998)))
+    for format in [SavedVMState.Format.qemuMemoryFile, .qemuMemoryFileDevices] {
+      let arguments = vmm.arguments(
+        for: spec, memory: .privateMapping(base: "/data/snapshots/s/memory"), incoming: format)
+      #expect(
+        arguments.contains(
+          "memory-backend-file,id=mem,size=256M,mem-path=/data/sandboxes/abcdefabcdef/memory.base,share=off"
+        ))
+      #expect(arguments.contains("-incoming") && arguments.contains("-S"))
+      // Device state saved without RAM carries no configuration section.
+      #expect(
+        arguments.contains("migration.send-configuration=off")
+          == (format == .qemuMemoryFileDevices))
+      // The TAP and vhost-vsock come as descriptors 3 and 4 (QEMU's user cannot open them).
+      #expect(arguments.contains("tap,id=net0,fd=3"))
+      #expect(arguments.contains("vhost-vsock-device,id=vsock0,guest-cid=77,vhostfd=4"))
+    }
   }
 
   @Test func qemuGuestsGetAVsockDeviceWhenTheAgentIsOnVsock() async throws {
     let vmm = QEMUMicroVM(
       binary: "qemu-system-x86_64", acceleration: .tcg, sandboxesDirectory: "/data/sandboxes",
-      vhostVsock: true, runner: SystemCommandRunner())
-    let network = try await UserModeNetwork(agentOverVsock: true).attach(sandboxId: "abcdefabcdef")
+      vhostVsock: true)
+    let network = try await UserModeNetwork(agentOverVsock: true).attach(
+      sandboxId: "abcdefabcdef", policy: NetworkPolicy(internet: true))
     #expect(network.agentChannel == .vsock(port: 9998))
     #expect(network.backend == .userMode(forwards: []))
     let endpoint = try vmm.vsockEndpoint(port: 9998, runtimeDirectory: "/data/sandboxes/x")
@@ -195,7 +240,7 @@ import Testing
       disk: DiskAttachment(path: "/d.qcow2", format: .qcow2), vcpus: 1, memoryMb: 256,
       network: attached)
     let arguments = vmm.arguments(for: spec)
-    #expect(arguments.contains("vhost-vsock-device,id=vsock0,guest-cid=\(cid)"))
+    #expect(arguments.contains("vhost-vsock-device,id=vsock0,guest-cid=\(cid),vhostfd=3"))
     #expect(QEMUMicroVM.guestCID(in: arguments) == cid)
     #expect(!arguments.contains { $0.contains("hostfwd=") })
     // The agent listens on loopback only and relays vsock port 9998 to it.
@@ -205,8 +250,7 @@ import Testing
 
     // Without vhost-vsock there is no vsock to hand out.
     let plain = QEMUMicroVM(
-      binary: "qemu-system-x86_64", acceleration: .tcg, sandboxesDirectory: "/data/sandboxes",
-      runner: SystemCommandRunner())
+      binary: "qemu-system-x86_64", acceleration: .tcg, sandboxesDirectory: "/data/sandboxes")
     #expect(throws: VMMError.self) {
       try plain.vsockEndpoint(port: 9998, runtimeDirectory: "/data/sandboxes/x")
     }
@@ -215,7 +259,8 @@ import Testing
   @Test func userModeAgentsAreOnAPrivateRestrictedNICNotOnEth0() async throws {
     let ports = LoopbackPortAllocator()
     let network = UserModeNetwork(ports: ports)
-    let attachment = try await network.attach(sandboxId: "abcdefabcdef")
+    let attachment = try await network.attach(
+      sandboxId: "abcdefabcdef", policy: NetworkPolicy(internet: true))
     #expect(attachment.backend == .userMode(forwards: []))
     guard case .privateInterface(let forward, let address, 24) = attachment.agentChannel,
       case .tcp("127.0.0.1", let port) = attachment.agent
@@ -228,8 +273,7 @@ import Testing
     #expect(parameters.listen == "10.0.3.15")
     #expect(parameters.agentInterface == "eth1:10.0.3.15/24")
     let vmm = QEMUMicroVM(
-      binary: "qemu-system-x86_64", acceleration: .tcg, sandboxesDirectory: "/data/sandboxes",
-      runner: SystemCommandRunner())
+      binary: "qemu-system-x86_64", acceleration: .tcg, sandboxesDirectory: "/data/sandboxes")
     let arguments = vmm.arguments(
       for: VMSpec(
         sandboxId: "abcdefabcdef", runtimeDirectory: "/data/sandboxes/abcdefabcdef",

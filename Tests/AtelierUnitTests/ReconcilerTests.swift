@@ -44,7 +44,8 @@ import Testing
       minimumSizeBytes: 0)
     try FileManager.default.createDirectory(
       atPath: "\(host.config.sandboxesDir)/\(orphan)", withIntermediateDirectories: true)
-    let network = try await host.network.attach(sandboxId: orphan)
+    let network = try await host.network.attach(
+      sandboxId: orphan, policy: NetworkPolicy(internet: true))
     _ = try await host.vmm.boot(
       VMSpec(
         sandboxId: orphan, runtimeDirectory: "\(host.config.sandboxesDir)/\(orphan)",
@@ -103,7 +104,7 @@ import Testing
     let host = try FakeHost()
     defer { Task { await host.tearDown() } }
     let row = try await host.service.reserve(
-      image: "tiny", vcpus: 1, memoryMb: 256, policy: try SandboxPolicy(CreateSandboxRequest()),
+      image: "tiny", vcpus: 1, memoryMb: 256, terms: try SandboxPolicy(CreateSandboxRequest()),
       snapshotId: nil,
       runtime: SandboxRuntime())
     _ = try await host.volumes.clone(

@@ -60,6 +60,7 @@ public struct HostTools: Sendable, Equatable {
     "apt-get": "apt", "apt-cache": "apt", "dpkg-deb": "dpkg",
     "qemu-system-x86_64": "qemu-system-x86", "qemu-img": "qemu-utils",
     "ip": "iproute2", "bridge": "iproute2", "iptables": "iptables",
+    "iptables-restore": "iptables", "ip6tables": "iptables", "nft": "nftables",
     "lvcreate": "lvm2", "lvremove": "lvm2", "lvextend": "lvm2", "lvchange": "lvm2", "lvs": "lvm2",
     "vgcreate": "lvm2", "vgchange": "lvm2", "vgs": "lvm2", "pvcreate": "lvm2", "pvs": "lvm2",
     "thin_check": "thin-provisioning-tools", "losetup": "mount", "truncate": "coreutils",

@@ -95,7 +95,11 @@ public enum RequiredTools {
           ]))
     }
     if config.network == .bridge {
-      groups.append(Group(name: "bridge", tools: ["ip", "bridge", "iptables"]))
+      groups.append(
+        Group(name: "bridge", tools: ["ip", "bridge", "iptables", "iptables-restore", "nft"]))
+    } else if root {
+      // A root manager filters user-mode guests' egress by the VM user's uid.
+      groups.append(Group(name: "user-mode egress", tools: ["iptables", "ip6tables"]))
     }
     return groups
   }

@@ -1,20 +1,27 @@
 import AtelierAgentAPI
+import AtelierCore
 import Foundation
 import Logging
 
 /// Each sandbox on a host bridge through its own TAP device, with an address from the
 /// bridge's /24 leased in the database. Sandboxes cannot reach each other: every TAP is an
-/// isolated bridge port (this holds whether or not `br_netfilter` is loaded). The agent is not
-/// on this network at all: it has a private channel (a second, restricted user-mode NIC, or
-/// vsock).
+/// isolated bridge port (this holds whether or not `br_netfilter` is loaded), learns nothing
+/// and is flooded nothing (the bridge knows each guest's MAC from a static entry, so frames for
+/// one guest never reach another). Each TAP has its firewall rules (`SandboxFirewall`:
+/// anti-spoofing and the sandbox's egress policy), made with it and removed with it. The
+/// agent is not on this network at all: it has a private channel (a second, restricted
+/// user-mode NIC, or vsock).
 public struct BridgeNetwork: NetworkProvider {
   public enum AgentAccess: Sendable { case privateInterface, vsock }
 
   public let name = "bridge"
+  public var enforcesDestinationLists: Bool { true }
   let bridge: String
   let bridgeIp: String
   let guestIpStart: Int
   let dns: String
+  /// `ATELIER_EGRESS_DENY`, on top of each sandbox's own deny list.
+  let defaultDeny: [String]
   let leases: any AddressLeases
   let ports: LoopbackPortAllocator
   let agentAccess: AgentAccess
@@ -27,7 +34,8 @@ public struct BridgeNetwork: NetworkProvider {
   static let agentAddress = "10.0.3.15"
 
   public init(
-    bridge: String, bridgeIp: String, guestIpStart: Int, dns: String, leases: any AddressLeases,
+    bridge: String, bridgeIp: String, guestIpStart: Int, dns: String,
+    defaultDeny: [String] = EgressDefaults.deny, leases: any AddressLeases,
     agentAccess: AgentAccess = .privateInterface, tapOwner: (uid: UInt32, gid: UInt32)? = nil,
     ports: LoopbackPortAllocator = LoopbackPortAllocator(),
     runner: any CommandRunning, logger: Logger = Logger(label: "atelier.network.bridge")
@@ -36,6 +44,7 @@ public struct BridgeNetwork: NetworkProvider {
     self.bridgeIp = bridgeIp
     self.guestIpStart = guestIpStart
     self.dns = dns
+    self.defaultDeny = defaultDeny
     self.leases = leases
     self.agentAccess = agentAccess
     self.tapOwner = tapOwner
@@ -55,21 +64,30 @@ public struct BridgeNetwork: NetworkProvider {
     return (["06", "00"] + octets.map { String(format: "%02x", $0) }).joined(separator: ":")
   }
 
-  public func attach(sandboxId: String) async throws -> NetworkAttachment {
+  public func attach(sandboxId: String, policy: NetworkPolicy) async throws -> NetworkAttachment {
     let bridgeHost = Int(bridgeIp.split(separator: ".").last ?? "1") ?? 1
     let octet = try await leases.lease(sandboxId: sandboxId, range: guestIpStart...254)
     guard octet != bridgeHost else { throw NetworkError("lease collides with the bridge address") }
     let address = "\(subnet).\(octet)"
     let tap = Self.tapName(sandboxId)
     let mac = Self.mac(for: address)
-    try await createTap(tap)
+    try await createTap(tap, mac: mac)
+    do {
+      try await SandboxFirewall(
+        sandboxId: sandboxId, tap: tap, mac: mac, address: address, dns: dns, policy: policy,
+        defaultDeny: defaultDeny
+      ).install(runner)
+    } catch {
+      await removeTap(tap, sandboxId: sandboxId)
+      throw NetworkError("cannot set up the firewall of \(tap): \(error)")
+    }
     var agent: AgentEndpoint
     var channel: NetworkAttachment.AgentChannel
     switch agentAccess {
     case .privateInterface:
       let port: Int
       do { port = try ports.reserve() } catch {
-        await removeTap(tap)
+        await removeTap(tap, sandboxId: sandboxId)
         throw error
       }
       let forward = NetworkAttachment.PortForward(
@@ -87,11 +105,11 @@ public struct BridgeNetwork: NetworkProvider {
       dns: dns, agent: agent, agentChannel: channel)
   }
 
-  func createTap(_ tap: String) async throws {
+  func createTap(_ tap: String, mac: String) async throws {
     var exists = await runner.probe(Command("ip", ["link", "show", "dev", tap])).exitCode == 0
     if exists && tapOwner != nil {
       // A leftover may belong to root: the jailed user could not open it.
-      await removeTap(tap)
+      _ = await runner.probe(Command("ip", ["link", "del", "dev", tap]))
       exists = false
     }
     do {
@@ -102,20 +120,30 @@ public struct BridgeNetwork: NetworkProvider {
       }
       try await runner.run("ip", "link", "set", "dev", tap, "master", bridge)
       // Isolated ports reach only non-isolated ones (the host): no sandbox-to-sandbox traffic.
-      try await runner.run("bridge", "link", "set", "dev", tap, "isolated", "on")
+      // No learning and no flooding of unknown unicast: the bridge sends this TAP only frames
+      // for its own MAC (the static entry), never another guest's.
+      try await runner.run(
+        "bridge", "link", "set", "dev", tap, "isolated", "on", "learning", "off", "flood", "off")
+      try await runner.run(
+        "bridge", "fdb", "replace", mac, "dev", tap, "master", "static")
       try await runner.run("ip", "link", "set", "dev", tap, "up")
     } catch {
-      await removeTap(tap)
+      _ = await runner.probe(Command("ip", ["link", "del", "dev", tap]))
       throw NetworkError("cannot set up \(tap) on \(bridge): \(error)")
     }
   }
 
-  func removeTap(_ tap: String) async {
+  /// The TAP and the sandbox's firewall rules, whichever exist.
+  func removeTap(_ tap: String, sandboxId: String) async {
     _ = await runner.probe(Command("ip", ["link", "del", "dev", tap]))
+    await SandboxFirewall.removeAntiSpoofing(tap: tap, runner)
+    await SandboxFirewall.removeEgress(sandboxId: sandboxId, runner)
   }
 
   public func release(sandboxId: String, attachment: NetworkAttachment) async {
-    if case .tap(let device, _) = attachment.backend { await removeTap(device) }
+    if case .tap(let device, _) = attachment.backend {
+      await removeTap(device, sandboxId: sandboxId)
+    }
     if case .privateInterface(let forward, _, _) = attachment.agentChannel {
       ports.release(forward.hostPort)
     }
@@ -129,5 +157,38 @@ public struct BridgeNetwork: NetworkProvider {
 
   public func forget(sandboxId: String) async {
     await leases.releaseLease(sandboxId: sandboxId)
+  }
+
+  /// TAPs, firewall rules and leases of sandboxes the manager no longer knows (a create or
+  /// restore that died with the manager, a release that failed half-way).
+  public func removeOrphans(inUse: @Sendable (String) async -> Bool) async -> [String] {
+    var removed: [String] = []
+    let links = await runner.probe(Command("ip", ["-o", "link", "show"])).stdout
+    var taps = Set(
+      links.split(separator: "\n").compactMap { line -> String? in
+        let fields = line.split(separator: " ")
+        guard fields.count > 1 else { return nil }
+        let name = fields[1].split(separator: ":").first.map(String.init) ?? ""
+        let device = name.split(separator: "@").first.map(String.init) ?? name
+        return device.hasPrefix("tap-") ? device : nil
+      })
+    taps.formUnion(await SandboxFirewall.antiSpoofedTaps(runner))
+    for tap in taps.sorted() where !(await inUse(String(tap.dropFirst("tap-".count)))) {
+      _ = await runner.probe(Command("ip", ["link", "del", "dev", tap]))
+      await SandboxFirewall.removeAntiSpoofing(tap: tap, runner)
+      removed.append(tap)
+    }
+    for id in await SandboxFirewall.egressChains(runner) where !(await inUse(id)) {
+      await SandboxFirewall.removeEgress(sandboxId: id, runner)
+      removed.append(SandboxFirewall.chain(id))
+    }
+    for id in await leases.leaseHolders() where !(await inUse(id)) {
+      await leases.releaseLease(sandboxId: id)
+      removed.append("lease of \(id)")
+    }
+    if !removed.isEmpty {
+      logger.info("removed network leftovers: \(removed.joined(separator: ", "))")
+    }
+    return removed
   }
 }

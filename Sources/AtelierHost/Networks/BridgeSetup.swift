@@ -3,8 +3,11 @@ import Foundation
 import Logging
 
 /// The host side of bridge networking, idempotent (the manager runs it at start, `atelier init`
-/// and the network unit at boot): the bridge and its address, forwarding, NAT out, and the
-/// INPUT policy that lets guests reach only the host ports meant for them.
+/// and the network unit at boot): the bridge and its address, forwarding, NAT out, the INPUT
+/// policy that lets guests reach only the host ports meant for them, the FORWARD policy (no
+/// guest-to-guest, no link-local, egress per sandbox), and the nftables bridge table whose
+/// per-TAP chains (`SandboxFirewall`) stop spoofing. Setting it up again never touches the
+/// rules of running sandboxes.
 public struct BridgeSetup: Sendable {
   let bridge: String
   let bridgeIp: String
@@ -14,6 +17,9 @@ public struct BridgeSetup: Sendable {
 
   static let inputChain = "ATELIER-INPUT"
   static let forwardChain = "ATELIER-FORWARD"
+  /// Link-local: cloud metadata (169.254.169.254) above all. Dropped for every guest, even
+  /// one whose `allow` covers it.
+  static let linkLocal = "169.254.0.0/16"
 
   public init(
     bridge: String, bridgeIp: String, allowedPorts: [Int], runner: any CommandRunning,
@@ -35,7 +41,8 @@ public struct BridgeSetup: Sendable {
 
   var subnet: String { bridgeIp.split(separator: ".").prefix(3).joined(separator: ".") + ".0/24" }
 
-  /// The rules of the two chains, in order (the chains are rebuilt from these).
+  /// What guests may do to the host itself: answers to what the host opened, ping, DNS and the
+  /// allowed ports; nothing else (the manager API, SSH, other sandboxes' agent forwards).
   var inputRules: [[String]] {
     var rules: [[String]] = [
       ["-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT"],
@@ -54,10 +61,38 @@ public struct BridgeSetup: Sendable {
     [
       // No sandbox-to-sandbox traffic through the host either (when br_netfilter is loaded).
       ["-i", bridge, "-o", bridge, "-j", "DROP"],
-      ["-i", bridge, "-j", "ACCEPT"],
+      ["-i", bridge, "-d", Self.linkLocal, "-j", "DROP"],
+      // Each sandbox's own policy, by source address; an address with none sends nothing.
+      ["-i", bridge, "-j", SandboxFirewall.egressChain],
       ["-o", bridge, "-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT"],
       ["-o", bridge, "-j", "DROP"],
     ]
+  }
+
+  var input: IptablesChain {
+    IptablesChain(
+      name: Self.inputChain, rules: inputRules, jumpFrom: "INPUT", match: ["-i", bridge])
+  }
+  var forward: IptablesChain {
+    IptablesChain(name: Self.forwardChain, rules: forwardRules, jumpFrom: "FORWARD", match: [])
+  }
+
+  /// The bridge table: frames from any TAP go through the TAP's own chain (a map from the
+  /// interface to its chain), and a TAP with none is dropped. At the prerouting hook, so a
+  /// spoofed frame is dropped before the bridge learns its source MAC.
+  var bridgeTableScript: String {
+    let table = "bridge \(SandboxFirewall.table)"
+    return [
+      "add table \(table)",
+      "add map \(table) \(SandboxFirewall.tapMap) { type ifname : verdict; }",
+      "add chain \(table) prerouting { type filter hook prerouting priority -300; policy accept; }",
+      "flush chain \(table) prerouting",
+      "add chain \(table) from-taps",
+      "flush chain \(table) from-taps",
+      "add rule \(table) prerouting iifname \"tap-*\" jump from-taps",
+      "add rule \(table) from-taps iifname vmap @\(SandboxFirewall.tapMap)",
+      "add rule \(table) from-taps drop",
+    ].joined(separator: "\n") + "\n"
   }
 
   /// What guests may reach on the host, in words (never an empty list of ports).
@@ -70,9 +105,12 @@ public struct BridgeSetup: Sendable {
     }
   }
 
-  /// The steps with whether each is already in place (for `init --dry-run` and the checks).
+  /// The steps with whether each is already in place (for `init --dry-run`, `network status`
+  /// and `doctor`).
   public func plan() async -> [(description: String, done: Bool)] {
-    [
+    let spoofing = await SandboxFirewall.antiSpoofedTaps(runner).count
+    let egress = await SandboxFirewall.egressChains(runner).count
+    return [
       ("bridge \(bridge)", await bridgeExists()),
       ("address \(bridgeIp)/24 on \(bridge)", await hasAddress()),
       ("IPv4 forwarding", ipForwarding()),
@@ -81,11 +119,21 @@ public struct BridgeSetup: Sendable {
       ("no IPv6 on \(bridge)", ipv6Disabled()),
       (
         "iptables \(Self.inputChain) (guests reach only \(reachableOnHost) on the host)",
-        await chainMatches(Self.inputChain, inputRules, jumpFrom: "INPUT", match: ["-i", bridge])
+        await input.matches(runner)
       ),
       (
-        "iptables \(Self.forwardChain) (no sandbox-to-sandbox, NAT out)",
-        await chainMatches(Self.forwardChain, forwardRules, jumpFrom: "FORWARD", match: [])
+        "iptables \(Self.forwardChain) (no sandbox-to-sandbox, no link-local, NAT out)",
+        await forward.matches(runner)
+      ),
+      (
+        "iptables \(SandboxFirewall.egressChain) (each sandbox's egress policy; \(egress) "
+          + "sandbox\(egress == 1 ? "" : "es") now; other sources dropped)",
+        await egressChainReady()
+      ),
+      (
+        "nftables bridge \(SandboxFirewall.table) (each TAP sends only from its own MAC and IP; "
+          + "\(spoofing) TAP\(spoofing == 1 ? "" : "s") now; others dropped)",
+        await bridgeTableReady()
       ),
       ("NAT for \(subnet)", await hasNAT()),
     ]
@@ -105,14 +153,54 @@ public struct BridgeSetup: Sendable {
     if !ipForwarding() {
       try "1\n".write(toFile: "/proc/sys/net/ipv4/ip_forward", atomically: false, encoding: .utf8)
     }
-    try await rebuild(Self.inputChain, inputRules, jumpFrom: "INPUT", match: ["-i", bridge])
-    try await rebuild(Self.forwardChain, forwardRules, jumpFrom: "FORWARD", match: [])
+    try await input.rebuild(runner)
+    try await ensureEgressChain()
+    try await forward.rebuild(runner)
+    if !(await bridgeTableReady()) {
+      try await runner.run(Command("nft", ["-f", "-"], input: Array(bridgeTableScript.utf8)))
+    }
     if !(await hasNAT()) {
       try await runner.run(Command("iptables", ["-w", "-t", "nat", "-A", "POSTROUTING"] + natRule))
     }
   }
 
   var natRule: [String] { ["-s", subnet, "!", "-o", bridge, "-j", "MASQUERADE"] }
+
+  /// `ATELIER-EGRESS` exists and ends in DROP. Its other rules are the sandboxes' jumps, kept.
+  func egressChainReady() async -> Bool {
+    let listed = await runner.probe(
+      Command("iptables", ["-w", "-S", SandboxFirewall.egressChain]))
+    let rules = listed.stdout.split(separator: "\n").filter { $0.hasPrefix("-A ") }
+    return listed.exitCode == 0 && rules.last == "-A \(SandboxFirewall.egressChain) -j DROP"
+  }
+
+  func ensureEgressChain() async throws {
+    let chain = SandboxFirewall.egressChain
+    if await egressChainReady() { return }
+    _ = await runner.probe(Command("iptables", ["-w", "-N", chain]))
+    // A DROP anywhere but last would shadow the jumps after it.
+    while await runner.probe(Command("iptables", ["-w", "-D", chain, "-j", "DROP"])).exitCode == 0 {
+    }
+    try await runner.run("iptables", "-w", "-A", chain, "-j", "DROP")
+  }
+
+  /// The table's base chains hold exactly their rules (the map and TAP chains are kept).
+  func bridgeTableReady() async -> Bool {
+    let table = ["bridge", SandboxFirewall.table]
+    let prerouting = await runner.probe(Command("nft", ["list", "chain"] + table + ["prerouting"]))
+    let fromTaps = await runner.probe(Command("nft", ["list", "chain"] + table + ["from-taps"]))
+    let map = await runner.probe(
+      Command("nft", ["list", "map"] + table + [SandboxFirewall.tapMap]))
+    guard prerouting.exitCode == 0, fromTaps.exitCode == 0, map.exitCode == 0 else { return false }
+    func rules(_ listing: String) -> [String] {
+      listing.split(separator: "\n").map { $0.trimmingCharacters(in: .whitespaces) }
+        .filter { !$0.isEmpty && !$0.hasPrefix("table ") && !$0.hasPrefix("chain ") && $0 != "}" }
+    }
+    return rules(prerouting.stdout) == [
+      "type filter hook prerouting priority dstnat; policy accept;",
+      "iifname \"tap-*\" jump from-taps",
+    ] && rules(fromTaps.stdout) == ["iifname vmap @\(SandboxFirewall.tapMap)", "drop"]
+  }
 
   func bridgeExists() async -> Bool {
     await runner.probe(Command("ip", ["link", "show", "dev", bridge])).exitCode == 0
@@ -139,35 +227,5 @@ public struct BridgeSetup: Sendable {
   func hasNAT() async -> Bool {
     await runner.probe(Command("iptables", ["-w", "-t", "nat", "-C", "POSTROUTING"] + natRule))
       .exitCode == 0
-  }
-
-  /// Whether the chain exists with exactly these rules and is jumped to.
-  func chainMatches(_ chain: String, _ rules: [[String]], jumpFrom: String, match: [String]) async
-    -> Bool
-  {
-    let listed = await runner.probe(Command("iptables", ["-w", "-S", chain]))
-    guard listed.exitCode == 0 else { return false }
-    let lines = listed.stdout.split(separator: "\n").filter { $0.hasPrefix("-A ") }
-    guard lines.count == rules.count else { return false }
-    for rule in rules {
-      if await runner.probe(Command("iptables", ["-w", "-C", chain] + rule)).exitCode != 0 {
-        return false
-      }
-    }
-    return await runner.probe(Command("iptables", ["-w", "-C", jumpFrom] + match + ["-j", chain]))
-      .exitCode == 0
-  }
-
-  func rebuild(_ chain: String, _ rules: [[String]], jumpFrom: String, match: [String]) async throws
-  {
-    if await chainMatches(chain, rules, jumpFrom: jumpFrom, match: match) { return }
-    if await runner.probe(Command("iptables", ["-w", "-N", chain])).exitCode != 0 {
-      try await runner.run("iptables", "-w", "-F", chain)
-    }
-    for rule in rules { try await runner.run(Command("iptables", ["-w", "-A", chain] + rule)) }
-    let jump = match + ["-j", chain]
-    if await runner.probe(Command("iptables", ["-w", "-C", jumpFrom] + jump)).exitCode != 0 {
-      try await runner.run(Command("iptables", ["-w", "-I", jumpFrom, "1"] + jump))
-    }
   }
 }

@@ -16,7 +16,7 @@ import Logging
 /// runtime directory opens its own disk and binds its own socket: two restores of one snapshot
 /// never collide, on any Firecracker version (`vsock_override` exists only from 1.16, and
 /// drives have no override at all).
-public struct FirecrackerVMM: VirtualMachineManager {
+public struct FirecrackerVMM: VMProcessBackend {
   public let name = "firecracker"
   public let bootsUncompressedKernel = true
   let binary: String
@@ -26,6 +26,7 @@ public struct FirecrackerVMM: VirtualMachineManager {
   let startTimeout: Duration
   /// Run under the jailer (chroot, dropped privileges), or directly.
   let jail: FirecrackerJail?
+  public let consoleCapBytes: Int
   let logger: Logger
 
   /// The guest's vsock CID (0–2 are reserved; each VM has its own device, so all use 3).
@@ -43,6 +44,7 @@ public struct FirecrackerVMM: VirtualMachineManager {
     binary: String = "firecracker", sandboxesDirectory: String,
     environment: [String: String] = ProcessInfo.processInfo.environment,
     startTimeout: Duration = .seconds(10), jail: FirecrackerJail? = nil,
+    consoleCapBytes: Int = ConsoleLog.defaultCapBytes,
     logger: Logger = Logger(label: "atelier.vmm.firecracker")
   ) {
     self.binary = binary
@@ -50,6 +52,7 @@ public struct FirecrackerVMM: VirtualMachineManager {
     self.environment = environment
     self.startTimeout = startTimeout
     self.jail = jail
+    self.consoleCapBytes = consoleCapBytes
     self.logger = logger
   }
 
@@ -63,11 +66,9 @@ public struct FirecrackerVMM: VirtualMachineManager {
   public static func apiSocket(_ workDirectory: String) -> String {
     "\(workDirectory)/\(apiSocketName)"
   }
+  public func pidFile(_ runtimeDirectory: String) -> String { Self.pidFile(runtimeDirectory) }
   static func pidFile(_ runtimeDirectory: String) -> String {
     "\(runtimeDirectory)/firecracker.pid"
-  }
-  static func consoleLog(_ runtimeDirectory: String) -> String {
-    "\(runtimeDirectory)/console.log"
   }
   static func diskLink(_ runtimeDirectory: String) -> String {
     "\(runtimeDirectory)/\(diskLinkName)"
@@ -76,10 +77,9 @@ public struct FirecrackerVMM: VirtualMachineManager {
   public static func vsockSocket(_ runtimeDirectory: String) -> String {
     "\(runtimeDirectory)/\(vsockSocketName)"
   }
-  /// The guest state file written next to the memory file `memoryPath` by `saveState`.
-  public static func stateFile(forMemory memoryPath: String) -> String {
-    memoryPath + ".vmstate"
-  }
+  /// What `saveState` writes into a snapshot's folder: the memory file and the microVM state.
+  static let memoryName = "memory"
+  static let devicesName = "devices.state"
 
   /// The hybrid vsock socket in the VM's runtime directory (every VM and restore has its own).
   public func vsockEndpoint(port: Int, runtimeDirectory: String) -> AgentEndpoint {
@@ -137,52 +137,35 @@ public struct FirecrackerVMM: VirtualMachineManager {
 
   /// Configures a fresh Firecracker process listening on `api` to boot `spec`, then starts it.
   /// The disk and vsock paths are relative to the process's working directory.
-  func configure(_ spec: VMSpec, tap: (device: String, mac: String), api: FirecrackerAPI)
+  func configure(_ spec: VMSpec, tap: (device: String, mac: String), api: FirecrackerClient)
     async throws
   {
-    try await call(api) {
-      try await $0.put(
-        "/machine-config",
-        FirecrackerMachineConfig(vcpuCount: spec.vcpus, memSizeMib: spec.memoryMb))
-    }
     // Jailed, the kernel and initrd are in the chroot (placed by `FirecrackerJail.prepare`).
     let kernel = jail == nil ? spec.kernelPath : "/\(FirecrackerJail.kernelName)"
     let initrd = jail == nil ? spec.initrdPath : "/\(FirecrackerJail.initrdName)"
-    try await call(api) {
-      try await $0.put(
-        "/boot-source",
+    try await call {
+      try await api.putMachineConfiguration(
+        FirecrackerMachineConfig(vcpuCount: spec.vcpus, memSizeMib: spec.memoryMb))
+      try await api.putBootSource(
         FirecrackerBootSource(
           kernelImagePath: kernel, initrdPath: spec.initrdPath.isEmpty ? nil : initrd,
           bootArgs: kernelCommandLine(spec)))
-    }
-    try await call(api) {
-      try await $0.put(
-        "/drives/\(Self.driveId)",
+      try await api.putDrive(
         FirecrackerDrive(
           driveId: Self.driveId, pathOnHost: Self.diskLinkName, isRootDevice: true,
           isReadOnly: false))
-    }
-    if spec.agentKeyDrive != nil {
-      try await call(api) {
-        try await $0.put(
-          "/drives/\(Self.keyDriveId)",
+      if spec.agentKeyDrive != nil {
+        try await api.putDrive(
           FirecrackerDrive(
             driveId: Self.keyDriveId, pathOnHost: Self.keyDriveName, isRootDevice: false,
             isReadOnly: true))
       }
-    }
-    try await call(api) {
-      try await $0.put(
-        "/network-interfaces/\(Self.interfaceId)",
+      try await api.putNetworkInterface(
         FirecrackerNetworkInterface(
           ifaceId: Self.interfaceId, hostDevName: tap.device, guestMac: tap.mac))
-    }
-    try await call(api) {
-      try await $0.put(
-        "/vsock", FirecrackerVsock(guestCid: Self.guestCID, udsPath: Self.vsockSocketName))
-    }
-    try await call(api) {
-      try await $0.put("/actions", FirecrackerAction(actionType: .instanceStart))
+      try await api.putVsock(
+        FirecrackerVsock(guestCid: Self.guestCID, udsPath: Self.vsockSocketName))
+      try await api.createSyncAction(FirecrackerAction(actionType: .instanceStart))
     }
   }
 
@@ -196,8 +179,7 @@ public struct FirecrackerVMM: VirtualMachineManager {
     let files = FileManager.default
     try files.createDirectory(atPath: dir, withIntermediateDirectories: true)
     for stale in [
-      Self.pidFile(dir), Self.apiSocket(dir), Self.vsockSocket(dir), Self.consoleLog(dir),
-      Self.diskLink(dir),
+      Self.pidFile(dir), Self.apiSocket(dir), Self.vsockSocket(dir), Self.diskLink(dir),
     ] {
       try? files.removeItem(atPath: stale)
     }
@@ -215,20 +197,20 @@ public struct FirecrackerVMM: VirtualMachineManager {
       arguments = ["--api-sock", Self.apiSocket(dir), "--id", spec.sandboxId]
     }
     let apiSocket = Self.apiSocket(workDirectory(dir))
-    let console = open(Self.consoleLog(dir), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o644)
-    guard console >= 0 else {
-      throw VMMError("cannot create \(Self.consoleLog(dir)): \(String(cString: strerror(errno)))")
-    }
+    // Its serial console and its own messages go to the capped console relay.
     let pid: Int32
     do {
+      let console = try ConsoleRelays.shared.writeEnd(try startConsole(dir, owner: nil))
       defer { close(console) }
       pid = try ProcessReaper.shared.spawn(
         SpawnOptions(
           executable: executable, arguments: arguments, environment: environment,
           workingDirectory: dir, stdout: console, stderr: console, newSession: true))
     } catch {
+      ConsoleRelays.shared.stop(dir)
       throw VMMError("firecracker did not start: \(error)")
     }
+    ConsoleRelays.shared.watch(dir, pid: pid)
     // Collect its exit status while this manager runs, so it never lingers as a zombie.
     Task.detached { _ = await ProcessReaper.shared.waitForExit(pid) }
     let handle = VMHandle(sandboxId: spec.sandboxId, pid: pid, runtimeDirectory: dir)
@@ -239,7 +221,7 @@ public struct FirecrackerVMM: VirtualMachineManager {
       throw VMMError("cannot write \(Self.pidFile(dir)): \(error)")
     }
     let deadline = ContinuousClock.now + startTimeout
-    while !FirecrackerAPI.isListening(apiSocket) {
+    while !FirecrackerClient.isListening(apiSocket) {
       if !ProcessReaper.shared.isRunning(pid) {
         throw VMMError(
           "firecracker exited before it listened on its API socket",
@@ -256,14 +238,14 @@ public struct FirecrackerVMM: VirtualMachineManager {
     return handle
   }
 
-  func api(_ runtimeDirectory: String, timeout: Duration = .seconds(30)) -> FirecrackerAPI {
-    FirecrackerAPI(socketPath: Self.apiSocket(workDirectory(runtimeDirectory)), timeout: timeout)
+  func api(_ runtimeDirectory: String, timeout: Duration = .seconds(30)) -> FirecrackerClient {
+    FirecrackerClient(socketPath: Self.apiSocket(workDirectory(runtimeDirectory)), timeout: timeout)
   }
 
-  /// Runs one API call; Firecracker's refusal becomes a `VMMError` carrying its fault message.
-  func call(_ api: FirecrackerAPI, _ body: (FirecrackerAPI) async throws -> Void) async throws {
+  /// Runs API calls; Firecracker's refusal becomes a `VMMError` carrying its fault message.
+  func call(_ body: () async throws -> Void) async throws {
     do {
-      try await body(api)
+      try await body()
     } catch let error as FirecrackerAPIError {
       throw VMMError(error.description)
     }
@@ -272,10 +254,11 @@ public struct FirecrackerVMM: VirtualMachineManager {
   /// `call` on a running VM, with its console's last lines in the error.
   func call(
     _ handle: VMHandle, timeout: Duration = .seconds(30),
-    _ body: (FirecrackerAPI) async throws -> Void
+    _ body: (FirecrackerClient) async throws -> Void
   ) async throws {
+    let client = api(handle.runtimeDirectory, timeout: timeout)
     do {
-      try await call(api(handle.runtimeDirectory, timeout: timeout), body)
+      try await call { try await body(client) }
     } catch let error as VMMError {
       throw VMMError(
         error.message, consoleTail: consoleTail(runtimeDirectory: handle.runtimeDirectory))
@@ -309,6 +292,7 @@ public struct FirecrackerVMM: VirtualMachineManager {
 
   /// (The manager stops the loopback forwarders into the VM when it releases its network.)
   public func kill(_ handle: VMHandle) async {
+    defer { ConsoleRelays.shared.stop(handle.runtimeDirectory) }
     guard isRunning(handle) else { return }
     logger.info(
       "killing firecracker", metadata: ["sandbox": "\(handle.sandboxId)", "pid": "\(handle.pid)"])
@@ -320,6 +304,7 @@ public struct FirecrackerVMM: VirtualMachineManager {
     if ProcessReaper.shared.isRunning(handle.pid) || isRunning(handle) {
       await Self.killGroupAndWait(handle.pid)
     }
+    ConsoleRelays.shared.stop(handle.runtimeDirectory)
   }
 
   /// We start Firecracker as a session leader; its whole group goes (nothing of it lingers).
@@ -343,25 +328,14 @@ public struct FirecrackerVMM: VirtualMachineManager {
     return found
   }
 
-  public func consoleTail(runtimeDirectory: String, lines: Int) -> String {
-    HostProcesses.tail(of: Self.consoleLog(runtimeDirectory), lines: lines)
-  }
-
-  /// Handle for a runtime directory whose pid file names a live VM of this sandbox.
-  public func adopt(sandboxId: String, runtimeDirectory: String) -> VMHandle? {
-    guard let pid = HostProcesses.pid(inFile: Self.pidFile(runtimeDirectory)) else { return nil }
-    let handle = VMHandle(sandboxId: sandboxId, pid: pid, runtimeDirectory: runtimeDirectory)
-    return isRunning(handle) ? handle : nil
-  }
-
   // MARK: Lifecycle
 
   public func pause(_ handle: VMHandle) async throws {
-    try await call(handle) { try await $0.patch("/vm", FirecrackerVMState(state: .paused)) }
+    try await call(handle) { try await $0.patchVm(FirecrackerVMState(state: .paused)) }
   }
 
   public func resume(_ handle: VMHandle) async throws {
-    try await call(handle) { try await $0.patch("/vm", FirecrackerVMState(state: .resumed)) }
+    try await call(handle) { try await $0.patchVm(FirecrackerVMState(state: .resumed)) }
   }
 
   /// Firecracker has no qcow2 and cannot change a drive under a running VM; the volume store
@@ -370,40 +344,50 @@ public struct FirecrackerVMM: VirtualMachineManager {
     throw VMMError.unsupported("switching the disk of a running VM", name)
   }
 
-  /// A full snapshot of the paused VM: memory to `path`, device state to `stateFile(forMemory:)`.
-  /// Jailed, Firecracker writes inside its chroot; the files are moved out to `path` after.
-  public func saveState(_ handle: VMHandle, to path: String) async throws {
-    let memory = jail == nil ? path : "/\(FirecrackerJail.memoryName)"
+  /// A full snapshot of the paused VM into `directory`: its memory file and microVM state.
+  /// Jailed, Firecracker writes inside its chroot; the files are moved out after. Restores map
+  /// the memory file privately (Firecracker's `File` backend), so it is read-only from now on.
+  public func saveState(_ handle: VMHandle, into directory: String) async throws -> SavedVMState {
+    let memory = "\(directory)/\(Self.memoryName)"
+    let devices = "\(directory)/\(Self.devicesName)"
+    let inJail = "\(workDirectory(handle.runtimeDirectory))/\(FirecrackerJail.memoryName)"
+    let inJailDevices = inJail + FirecrackerJail.devicesSuffix
     if jail != nil {
       // Whatever an earlier, failed save left there.
-      let inJail = "\(workDirectory(handle.runtimeDirectory))\(memory)"
       unlink(inJail)
-      unlink(Self.stateFile(forMemory: inJail))
+      unlink(inJailDevices)
     }
-    let request = FirecrackerSnapshotCreate(
-      snapshotType: .full, snapshotPath: Self.stateFile(forMemory: memory), memFilePath: memory)
+    let request =
+      jail == nil
+      ? FirecrackerSnapshotCreate(snapshotType: .full, snapshotPath: devices, memFilePath: memory)
+      : FirecrackerSnapshotCreate(
+        snapshotType: .full,
+        snapshotPath: "/\(FirecrackerJail.memoryName)\(FirecrackerJail.devicesSuffix)",
+        memFilePath: "/\(FirecrackerJail.memoryName)")
     // Writing the memory takes seconds per GiB.
     try await call(handle, timeout: .seconds(1800)) {
-      try await $0.put("/snapshot/create", request)
+      try await $0.createSnapshot(request, timeout: .seconds(1800))
     }
-    guard jail != nil else {
+    if jail == nil {
       // Read-only, and readable by a jailed Firecracker should the jailer be turned on later.
-      chmod(path, 0o444)
-      chmod(Self.stateFile(forMemory: path), 0o444)
-      return
+      chmod(memory, 0o444)
+      chmod(devices, 0o444)
+    } else {
+      try FirecrackerJail.takeOut(inJail, to: memory)
+      try FirecrackerJail.takeOut(inJailDevices, to: devices)
     }
-    let inJail = "\(workDirectory(handle.runtimeDirectory))/\(FirecrackerJail.memoryName)"
-    try FirecrackerJail.takeOut(inJail, to: path)
-    try FirecrackerJail.takeOut(
-      Self.stateFile(forMemory: inJail), to: Self.stateFile(forMemory: path))
+    return SavedVMState(format: .firecracker, memoryPath: memory, devicesPath: devices)
   }
 
-  /// A new Firecracker process in `spec`'s runtime directory loads the snapshot (memory is
-  /// mapped from `statePath`, which must stay unchanged while the VM lives), on `spec`'s TAP.
-  /// Left paused: the manager resumes it.
-  public func restore(_ spec: VMSpec, statePath: String) async throws -> VMHandle {
+  /// A new Firecracker process in `spec`'s runtime directory loads the snapshot (its memory is
+  /// mapped privately from `state.memoryPath`, which must stay unchanged while the VM lives),
+  /// on `spec`'s TAP. Left paused: the manager resumes it.
+  public func restore(_ spec: VMSpec, from state: SavedVMState) async throws -> VMHandle {
     let tap = try Self.tapDevice(spec)
     try Self.checkDisk(spec.disk)
+    guard state.format == .firecracker else {
+      throw VMMError("a \(state.format.rawValue) snapshot cannot be restored by Firecracker")
+    }
     // Jailed, the snapshot's files are linked into the chroot (read-only: the memory is
     // mapped privately, never written).
     let restored = FirecrackerJail.restoredMemoryName
@@ -412,12 +396,15 @@ public struct FirecrackerVMM: VirtualMachineManager {
       jailFiles: jail == nil
         ? []
         : [
-          (statePath, restored),
-          (Self.stateFile(forMemory: statePath), Self.stateFile(forMemory: restored)),
+          (state.memoryPath, restored),
+          (state.devicesPath, restored + FirecrackerJail.devicesSuffix),
         ])
     do {
-      let memory = jail == nil ? statePath : "/\(restored)"
-      try await loadSnapshot(statePath: memory, tap: tap, api: api(spec.runtimeDirectory))
+      let memory = jail == nil ? state.memoryPath : "/\(restored)"
+      let devices =
+        jail == nil ? state.devicesPath : "/\(restored)\(FirecrackerJail.devicesSuffix)"
+      try await loadSnapshot(
+        memory: memory, devices: devices, tap: tap, api: api(spec.runtimeDirectory))
     } catch {
       // Firecracker ends itself after a failed load; make sure.
       await terminate(handle)
@@ -427,20 +414,22 @@ public struct FirecrackerVMM: VirtualMachineManager {
     }
     logger.info(
       "firecracker restored",
-      metadata: ["sandbox": "\(spec.sandboxId)", "pid": "\(handle.pid)", "state": "\(statePath)"])
+      metadata: [
+        "sandbox": "\(spec.sandboxId)", "pid": "\(handle.pid)", "memory": "\(state.memoryPath)",
+      ])
     return handle
   }
 
   /// `PUT /snapshot/load` on a fresh process. The snapshot's disk and vsock names are
   /// relative, so they resolve in this process's own directory; only the TAP is overridden.
-  func loadSnapshot(statePath: String, tap: (device: String, mac: String), api: FirecrackerAPI)
-    async throws
-  {
+  func loadSnapshot(
+    memory: String, devices: String, tap: (device: String, mac: String), api: FirecrackerClient
+  ) async throws {
     let request = FirecrackerSnapshotLoad(
-      snapshotPath: Self.stateFile(forMemory: statePath),
-      memBackend: .init(backendPath: statePath, backendType: .file), resumeVm: false,
+      snapshotPath: devices, memBackend: .init(backendPath: memory, backendType: .file),
+      resumeVm: false,
       networkOverrides: [.init(ifaceId: Self.interfaceId, hostDevName: tap.device)],
       vsockOverride: nil)
-    try await call(api) { try await $0.put("/snapshot/load", request, timeout: .seconds(600)) }
+    try await call { try await api.loadSnapshot(request, timeout: .seconds(600)) }
   }
 }

@@ -30,6 +30,8 @@ public struct FirecrackerJail: Sendable, Equatable {
   /// two names, so saving never writes into the files a restore maps.
   static let memoryName = "snapshot.mem"
   static let restoredMemoryName = "restored.mem"
+  /// The microVM state next to each of them.
+  static let devicesSuffix = ".vmstate"
 
   static func rootLink(_ runtimeDirectory: String) -> String {
     "\(runtimeDirectory)/\(rootLinkName)"

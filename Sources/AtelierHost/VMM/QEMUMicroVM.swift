@@ -1,5 +1,11 @@
+import AtelierProcess
+import CAtelierSys
 import Foundation
 import Logging
+
+#if canImport(Glibc)
+  import Glibc
+#endif
 
 /// Hardware acceleration for QEMU.
 public enum Acceleration: String, Codable, Sendable {
@@ -7,8 +13,14 @@ public enum Acceleration: String, Codable, Sendable {
 }
 
 /// The QEMU `microvm` backend: virtio-mmio devices, a direct kernel boot, QMP for control.
-/// QEMU daemonizes, so its process is not the manager's child and survives a manager restart.
-public struct QEMUMicroVM: VirtualMachineManager {
+///
+/// Least privilege: when the manager is root, QEMU is spawned directly as `user` (the spawn
+/// sets the groups, gid and uid before exec; QEMU's own `-runas` dies with SIGSYS under
+/// `elevateprivileges=deny` in 7.2), under its seccomp filter (`-sandbox on,…,spawn=deny`), in
+/// a session of its own and without `-daemonize` (which `spawn=deny` breaks). It outlives the
+/// manager all the same: a restarted manager finds it by its pid file. What it may not open
+/// itself (a TAP device, vhost-vsock) it gets as an inherited descriptor.
+public struct QEMUMicroVM: VMProcessBackend {
   public let name = "qemu"
   let binary: String
   let acceleration: Acceleration
@@ -16,19 +28,34 @@ public struct QEMUMicroVM: VirtualMachineManager {
   let sandboxesDirectory: String
   /// Guests get a `vhost-vsock-device` (the host kernel's vsock; needs `/dev/vhost-vsock`).
   public let vhostVsock: Bool
-  let runner: any CommandRunning
+  /// Who QEMU runs as; nil runs it as the manager's own user (a manager that is not root).
+  let user: VMUser?
+  public let consoleCapBytes: Int
+  /// TCG's translation cache per VM, in MiB (QEMU's default is far larger than sandboxes
+  /// need; see `QEMUArguments`).
+  let translationCacheMb: Int
+  let environment: [String: String]
+  let startTimeout: Duration
   let logger: Logger
 
   public init(
     binary: String, acceleration: Acceleration, sandboxesDirectory: String,
-    vhostVsock: Bool = false, runner: any CommandRunning,
+    vhostVsock: Bool = false, user: VMUser? = nil,
+    consoleCapBytes: Int = ConsoleLog.defaultCapBytes,
+    translationCacheMb: Int = QEMUMicroVM.defaultTranslationCacheMb,
+    environment: [String: String] = ProcessInfo.processInfo.environment,
+    startTimeout: Duration = .seconds(60),
     logger: Logger = Logger(label: "atelier.vmm.qemu")
   ) {
     self.binary = binary
     self.acceleration = acceleration
     self.sandboxesDirectory = sandboxesDirectory
     self.vhostVsock = vhostVsock
-    self.runner = runner
+    self.user = user
+    self.consoleCapBytes = consoleCapBytes
+    self.translationCacheMb = translationCacheMb
+    self.environment = environment
+    self.startTimeout = startTimeout
     self.logger = logger
   }
 
@@ -62,107 +89,156 @@ public struct QEMUMicroVM: VirtualMachineManager {
     return nil
   }
 
+  public func pidFile(_ runtimeDirectory: String) -> String { Self.pidFile(runtimeDirectory) }
   static func pidFile(_ runtimeDirectory: String) -> String { "\(runtimeDirectory)/qemu.pid" }
   static func qmpSocket(_ runtimeDirectory: String) -> String { "\(runtimeDirectory)/qmp.sock" }
-  static func consoleLog(_ runtimeDirectory: String) -> String {
-    "\(runtimeDirectory)/console.log"
+  /// The guest RAM of a booted VM (a file of its own, mapped shared).
+  static func memoryFile(_ runtimeDirectory: String) -> String { "\(runtimeDirectory)/memory" }
+  /// The link to the snapshot memory a restored VM maps privately.
+  static func baseMemoryLink(_ runtimeDirectory: String) -> String {
+    "\(runtimeDirectory)/memory.base"
   }
   static func processName(_ sandboxId: String) -> String { "atelier-\(sandboxId)" }
 
-  /// The kernel command line: serial console, quiet boot, a panic that ends the VM, and under
-  /// TCG the host's TSC rate (without it the guest hangs about half the time calibrating).
-  func kernelCommandLine(_ spec: VMSpec) -> String {
-    var arguments = [
-      "console=ttyS0", "quiet", "loglevel=3", "panic=-1", "reboot=t", "i8042.noaux",
-      "random.trust_cpu=on",
-    ]
-    if acceleration == .tcg, let khz = HostInfo.tscKHz() {
-      arguments.append("tsc_early_khz=\(khz)")
-    }
-    return (arguments + spec.kernelArguments).joined(separator: " ")
-  }
-
-  public func arguments(for spec: VMSpec) -> [String] {
-    let dir = spec.runtimeDirectory
-    var arguments = [
-      "-name", "\(Self.processName(spec.sandboxId)),process=\(Self.processName(spec.sandboxId))",
-      "-machine", "microvm,x-option-roms=off,isa-serial=on,rtc=on",
-      "-accel", acceleration == .kvm ? "kvm" : "tcg",
-      "-m", "\(spec.memoryMb)", "-smp", "\(spec.vcpus)",
-      "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
-      "-chardev", "file,id=console,path=\(Self.consoleLog(dir))", "-serial", "chardev:console",
-      "-kernel", spec.kernelPath, "-initrd", spec.initrdPath,
-      "-append", kernelCommandLine(spec),
-      "-drive",
-      "id=root,file=\(spec.disk.path),format=\(spec.disk.format.rawValue),if=none,cache=writeback,discard=unmap",
-      "-device", "virtio-blk-device,drive=root",
-      "-device", "virtio-rng-device",
-      "-qmp", "unix:\(Self.qmpSocket(dir)),server=on,wait=off",
-      "-pidfile", Self.pidFile(dir), "-daemonize",
-    ]
-    if let keyDrive = spec.agentKeyDrive {
-      arguments += [
-        "-drive", "id=agentkey,file=\(keyDrive),format=raw,if=none,readonly=on",
-        "-device", "virtio-blk-device,drive=agentkey",
-      ]
-    }
-    if acceleration == .tcg { arguments += ["-cpu", "max"] }
-    switch spec.network.backend {
-    case .userMode(let forwards):
-      let net =
-        "net=\(spec.network.gateway.split(separator: ".").prefix(3).joined(separator: ".")).0/\(spec.network.prefixLength)"
-      var netdev = "user,id=net0,\(net),host=\(spec.network.gateway),dns=\(spec.network.dns)"
-      for forward in forwards {
-        netdev +=
-          ",hostfwd=tcp:\(forward.hostAddress):\(forward.hostPort)-\(spec.network.guestIPv4):\(forward.guestPort)"
-      }
-      arguments += ["-netdev", netdev, "-device", "virtio-net-device,netdev=net0"]
-    case .tap(let device, let mac):
-      arguments += [
-        "-netdev", "tap,id=net0,ifname=\(device),script=no,downscript=no",
-        "-device", "virtio-net-device,netdev=net0,mac=\(mac)",
-      ]
-    }
-    if case .vsock(let cid, _) = spec.network.agent {
-      arguments += ["-device", "vhost-vsock-device,id=vsock0,guest-cid=\(cid)"]
-    }
-    if case .privateInterface(let forward, let address, let prefix) = spec.network.agentChannel {
-      // restrict=on: the guest cannot reach anything through this NIC; only the forward
-      // reaches in.
-      let net = address.split(separator: ".").prefix(3).joined(separator: ".")
-      arguments += [
-        "-netdev",
-        "user,id=agent0,restrict=on,net=\(net).0/\(prefix),hostfwd=tcp:\(forward.hostAddress):\(forward.hostPort)-\(address):\(forward.guestPort)",
-        "-device", "virtio-net-device,netdev=agent0,mac=52:54:00:a7:e1:01",
-      ]
-    }
-    return arguments
-  }
+  // MARK: Processes
 
   public func boot(_ spec: VMSpec) async throws -> VMHandle {
-    try await launch(spec, extraArguments: [])
+    try prepareRuntimeDirectory(spec.runtimeDirectory)
+    return try await launch(
+      spec, memory: .shared(path: Self.memoryFile(spec.runtimeDirectory)), incoming: nil)
   }
 
-  /// Starts QEMU (daemonized) with `spec`; returns once its pid file is written.
-  func launch(_ spec: VMSpec, extraArguments: [String]) async throws -> VMHandle {
-    let dir = spec.runtimeDirectory
+  /// The runtime directory, the VM user's alone, without what an earlier VM left there.
+  func prepareRuntimeDirectory(_ dir: String) throws {
     try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-    for stale in [Self.pidFile(dir), Self.qmpSocket(dir), Self.consoleLog(dir)] {
-      try? FileManager.default.removeItem(atPath: stale)
+    try user?.own(dir, mode: 0o700)
+    for stale in [
+      Self.pidFile(dir), Self.qmpSocket(dir), Self.memoryFile(dir), Self.baseMemoryLink(dir),
+    ] {
+      unlink(stale)
     }
+  }
+
+  /// Starts QEMU for `spec` and returns once it answers on QMP. Throws (leaving no process)
+  /// when it exits first or does not answer in time.
+  func launch(_ spec: VMSpec, memory: GuestMemory, incoming: SavedVMState.Format?) async throws
+    -> VMHandle
+  {
+    let dir = spec.runtimeDirectory
+    let console = try startConsole(dir, owner: user)
+    var descriptors: [Int32] = []
+    defer { descriptors.forEach { close($0) } }
+    let pid: Int32
     do {
-      try await runner.run(
-        Command(binary, arguments(for: spec) + extraArguments, timeout: .seconds(60)))
-    } catch let failure as CommandFailure {
-      throw VMMError(
-        "qemu did not start: \(failure.stderr.trimmingCharacters(in: .whitespacesAndNewlines))",
-        consoleTail: consoleTail(runtimeDirectory: dir, lines: 25))
+      descriptors = try openDevices(spec)
+      let output = try ConsoleRelays.shared.writeEnd(console)
+      defer { close(output) }
+      try grantDisk(spec.disk)
+      // The key drive is the manager's file (0600); the VM user alone may read it.
+      if let keyDrive = spec.agentKeyDrive { try user?.own(keyDrive, mode: 0o600) }
+      let arguments = arguments(for: spec, memory: memory, incoming: incoming)
+      logger.debug(
+        "run \(([binary] + arguments).joined(separator: " "))",
+        metadata: ["sandbox": "\(spec.sandboxId)"])
+      pid = try ProcessReaper.shared.spawn(
+        SpawnOptions(
+          executable: binary, arguments: arguments,
+          environment: environment, credentials: try credentials(), stdout: output,
+          stderr: output, newSession: true, inheritedDescriptors: descriptors))
+    } catch {
+      ConsoleRelays.shared.stop(dir)
+      throw VMMError("qemu did not start: \(error)")
     }
-    guard let pid = HostProcesses.pid(inFile: Self.pidFile(dir)) else {
-      throw VMMError("qemu started but wrote no pid file")
-    }
+    ConsoleRelays.shared.watch(dir, pid: pid)
+    // Collect its exit status while this manager runs, so it never lingers as a zombie.
+    Task.detached { _ = await ProcessReaper.shared.waitForExit(pid) }
+    let handle = VMHandle(
+      sandboxId: spec.sandboxId, pid: pid, runtimeDirectory: dir, memory: memory)
+    try await waitForQMP(handle)
     logger.info("qemu started", metadata: ["sandbox": "\(spec.sandboxId)", "pid": "\(pid)"])
-    return VMHandle(sandboxId: spec.sandboxId, pid: pid, runtimeDirectory: dir)
+    return handle
+  }
+
+  func waitForQMP(_ handle: VMHandle) async throws {
+    let deadline = ContinuousClock.now + startTimeout
+    while true {
+      if (try? await qmp(handle, timeout: .seconds(5)).execute("query-status")) != nil { return }
+      if !ProcessReaper.shared.isRunning(handle.pid) || !HostProcesses.isAlive(handle.pid) {
+        let tail = consoleTail(runtimeDirectory: handle.runtimeDirectory, lines: 25)
+        ConsoleRelays.shared.stop(handle.runtimeDirectory)
+        throw VMMError("qemu did not start: \(Self.lastLine(of: tail))", consoleTail: tail)
+      }
+      if ContinuousClock.now > deadline {
+        await terminate(handle)
+        throw VMMError(
+          "qemu did not answer on QMP within \(startTimeout)",
+          consoleTail: consoleTail(runtimeDirectory: handle.runtimeDirectory, lines: 25))
+      }
+      try? await Task.sleep(for: .milliseconds(5))
+    }
+  }
+
+  /// QEMU's own complaint is the last thing it wrote before exiting.
+  static func lastLine(of text: String) -> String {
+    text.split(separator: "\n").last { !$0.trimmingCharacters(in: .whitespaces).isEmpty }
+      .map(String.init) ?? "it exited"
+  }
+
+  /// The user, group and device groups QEMU runs with; nil keeps the manager's.
+  func credentials() throws -> ProcessCredentials? {
+    guard let user else { return nil }
+    var groups: [UInt32] = []
+    if acceleration == .kvm {
+      guard let kvm = VMUser.group(granting: "/dev/kvm") else {
+        throw VMMError(
+          "QEMU runs as \(user.name), who cannot open /dev/kvm: give it a group that may "
+            + "(chgrp kvm /dev/kvm; chmod 660 /dev/kvm), or set ATELIER_ACCEL=tcg")
+      }
+      groups.append(kvm)
+    }
+    return user.credentials(extraGroups: groups)
+  }
+
+  /// Descriptors QEMU gets instead of opening devices itself, in the order `arguments` numbers
+  /// them from 3: the TAP device, then vhost-vsock.
+  func openDevices(_ spec: VMSpec) throws -> [Int32] {
+    var descriptors: [Int32] = []
+    do {
+      if case .tap(let device, _) = spec.network.backend {
+        let fd = atelier_tap_open(device)
+        guard fd >= 0 else {
+          throw VMMError(
+            "cannot open the TAP device \(device): \(String(cString: strerror(errno)))")
+        }
+        descriptors.append(fd)
+      }
+      if case .vsock = spec.network.agent {
+        let fd = open("/dev/vhost-vsock", O_RDWR | O_CLOEXEC)
+        guard fd >= 0 else {
+          throw VMMError("cannot open /dev/vhost-vsock: \(String(cString: strerror(errno)))")
+        }
+        descriptors.append(fd)
+      }
+    } catch {
+      descriptors.forEach { close($0) }
+      throw error
+    }
+    return descriptors
+  }
+
+  /// A block device disk (LVM) gets the VM user as its node's owner; files are the volume
+  /// store's to hand over.
+  func grantDisk(_ disk: DiskAttachment) throws {
+    guard let user else { return }
+    let resolved = (disk.path as NSString).resolvingSymlinksInPath
+    var info = stat()
+    guard stat(resolved, &info) == 0, (info.st_mode & S_IFMT) == S_IFBLK else { return }
+    try user.own(resolved, mode: 0o600)
+  }
+
+  public func removeGuestMemory(runtimeDirectory: String) {
+    unlink(Self.memoryFile(runtimeDirectory))
+    unlink(Self.baseMemoryLink(runtimeDirectory))
   }
 
   public func isRunning(_ handle: VMHandle) -> Bool {
@@ -173,19 +249,28 @@ public struct QEMUMicroVM: VirtualMachineManager {
   }
 
   public func kill(_ handle: VMHandle) async {
+    defer { ConsoleRelays.shared.stop(handle.runtimeDirectory) }
     guard isRunning(handle) else { return }
     logger.info(
       "killing qemu", metadata: ["sandbox": "\(handle.sandboxId)", "pid": "\(handle.pid)"])
     await HostProcesses.killAndWait(handle.pid)
   }
 
+  /// Kills a process this manager started (whatever its command line), e.g. a failed start.
+  func terminate(_ handle: VMHandle) async {
+    await HostProcesses.killAndWait(handle.pid)
+    ConsoleRelays.shared.stop(handle.runtimeDirectory)
+  }
+
   public func discover() -> [ObservedVM] {
     HostProcesses.discover(flag: "-pidfile", naming: "qemu.pid", under: sandboxesDirectory)
   }
 
-  func qmp(_ handle: VMHandle) -> QMPClient {
-    QMPClient(socketPath: Self.qmpSocket(handle.runtimeDirectory))
+  func qmp(_ handle: VMHandle, timeout: Duration = .seconds(30)) -> QMPClient {
+    QMPClient(socketPath: Self.qmpSocket(handle.runtimeDirectory), timeout: timeout)
   }
+
+  // MARK: Lifecycle
 
   public func pause(_ handle: VMHandle) async throws {
     try await qmp(handle).execute("stop")
@@ -193,6 +278,10 @@ public struct QEMUMicroVM: VirtualMachineManager {
 
   public func resume(_ handle: VMHandle) async throws {
     try await qmp(handle).execute("cont")
+  }
+
+  public func isExecuting(_ handle: VMHandle) async throws -> Bool {
+    try await qmp(handle).status() == "running"
   }
 
   public func switchDisk(_ handle: VMHandle, to newTop: DiskAttachment) async throws {
@@ -203,40 +292,6 @@ public struct QEMUMicroVM: VirtualMachineManager {
         "device": "root", "snapshot-file": newTop.path, "format": newTop.format.rawValue,
         "mode": "existing",
       ])
-  }
-
-  public func saveState(_ handle: VMHandle, to path: String) async throws {
-    guard !path.contains("'") else { throw VMMError("unsupported state path \(path)") }
-    let client = qmp(handle)
-    try await client.execute("migrate", arguments: ["uri": "exec:cat > '\(path)'"])
-    try await client.waitForMigration()
-  }
-
-  public func restore(_ spec: VMSpec, statePath: String) async throws -> VMHandle {
-    guard !statePath.contains("'") else { throw VMMError("unsupported state path \(statePath)") }
-    let handle = try await launch(spec, extraArguments: ["-incoming", "defer"])
-    do {
-      let client = qmp(handle)
-      try await client.execute("migrate-incoming", arguments: ["uri": "exec:cat '\(statePath)'"])
-      try await client.waitForMigration()
-    } catch {
-      await kill(handle)
-      throw VMMError(
-        "restore failed: \(error)",
-        consoleTail: consoleTail(runtimeDirectory: spec.runtimeDirectory))
-    }
-    return handle
-  }
-
-  public func consoleTail(runtimeDirectory: String, lines: Int) -> String {
-    HostProcesses.tail(of: Self.consoleLog(runtimeDirectory), lines: lines)
-  }
-
-  /// Handle for a runtime directory whose pid file names a live VM of this sandbox.
-  public func adopt(sandboxId: String, runtimeDirectory: String) -> VMHandle? {
-    guard let pid = HostProcesses.pid(inFile: Self.pidFile(runtimeDirectory)) else { return nil }
-    let handle = VMHandle(sandboxId: sandboxId, pid: pid, runtimeDirectory: runtimeDirectory)
-    return isRunning(handle) ? handle : nil
   }
 }
 

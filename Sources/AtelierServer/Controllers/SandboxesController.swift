@@ -112,7 +112,8 @@ struct SnapshotsController {
       body: ForkRequest.self, status: .created, description: "the forks"
     ) { body, _, context in
       ForkResponse(
-        sandboxes: try await service.fork(try context.parameters.require("id"), count: body.count))
+        sandboxes: try await service.fork(
+          try context.parameters.require("id"), count: body.count, network: body.network))
     }
     routes.json(.get, "snapshots", OperationDoc("List snapshots", tag: "snapshots")) { _, _ in
       try await service.listSnapshots()

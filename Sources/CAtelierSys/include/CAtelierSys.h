@@ -18,6 +18,8 @@ typedef struct {
   int stderr_fd;
   int new_session;           // setsid(): own process group, no controlling tty
   int controlling_tty;       // when new_session, make stdin the controlling terminal
+  const int *inherit_fds;    // become the child's 3, 4, … (everything else above 2 is closed)
+  int ninherit;
 } atelier_spawn_options;
 
 /// fork + exec with only async-signal-safe calls in the child. Returns -1 with errno when the
@@ -25,6 +27,19 @@ typedef struct {
 /// holds the reason (reported through a close-on-exec pipe) and the child exits with 127 and
 /// must still be reaped.
 pid_t atelier_spawn(const atelier_spawn_options *options, int *exec_errno);
+
+/// Attaches to the TAP device `name` (IFF_TAP | IFF_NO_PI | IFF_VNET_HDR): a descriptor for a
+/// VMM that may not open /dev/net/tun itself. Returns the descriptor, or -1 with errno.
+int atelier_tap_open(const char *name);
+
+/// Sends `len` bytes on a connected Unix socket with descriptor `fd` attached (SCM_RIGHTS), as
+/// QMP's `getfd` and `add-fd` expect. Returns the bytes sent, or -1 with errno.
+long atelier_send_with_fd(int sock, const void *buf, unsigned long len, int fd);
+
+/// Copies the allocated extents of `in` (found with SEEK_DATA/SEEK_HOLE) into `out` at the
+/// same offsets, with copy_file_range (pread/pwrite where the kernel cannot); `out` is sized
+/// to `size` first, so holes stay holes. Reports the bytes copied. 0, or -1 with errno.
+int atelier_sparse_copy(int in, int out, long long size, long long *copied);
 
 /// Opens a pseudo-terminal pair. Returns 0 or -1 with errno.
 int atelier_openpty(int *master_fd, int *slave_fd, unsigned short rows, unsigned short cols);

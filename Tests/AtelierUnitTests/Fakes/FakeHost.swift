@@ -17,11 +17,15 @@ struct FakeHost {
   let network: FakeNetwork
   let service: SandboxService
 
-  init(maxSandboxes: Int = 20, configure: (inout Config) -> Void = { _ in }) throws {
+  init(
+    maxSandboxes: Int = 20, minFreeGb: Int = 0, enforcesDestinationLists: Bool = false,
+    configure: (inout Config) -> Void = { _ in }
+  ) throws {
     let data = NSTemporaryDirectory() + "atelier-fake-\(UUID().uuidString.prefix(8))"
     var config = Config.defaults()
     config.dataDir = data
     config.maxSandboxes = maxSandboxes
+    config.minFreeGb = minFreeGb
     config.bootTimeoutSeconds = 2
     configure(&config)
     for directory in [config.sandboxesDir, config.snapshotsDir, config.imagesDir] {
@@ -32,7 +36,7 @@ struct FakeHost {
     database = try AtelierDatabase(path: config.databasePath)
     vmm = FakeVMM(faults: faults)
     volumes = FakeVolumeStore(directory: "\(data)/volumes", faults: faults)
-    network = FakeNetwork(faults: faults)
+    network = FakeNetwork(faults: faults, enforcesDestinationLists: enforcesDestinationLists)
     let drivers = HostDrivers(
       vmm: vmm, volumes: volumes, network: network,
       images: ImageCatalog(directory: config.imagesDir),

@@ -1,4 +1,5 @@
 import AtelierAgentAPI
+import AtelierCore
 import Synchronization
 
 @testable import AtelierHost
@@ -11,15 +12,25 @@ final class FakeNetwork: NetworkProvider, Sendable {
   let ports = LoopbackPortAllocator()
   private let attached = Mutex<[String: Int]>([:])
   private let leases = Mutex<Set<String>>([])
+  private let policies = Mutex<[String: NetworkPolicy]>([:])
 
-  init(faults: FaultPlan) { self.faults = faults }
+  /// Bridge-like (per-sandbox allow and deny lists enforced) or user-like (refused).
+  let enforcesDestinationLists: Bool
+
+  init(faults: FaultPlan, enforcesDestinationLists: Bool = false) {
+    self.faults = faults
+    self.enforcesDestinationLists = enforcesDestinationLists
+  }
 
   /// Ports held by attached sandboxes, and sandboxes holding a lease.
   var attachedPorts: [String: Int] { attached.withLock { $0 } }
   var leased: Set<String> { leases.withLock { $0 } }
+  /// The egress policy each sandbox was last attached with.
+  var attachedPolicies: [String: NetworkPolicy] { policies.withLock { $0 } }
 
-  func attach(sandboxId: String) async throws -> NetworkAttachment {
+  func attach(sandboxId: String, policy: NetworkPolicy) async throws -> NetworkAttachment {
     try faults.check(.attach)
+    policies.withLock { $0[sandboxId] = policy }
     let port = try ports.reserve()
     attached.withLock { $0[sandboxId] = port }
     _ = leases.withLock { $0.insert(sandboxId) }

@@ -83,16 +83,29 @@ final class FakeVMM: VirtualMachineManager, Sendable {
     try faults.check(.switchDisk)
   }
 
-  /// The "memory" is the sandbox id the VM's agent answers as.
-  func saveState(_ handle: VMHandle, to path: String) async throws {
-    try faults.check(.saveState)
-    let identity = vms.withLock { $0[handle.pid]?.agent?.sandboxId } ?? handle.sandboxId
-    try Data(identity.utf8).write(to: URL(fileURLWithPath: path))
+  func adopt(sandboxId: String, runtimeDirectory: String) -> VMHandle? {
+    vms.withLock { vms in
+      vms.values.first {
+        $0.handle.sandboxId == sandboxId && $0.handle.runtimeDirectory == runtimeDirectory
+      }?.handle
+    }
   }
 
-  func restore(_ spec: VMSpec, statePath: String) async throws -> VMHandle {
+  /// The "memory" is the sandbox id the VM's agent answers as.
+  func saveState(_ handle: VMHandle, into directory: String) async throws -> SavedVMState {
+    try faults.check(.saveState)
+    let identity = vms.withLock { $0[handle.pid]?.agent?.sandboxId } ?? handle.sandboxId
+    let state = SavedVMState(
+      format: .qemuMemoryFile, memoryPath: "\(directory)/memory",
+      devicesPath: "\(directory)/devices.state")
+    try Data(identity.utf8).write(to: URL(fileURLWithPath: state.memoryPath))
+    try Data().write(to: URL(fileURLWithPath: state.devicesPath))
+    return state
+  }
+
+  func restore(_ spec: VMSpec, from state: SavedVMState) async throws -> VMHandle {
     try faults.check(.restore)
-    let identity = try String(contentsOfFile: statePath, encoding: .utf8)
+    let identity = try String(contentsOfFile: state.memoryPath, encoding: .utf8)
     let handle = try await start(spec, answeringAs: identity)
     vms.withLock { $0[handle.pid]?.paused = true }
     return handle
