@@ -73,6 +73,9 @@ extension SandboxService {
     guard !environment.isEmpty || evenIfEmpty, let agent = recordedAgent(row) else { return }
     do {
       _ = try await agent.setEnvironment(GuestEnvironmentRequest(env: environment))
+    } catch let error as AgentCallError where error.status == 404 && environment.isEmpty {
+      // An agent from before sandbox environments (a snapshot's) holds none to clear.
+      return
     } catch let error as AgentCallError {
       throw AtelierError(.bootFailed, "the agent refused the sandbox's environment: \(error)")
     }

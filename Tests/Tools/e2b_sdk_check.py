@@ -13,10 +13,13 @@ import sys
 import time
 import traceback
 
+import httpx
+
 from e2b import (
     AuthenticationException,
     CommandExitException,
     FileNotFoundException,
+    PtySize,
     Sandbox,
     SandboxNotFoundException,
 )
@@ -65,6 +68,16 @@ def commands(sbx):
         sbx.commands.run("true")
         samples.append((time.monotonic() - start) * 1000)
     timings["run_true_p50_ms"] = round(statistics.median(samples), 1)
+    # The same command through Atelier's own API, for the ratio (the key is an API token).
+    url = f"{os.environ['E2B_API_URL']}/api/sandboxes/{sbx.sandbox_id}/exec"
+    headers = {"Authorization": f"Bearer {os.environ['E2B_API_KEY']}"}
+    samples = []
+    with httpx.Client() as client:
+        for _ in range(5):
+            start = time.monotonic()
+            client.post(url, json={"command": "true"}, headers=headers).raise_for_status()
+            samples.append((time.monotonic() - start) * 1000)
+    timings["atelier_exec_true_p50_ms"] = round(statistics.median(samples), 1)
 
 
 def files(sbx):
@@ -87,6 +100,21 @@ def files(sbx):
     expect_raises(
         "files.read_missing", FileNotFoundException, lambda: sbx.files.read("/tmp/e2b/none.txt")
     )
+
+
+def pty(sbx):
+    handle = sbx.pty.create(PtySize(rows=24, cols=80))
+    sbx.pty.send_stdin(handle.pid, b"echo pty-$((40+2))\n")
+    sbx.pty.resize(handle.pid, PtySize(rows=30, cols=100))
+    sbx.pty.send_stdin(handle.pid, b"stty size; exit\n")
+    output = bytearray()
+    handle.wait(on_pty=lambda data: output.extend(data))
+    text = output.decode(errors="replace")
+    check("pty.echo", "pty-42" in text, repr(text))
+    check("pty.resize", "30 100" in text, repr(text))
+    other = sbx.pty.create(PtySize(rows=24, cols=80))
+    check("pty.kill", sbx.pty.kill(other.pid) is True)
+    expect_raises("pty.killed", CommandExitException, lambda: other.wait())
 
 
 def control_plane(sbx):
@@ -115,13 +143,15 @@ def main():
     timings["create_ms"] = round((time.monotonic() - start) * 1000, 1)
     check("create", bool(sbx.sandbox_id))
     try:
-        for part in (commands, files, control_plane):
+        for part in (commands, files, pty, control_plane):
             try:
                 part(sbx)
             except Exception:
                 check(part.__name__, False, traceback.format_exc())
     finally:
+        start = time.monotonic()
         check("kill", sbx.kill() is True)
+        timings["kill_ms"] = round((time.monotonic() - start) * 1000, 1)
     check("killed.is_running", not sbx.is_running())
     expect_raises(
         "killed.get_info", SandboxNotFoundException, lambda: Sandbox.get_info(sbx.sandbox_id)

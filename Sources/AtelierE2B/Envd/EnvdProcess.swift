@@ -41,6 +41,9 @@ struct EnvdProcess<Context: RequestContext>: Sendable {
       try await call.agent.send(.POST, "/processes/\(pid)/close-stdin", body: String?.none)
       return Envd.Empty()
     }
+    routes.unary(router, "process.Process/Update", Envd.UpdateRequest.self) { request, call in
+      try await update(request, call)
+    }
     routes.unary(router, "process.Process/SendSignal", Envd.SendSignalRequest.self) {
       request, call in
       let pid = try await Self.pid(request.process, call)
@@ -49,6 +52,16 @@ struct EnvdProcess<Context: RequestContext>: Sendable {
         body: ProcessSignalRequest(signal: try Self.signal(request.signal)))
       return Envd.Empty()
     }
+  }
+
+  /// `Update`: a PTY's new size.
+  func update(_ request: Envd.UpdateRequest, _ call: EnvdCall) async throws -> Envd.Empty {
+    let pid = try await Self.pid(request.process, call)
+    guard let cols = request.pty?.size?.cols?.value, let rows = request.pty?.size?.rows?.value
+    else { throw ConnectError(.invalidArgument, "pty.size needs cols and rows") }
+    try await call.agent.send(
+      .POST, "/processes/\(pid)/resize", body: TerminalSize(cols: Int(cols), rows: Int(rows)))
+    return Envd.Empty()
   }
 
   func start(_ request: Envd.StartRequest, _ call: EnvdCall, _ sink: FrameSink) async throws {

@@ -45,6 +45,10 @@ final class FakeAgent: Sendable {
           ports: body.ports, maxTunnels: body.maxTunnels, activeTunnels: 0, idleTunnels: 0,
           refused: 0))
     }
+    router.put("/system/environment") { request, _ in
+      let body = try await request.decodeJSON(GuestEnvironmentRequest.self)
+      return jsonResponse(GuestEnvironmentStatus(variables: body.env.count))
+    }
     router.post("/exec") { request, _ in
       let body = try await request.decodeJSON(ExecRequest.self)
       return jsonResponse(
