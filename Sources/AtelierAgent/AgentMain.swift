@@ -69,9 +69,22 @@ public enum AgentMain {
       identity: identity, keys: AgentKeyStore(key: key), supervisor: supervisor,
       terminals: TerminalService(logger: logger), guestServices: GuestServiceHub(logger: logger),
       logger: logger)
-    let app = makeApplication(routes: routes, host: host, port: port, logger: logger)
     logger.info("agent listening on \(host):\(port)", metadata: ["init": "\(isInit)"])
-    try await app.runService()
+    guard isInit else {
+      return try await makeApplication(routes: routes, host: host, port: port, logger: logger)
+        .runService()
+    }
+    // PID 1 must not exit (the kernel panics): a listener that fails (its address not there
+    // yet) is started again.
+    while true {
+      do {
+        try await makeApplication(routes: routes, host: host, port: port, logger: logger)
+          .runService()
+      } catch {
+        logger.error("agent listener failed, again in 1 s: \(error)")
+      }
+      try? await Task.sleep(for: .seconds(1))
+    }
   }
 
   /// The router with every route of the table, behind the key.

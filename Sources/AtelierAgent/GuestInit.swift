@@ -125,14 +125,25 @@ enum GuestInit {
   static func setAddress(_ interface: String, _ cidr: String, logger: Logger) -> Bool {
     let parts = cidr.split(separator: "/")
     let prefix = parts.count > 1 ? Int32(parts[1]) ?? 24 : 24
-    guard atelier_if_set_ipv4(interface, String(parts[0]), prefix) == 0,
-      atelier_if_up(interface) == 0
-    else {
-      logger.error("\(interface) setup failed: \(String(cString: strerror(errno)))")
-      return false
+    // A NIC may not be probed yet when init starts (virtio-mmio devices come up while it
+    // runs): its name appears within moments, so a missing one is waited for, briefly.
+    var attempts = 0
+    while true {
+      if atelier_if_set_ipv4(interface, String(parts[0]), prefix) == 0,
+        atelier_if_up(interface) == 0
+      {
+        return true
+      }
+      attempts += 1
+      guard errno == ENODEV, attempts < interfaceWaitAttempts else { break }
+      usleep(10_000)
     }
-    return true
+    logger.error("\(interface) setup failed: \(String(cString: strerror(errno)))")
+    return false
   }
+
+  /// 10 ms apart: five seconds for a NIC to appear.
+  static let interfaceWaitAttempts = 500
 
   /// After a restore or resume: the host's wall clock, fresh entropy, a new identity.
   static func resume(_ request: GuestResumeRequest, identity: AgentIdentity, logger: Logger) {

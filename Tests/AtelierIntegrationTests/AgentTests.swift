@@ -39,7 +39,9 @@ extension VMTests {
           id, ["command": "echo $GREETING", "env": ["GREETING": "hi"]])
         #expect(environment.json["stdout"] as? String == "hi\n")
         let unknownUser = try await manager.exec(id, ["command": "true", "user": "nobody-here"])
-        #expect(unknownUser.status == 400)
+        // The request is well formed; the user it names does not exist in this guest.
+        #expect(unknownUser.status == 404, "\(unknownUser.text)")
+        #expect(unknownUser.json["error"] as? String == "NOT_FOUND")
 
         let batch = try await manager.request(
           .POST, "\(api)/exec/batch",

@@ -18,6 +18,9 @@ public struct ConsoleLog: Sendable {
   public let runtimeDirectory: String
 
   public static let defaultCapBytes = 1 << 20
+  /// How much of the console an error shows: enough for a kernel panic's trace and what the
+  /// guest printed just before it.
+  public static let tailLines = 60
   static let fifoName = "console.pipe"
   static let logName = "console.log"
   static let olderLogName = "console.log.1"

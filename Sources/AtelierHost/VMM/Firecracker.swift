@@ -109,7 +109,8 @@ public struct FirecrackerVMM: VMProcessBackend {
       await terminate(handle)
       throw VMMError(
         "firecracker did not boot: \(error)",
-        consoleTail: consoleTail(runtimeDirectory: spec.runtimeDirectory, lines: 25))
+        consoleTail: consoleTail(
+          runtimeDirectory: spec.runtimeDirectory, lines: ConsoleLog.tailLines))
     }
     logger.info(
       "firecracker started", metadata: ["sandbox": "\(spec.sandboxId)", "pid": "\(handle.pid)"])
@@ -225,13 +226,13 @@ public struct FirecrackerVMM: VMProcessBackend {
       if !ProcessReaper.shared.isRunning(pid) {
         throw VMMError(
           "firecracker exited before it listened on its API socket",
-          consoleTail: consoleTail(runtimeDirectory: dir, lines: 25))
+          consoleTail: consoleTail(runtimeDirectory: dir, lines: ConsoleLog.tailLines))
       }
       if ContinuousClock.now > deadline {
         await terminate(handle)
         throw VMMError(
           "firecracker did not listen on \(apiSocket) within \(startTimeout)",
-          consoleTail: consoleTail(runtimeDirectory: dir, lines: 25))
+          consoleTail: consoleTail(runtimeDirectory: dir, lines: ConsoleLog.tailLines))
       }
       try? await Task.sleep(for: .milliseconds(5))
     }
@@ -410,7 +411,8 @@ public struct FirecrackerVMM: VMProcessBackend {
       await terminate(handle)
       throw VMMError(
         "restore failed: \(error)",
-        consoleTail: consoleTail(runtimeDirectory: spec.runtimeDirectory, lines: 25))
+        consoleTail: consoleTail(
+          runtimeDirectory: spec.runtimeDirectory, lines: ConsoleLog.tailLines))
     }
     logger.info(
       "firecracker restored",

@@ -164,7 +164,8 @@ public struct QEMUMicroVM: VMProcessBackend {
     while true {
       if (try? await qmp(handle, timeout: .seconds(5)).execute("query-status")) != nil { return }
       if !ProcessReaper.shared.isRunning(handle.pid) || !HostProcesses.isAlive(handle.pid) {
-        let tail = consoleTail(runtimeDirectory: handle.runtimeDirectory, lines: 25)
+        let tail = consoleTail(
+          runtimeDirectory: handle.runtimeDirectory, lines: ConsoleLog.tailLines)
         ConsoleRelays.shared.stop(handle.runtimeDirectory)
         throw VMMError("qemu did not start: \(Self.lastLine(of: tail))", consoleTail: tail)
       }
@@ -172,7 +173,8 @@ public struct QEMUMicroVM: VMProcessBackend {
         await terminate(handle)
         throw VMMError(
           "qemu did not answer on QMP within \(startTimeout)",
-          consoleTail: consoleTail(runtimeDirectory: handle.runtimeDirectory, lines: 25))
+          consoleTail: consoleTail(
+            runtimeDirectory: handle.runtimeDirectory, lines: ConsoleLog.tailLines))
       }
       try? await Task.sleep(for: .milliseconds(5))
     }

@@ -70,6 +70,6 @@ extension VirtualMachineManager {
   }
 
   public func consoleTail(runtimeDirectory: String) -> String {
-    consoleTail(runtimeDirectory: runtimeDirectory, lines: 25)
+    consoleTail(runtimeDirectory: runtimeDirectory, lines: ConsoleLog.tailLines)
   }
 }
