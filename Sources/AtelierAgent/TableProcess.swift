@@ -63,8 +63,11 @@ final class TableProcess: Sendable {
     return ProcessSubscription(events: stream, token: token)
   }
 
+  /// (Streams are finished outside the lock: finishing one runs its `onTermination`, which
+  /// comes back here.)
   func unsubscribe(_ token: Int) {
-    state.withLock { $0.subscribers.removeValue(forKey: token)?.continuation.finish() }
+    let removed = state.withLock { $0.subscribers.removeValue(forKey: token) }
+    removed?.continuation.finish()
   }
 
   /// A subscriber wrote out a frame carrying `count` bytes of (base64) data.
@@ -112,27 +115,31 @@ final class TableProcess: Sendable {
       if !full { break }
       usleep(2000)
     }
-    state.withLock { state in
+    let stalled = state.withLock { state in
+      var stalled: [AsyncStream<ProcessEventFrame>.Continuation] = []
       for (token, subscriber) in state.subscribers {
         if subscriber.pending > 0 && subscriber.pending + size > queueLimit {
-          subscriber.continuation.finish()
+          stalled.append(subscriber.continuation)
           state.subscribers[token] = nil
         } else {
           state.subscribers[token]?.pending += size
           subscriber.continuation.yield(frame)
         }
       }
+      return stalled
     }
+    for continuation in stalled { continuation.finish() }
   }
 
   func finish(_ end: ProcessEventFrame) {
-    state.withLock { state in
+    let subscribers = state.withLock { state in
       state.end = end
-      for subscriber in state.subscribers.values {
-        subscriber.continuation.yield(end)
-        subscriber.continuation.finish()
-      }
-      state.subscribers = [:]
+      defer { state.subscribers = [:] }
+      return Array(state.subscribers.values)
+    }
+    for subscriber in subscribers {
+      subscriber.continuation.yield(end)
+      subscriber.continuation.finish()
     }
   }
 

@@ -45,14 +45,15 @@ extension VMTests {
             "PATH": "/usr/bin:/bin", "HOME": manager.dataDirectory,
             "E2B_API_KEY": manager.token, "E2B_API_URL": manager.baseURL,
             "E2B_SANDBOX_URL": manager.baseURL,
+            // SDKs before 2.63 refuse keys not shaped like E2B's own (`e2b_<hex>`).
+            "E2B_VALIDATE_API_KEY": "false",
           ]),
         timeout: .seconds(600))
       let output = result.stdoutText + result.stderrText
       #expect(result.exitCode == 0, "the checks of SDK \(version) failed:\n\(output)")
       let lines = Set(result.stdoutText.split(separator: "\n").map(String.init))
-      for name in Self.checks {
-        #expect(lines.contains("ok \(name)"), "SDK \(version): \(name) did not pass:\n\(output)")
-      }
+      let missing = Self.checks.filter { !lines.contains("ok \($0)") }
+      #expect(missing.isEmpty, "SDK \(version): not passed: \(missing)")
       // Nothing is left of the sandbox the SDK killed.
       #expect(manager.qemuProcesses().isEmpty)
       if let timings = lines.first(where: { $0.hasPrefix("timings ") }) {
