@@ -17,7 +17,10 @@ extension VMTests {
     /// What the script checks; a missing line (it stopped early) fails as much as a FAIL.
     static let checks = [
       "create", "run.stdout", "run.stderr", "run.exit_code", "run.exit3", "run.exit3.code",
-      "run.envs", "run.cwd", "run.user_root", "files.text", "files.bytes", "files.list",
+      "run.envs", "run.cwd", "run.user_root", "commands.list", "commands.kill", "background.killed",
+      "background.killed.code", "stdin", "background.wait", "run.timeout", "files.write_files",
+      "files.rename", "pty.echo", "pty.resize", "pty.kill", "pty.killed", "files.text",
+      "files.bytes", "files.list",
       "files.exists", "files.exists_missing", "files.make_dir", "files.make_dir_again",
       "files.get_info", "files.remove", "files.read_missing", "get_info.state", "list.contains",
       "is_running", "get_info.bad_id", "connect.bad_id", "bad_key", "kill", "killed.is_running",

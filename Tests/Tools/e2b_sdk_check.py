@@ -22,6 +22,7 @@ from e2b import (
     PtySize,
     Sandbox,
     SandboxNotFoundException,
+    TimeoutException,
 )
 
 failures = []
@@ -80,6 +81,24 @@ def commands(sbx):
     timings["atelier_exec_true_p50_ms"] = round(statistics.median(samples), 1)
 
 
+def processes(sbx):
+    sleeper = sbx.commands.run("sleep 60", background=True)
+    listed = [process.pid for process in sbx.commands.list()]
+    check("commands.list", sleeper.pid in listed, repr(listed))
+    check("commands.kill", sbx.commands.kill(sleeper.pid) is True)
+    error = expect_raises("background.killed", CommandExitException, lambda: sleeper.wait())
+    check("background.killed.code", error is not None and error.exit_code == -1, repr(error))
+    cat = sbx.commands.run("cat", background=True, stdin=True)
+    sbx.commands.send_stdin(cat.pid, "typed\n")
+    sbx.commands.close_stdin(cat.pid)
+    check("stdin", cat.wait().stdout == "typed\n")
+    waited = sbx.commands.run("sleep 0.2; echo late", background=True).wait()
+    check("background.wait", waited.stdout == "late\n", repr(waited.stdout))
+    expect_raises(
+        "run.timeout", TimeoutException, lambda: sbx.commands.run("sleep 30", timeout=1)
+    )
+
+
 def files(sbx):
     sbx.files.write("/tmp/e2b/hello.txt", "hello from the SDK")
     text = sbx.files.read("/tmp/e2b/hello.txt")
@@ -95,6 +114,13 @@ def files(sbx):
     check("files.make_dir_again", sbx.files.make_dir("/tmp/e2b/folder") is False)
     info = sbx.files.get_info("/tmp/e2b/folder")
     check("files.get_info", info.type.value == "dir", repr(info))
+    sbx.files.write_files(
+        [{"path": "/tmp/e2b/many/one.txt", "data": "1"}, {"path": "/tmp/e2b/many/two.txt", "data": "2"}]
+    )
+    check("files.write_files", sbx.files.read("/tmp/e2b/many/two.txt") == "2")
+    moved = sbx.files.rename("/tmp/e2b/many/one.txt", "/tmp/e2b/many/uno.txt")
+    check("files.rename", moved.path == "/tmp/e2b/many/uno.txt" and not sbx.files.exists(
+        "/tmp/e2b/many/one.txt"), repr(moved))
     sbx.files.remove("/tmp/e2b/hello.txt")
     check("files.remove", not sbx.files.exists("/tmp/e2b/hello.txt"))
     expect_raises(
@@ -143,7 +169,7 @@ def main():
     timings["create_ms"] = round((time.monotonic() - start) * 1000, 1)
     check("create", bool(sbx.sandbox_id))
     try:
-        for part in (commands, files, pty, control_plane):
+        for part in (commands, processes, files, pty, control_plane):
             try:
                 part(sbx)
             except Exception:
