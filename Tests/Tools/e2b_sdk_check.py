@@ -6,6 +6,7 @@ timings ("timings {...}"); exits 1 if any check failed. A check that cannot run 
 is skipped.
 """
 
+import asyncio
 import json
 import os
 import statistics
@@ -16,6 +17,7 @@ import traceback
 import httpx
 
 from e2b import (
+    AsyncSandbox,
     AuthenticationException,
     CommandExitException,
     FileNotFoundException,
@@ -143,6 +145,39 @@ def pty(sbx):
     expect_raises("pty.killed", CommandExitException, lambda: other.wait())
 
 
+def watch(sbx):
+    sbx.files.make_dir("/tmp/watched")
+    handle = sbx.files.watch_dir("/tmp/watched")
+    sbx.files.write("/tmp/watched/new.txt", "x")
+    seen = []
+    for _ in range(50):
+        seen += [(event.name, event.type.value) for event in handle.get_new_events()]
+        if ("new.txt", "create") in seen:
+            break
+        time.sleep(0.1)
+    handle.stop()
+    check("watch.create", ("new.txt", "create") in seen, repr(seen))
+    asyncio.run(watch_async(sbx.sandbox_id))
+
+
+async def watch_async(sandbox_id):
+    """The async SDK: a command, and WatchDir as a stream."""
+    sbx = await AsyncSandbox.connect(sandbox_id)
+    result = await sbx.commands.run("echo async")
+    check("async.run", result.stdout == "async\n", repr(result.stdout))
+    seen = []
+    handle = await sbx.files.watch_dir(
+        "/tmp/watched", on_event=lambda event: seen.append((event.name, event.type.value))
+    )
+    await sbx.files.write("/tmp/watched/streamed.txt", "y")
+    for _ in range(50):
+        if ("streamed.txt", "create") in seen:
+            break
+        await asyncio.sleep(0.1)
+    await handle.stop()
+    check("async.watch_dir", ("streamed.txt", "create") in seen, repr(seen))
+
+
 def control_plane(sbx):
     info = Sandbox.get_info(sbx.sandbox_id)
     check("get_info.state", str(info.state.value) == "running", repr(info.state))
@@ -169,7 +204,7 @@ def main():
     timings["create_ms"] = round((time.monotonic() - start) * 1000, 1)
     check("create", bool(sbx.sandbox_id))
     try:
-        for part in (commands, processes, files, pty, control_plane):
+        for part in (commands, processes, files, pty, watch, control_plane):
             try:
                 part(sbx)
             except Exception:

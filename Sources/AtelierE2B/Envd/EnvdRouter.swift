@@ -28,6 +28,7 @@ struct EnvdRoutes<Context: RequestContext>: Sendable {
   let gate: EnvdGate
   let service: SandboxService
   let logger: Logger
+  let watchers = EnvdWatchers()
 
   func buildResponder() -> RouterResponder<Context> {
     let router = Router(context: Context.self)
@@ -42,6 +43,7 @@ struct EnvdRoutes<Context: RequestContext>: Sendable {
     EnvdProcess(routes: self).addRoutes(to: router)
     EnvdFilesystem(routes: self).addRoutes(to: router)
     EnvdFiles(routes: self).addRoutes(to: router)
+    EnvdWatch(routes: self, watchers: watchers).addRoutes(to: router)
     return router.buildResponder()
   }
 
@@ -79,6 +81,7 @@ struct EnvdRoutes<Context: RequestContext>: Sendable {
   /// end-of-stream frame (`{}` or the error). The sandbox counts as in use for as long.
   func serverStream<Input: Decodable & Sendable>(
     _ router: Router<Context>, _ path: String, _ input: Input.Type,
+    keepalive keepaliveMessage: Data = FrameSink.processKeepalive,
     _ handler: @escaping @Sendable (Input, EnvdCall, FrameSink) async throws -> Void
   ) {
     router.post(RouterPath(path)) { request, _ in
@@ -108,7 +111,7 @@ struct EnvdRoutes<Context: RequestContext>: Sendable {
         status: .ok, headers: headers,
         body: ResponseBody { writer in
           await service.connectionOpened(call.sandboxId)
-          let sink = FrameSink(keepalive: keepalive)
+          let sink = FrameSink(keepalive: keepalive, message: keepaliveMessage)
           let producer = Task {
             do {
               try await handler(try message.get(), call, sink)
@@ -158,7 +161,9 @@ final class FrameSink: Sendable {
   private let continuation: AsyncStream<ByteBuffer>.Continuation
   private let ticker: Task<Void, Never>?
 
-  init(keepalive: Duration?, keepaliveMessage: Data = Data(#"{"event":{"keepalive":{}}}"#.utf8)) {
+  static let processKeepalive = Data(#"{"event":{"keepalive":{}}}"#.utf8)
+
+  init(keepalive: Duration?, message keepaliveMessage: Data) {
     let (frames, continuation) = AsyncStream.makeStream(of: ByteBuffer.self)
     self.frames = frames
     self.continuation = continuation
