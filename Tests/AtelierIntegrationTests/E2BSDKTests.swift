@@ -25,7 +25,8 @@ extension VMTests {
       "files.bytes", "files.list",
       "files.exists", "files.exists_missing", "files.make_dir", "files.make_dir_again",
       "files.get_info", "files.remove", "files.read_missing", "get_info.state", "list.contains",
-      "is_running", "get_info.bad_id", "connect.bad_id", "bad_key", "kill", "killed.is_running",
+      "is_running", "get_info.bad_id", "connect.bad_id", "create.over_limit",
+      "create.no_duplicate", "bad_key", "kill", "killed.is_running",
       "killed.get_info",
     ]
 
@@ -36,7 +37,7 @@ extension VMTests {
           "E2B SDK \(version) is not installed: scripts/test installs it (scripts/install-test-tools)"
         )
       }
-      try await withManager(environment: ["ATELIER_MAX_SANDBOXES": "2"]) { manager in
+      try await withManager(environment: ["ATELIER_MAX_SANDBOXES": "1"]) { manager in
         // One SDK after the other: one VM at a time.
         for version in Self.versions { try await drive(manager, version) }
       }

@@ -153,6 +153,26 @@ import Testing
     }
   }
 
+  /// E2B's `timeout` is a lifetime: at its end the sandbox goes (or pauses), busy or not.
+  @Test func aLifetimeEndsTheSandbox() async throws {
+    let host = try FakeHost()
+    defer { Task { await host.tearDown() } }
+    let service = host.service
+    let doomed = try await service.create(CreateSandboxRequest(lifetimeSeconds: 60))
+    let paused = try await service.create(
+      CreateSandboxRequest(lifetimeSeconds: 60, onExpiry: .pause))
+    let forever = try await service.create(CreateSandboxRequest())
+    #expect(doomed.expiresAt != nil && doomed.onExpiry == .delete)
+    #expect(forever.expiresAt == nil)
+    await service.reapExpired(now: Date().addingTimeInterval(30))
+    #expect(try await service.list(status: nil).count == 3)
+    await service.reapExpired(now: Date().addingTimeInterval(61))
+    await #expect(throws: AtelierError.self) { try await service.get(doomed.id) }
+    let after = try await service.get(paused.id)
+    #expect(after.status == .paused && after.expiresAt == nil)
+    #expect(try await service.get(forever.id).status == .running)
+  }
+
   // MARK: Wire formats
 
   @Test func envelopesAreReadAcrossChunks() throws {
@@ -169,7 +189,9 @@ import Testing
     }
     #expect(seen.map(\.0) == [0, Connect.endOfStream])
     #expect(seen.first?.1 == #"{"a":1}"#)
-    #expect(seen.last?.1 == #"{"error":{"code":"not_found","message":"gone"}}"#)
+    let endBody = try JSONDecoder().decode(
+      [String: [String: String]].self, from: Data((seen.last?.1 ?? "").utf8))
+    #expect(endBody == ["error": ["code": "not_found", "message": "gone"]])
   }
 
   @Test func multipartPartsKeepTheirPathsAndBytes() throws {

@@ -22,6 +22,7 @@ from e2b import (
     CommandExitException,
     FileNotFoundException,
     PtySize,
+    RateLimitException,
     Sandbox,
     SandboxNotFoundException,
     TimeoutException,
@@ -191,6 +192,10 @@ def control_plane(sbx):
     expect_raises(
         "connect.bad_id", SandboxNotFoundException, lambda: Sandbox.connect("nosuchsandbox1")
     )
+    # The manager allows one sandbox: a second create is refused, not retried into a duplicate.
+    expect_raises("create.over_limit", RateLimitException, lambda: Sandbox.create(timeout=60))
+    running = [item.sandbox_id for item in Sandbox.list().next_items()]
+    check("create.no_duplicate", running == [sbx.sandbox_id], repr(running))
     expect_raises(
         "bad_key",
         AuthenticationException,
