@@ -5,8 +5,9 @@ import Foundation
 /// Atelier's sandboxes as E2B's control plane shows them.
 struct SandboxViews: Sendable {
   /// The envd version the adapter answers as: the SDK turns features on by it, and every
-  /// feature gated at or below it works (stdin, the default user, CloseStdin).
-  static let envdVersion = "0.5.2"
+  /// feature gated at or below it works (recursive watches, stdin, the default user,
+  /// CloseStdin, octet-stream and gzip uploads). File metadata (0.6.2) does not yet.
+  static let envdVersion = "0.5.7"
   static let clientID = "atelier"
 
   /// What a create or connect answers.

@@ -20,7 +20,7 @@ extension VMTests {
       "run.envs", "run.cwd", "run.user_root", "commands.list", "commands.kill", "background.killed",
       "background.killed.code", "stdin", "background.wait", "run.timeout", "files.write_files",
       "files.rename", "pty.echo", "pty.resize", "pty.kill", "pty.killed", "watch.create",
-      "async.run",
+      "watch.recursive", "files.gzip_upload", "files.octet_stream", "async.run",
       "async.watch_dir", "files.text",
       "files.bytes", "files.list",
       "files.exists", "files.exists_missing", "files.make_dir", "files.make_dir_again",

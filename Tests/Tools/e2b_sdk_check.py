@@ -7,6 +7,7 @@ is skipped.
 """
 
 import asyncio
+import io
 import json
 import os
 import statistics
@@ -109,6 +110,13 @@ def files(sbx):
     payload = bytes(range(256)) * 64
     sbx.files.write("/tmp/e2b/blob.bin", payload)
     check("files.bytes", bytes(sbx.files.read("/tmp/e2b/blob.bin", format="bytes")) == payload)
+    sbx.files.write("/tmp/e2b/packed.txt", "squeezed " * 1000, gzip=True)
+    packed = sbx.files.read("/tmp/e2b/packed.txt")
+    check("files.gzip_upload", packed == "squeezed " * 1000, repr(packed[:40]))
+    sbx.files.write("/tmp/e2b/raw.bin", io.BytesIO(payload))
+    check("files.octet_stream", bytes(sbx.files.read("/tmp/e2b/raw.bin", format="bytes")) == payload)
+    sbx.files.remove("/tmp/e2b/packed.txt")
+    sbx.files.remove("/tmp/e2b/raw.bin")
     names = sorted(entry.name for entry in sbx.files.list("/tmp/e2b"))
     check("files.list", names == ["blob.bin", "hello.txt"], repr(names))
     check("files.exists", sbx.files.exists("/tmp/e2b/hello.txt"))
@@ -158,6 +166,17 @@ def watch(sbx):
         time.sleep(0.1)
     handle.stop()
     check("watch.create", ("new.txt", "create") in seen, repr(seen))
+    sbx.files.make_dir("/tmp/watched/deep")
+    handle = sbx.files.watch_dir("/tmp/watched", recursive=True)
+    sbx.files.write("/tmp/watched/deep/inner.txt", "z")
+    seen = []
+    for _ in range(50):
+        seen += [(event.name, event.type.value) for event in handle.get_new_events()]
+        if ("deep/inner.txt", "create") in seen:
+            break
+        time.sleep(0.1)
+    handle.stop()
+    check("watch.recursive", ("deep/inner.txt", "create") in seen, repr(seen))
     asyncio.run(watch_async(sbx.sandbox_id))
 
 

@@ -173,35 +173,22 @@ struct EnvelopeReader {
     return (flags, payload)
   }
 
-  /// The messages of a request body, in order, until its end (or an end-of-stream frame).
-  static func messages(_ body: RequestBody) -> AsyncThrowingStream<Data, any Error> {
-    AsyncThrowingStream { continuation in
-      let task = Task {
-        var reader = EnvelopeReader()
-        do {
-          for try await chunk in body {
-            reader.append(chunk)
-            while let (flags, payload) = try reader.next() {
-              if flags & Connect.endOfStream != 0 {
-                continuation.finish()
-                return
-              }
-              continuation.yield(payload)
-            }
-          }
-          continuation.finish()
-        } catch {
-          continuation.finish(throwing: error)
-        }
-      }
-      continuation.onTermination = { _ in task.cancel() }
-    }
-  }
-
-  /// The one message of a server-streaming request.
+  /// The one message of a server-streaming request. The body is read to its end first: a
+  /// response sent before its request was read whole makes the server close the connection,
+  /// which a client may have just picked to reuse.
   static func single(_ body: RequestBody) async throws -> Data {
-    for try await message in messages(body) { return message }
-    throw ConnectError(.invalidArgument, "the request holds no message")
+    let buffer: ByteBuffer
+    do {
+      buffer = try await body.collect(upTo: Connect.maxMessageBytes + 5)
+    } catch {
+      throw ConnectError(.resourceExhausted, "message larger than \(Connect.maxMessageBytes) bytes")
+    }
+    var reader = EnvelopeReader()
+    reader.append(buffer)
+    guard let (flags, payload) = try reader.next(), flags & Connect.endOfStream == 0 else {
+      throw ConnectError(.invalidArgument, "the request holds no message")
+    }
+    return payload
   }
 }
 

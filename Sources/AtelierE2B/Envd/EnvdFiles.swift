@@ -3,6 +3,7 @@ import AtelierAgentAPI
 import AtelierCore
 import AtelierHTTP
 import AtelierHost
+import CompressNIO
 import Foundation
 import HTTPTypes
 import Hummingbird
@@ -73,11 +74,16 @@ struct EnvdFiles<Context: RequestContext>: Sendable {
     let query = request.uri.queryParameters
     let call = try await routes.gate.open(request, username: query.get("username"))
     let contentType = request.headers[.contentType] ?? ""
-    if let encoding = request.headers[.contentEncoding], encoding != "identity" {
-      throw ConnectError(.invalidArgument, "Content-Encoding \(encoding) is not supported")
-    }
+    let encoding = request.headers[.contentEncoding]?.lowercased() ?? "identity"
     var written: [Envd.WriteInfo] = []
-    if let boundary = Multipart.boundary(contentType) {
+    if encoding == "gzip", Multipart.boundary(contentType) == nil {
+      let path = try call.path(query.get("path"))
+      try await put(path, .bytes(try await Self.gunzip(request.body)), call)
+      written.append(Self.info(path))
+    } else if encoding != "identity" {
+      throw ConnectError(
+        .invalidArgument, "Content-Encoding \(encoding) is not supported (gzip: raw bodies only)")
+    } else if let boundary = Multipart.boundary(contentType) {
       let buffer: ByteBuffer
       do {
         buffer = try await request.body.collect(upTo: Multipart.maxBytes)
@@ -100,6 +106,21 @@ struct EnvdFiles<Context: RequestContext>: Sendable {
       written.append(Self.info(path))
     }
     return jsonResponse(written)
+  }
+
+  /// A gzip body, unpacked in memory (both sides at most `Multipart.maxBytes`).
+  static func gunzip(_ body: RequestBody) async throws -> ByteBuffer {
+    var compressed: ByteBuffer
+    do {
+      compressed = try await body.collect(upTo: Multipart.maxBytes)
+    } catch {
+      throw ConnectError(.resourceExhausted, "a gzip upload holds at most 256 MiB")
+    }
+    do {
+      return try compressed.decompress(with: .gzip(), maxSize: Multipart.maxBytes)
+    } catch {
+      throw ConnectError(.invalidArgument, "the gzip body cannot be unpacked (or is over 256 MiB)")
+    }
   }
 
   func put(_ path: String, _ body: HTTPClientRequest.Body, _ call: EnvdCall) async throws {
