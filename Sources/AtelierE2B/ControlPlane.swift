@@ -33,7 +33,9 @@ struct ControlPlane<Context: RequestContext>: Sendable {
       try await service.setLifetime(try context.parameters.require("id"), seconds: body.timeout)
       return Response(status: .noContent)
     }
-    group.post("sandboxes/:id/pause") { _, context in
+    group.post("sandboxes/:id/pause") { request, context in
+      // The body (memory or not) is read to its end: keeping memory is all a pause does here.
+      _ = try await request.body.collect(upTo: 1 << 16)
       _ = try await service.pause(try context.parameters.require("id"))
       return Response(status: .noContent)
     }

@@ -198,6 +198,18 @@ async def watch_async(sandbox_id):
     check("async.watch_dir", ("streamed.txt", "create") in seen, repr(seen))
 
 
+def lifecycle(sbx):
+    metrics = sbx.get_metrics()
+    check("metrics", len(metrics) == 1 and metrics[0].cpu_count >= 1, repr(metrics))
+    check("pause", sbx.pause() is True)
+    check("pause.again", sbx.pause() is False)
+    state = Sandbox.get_info(sbx.sandbox_id).state.value
+    check("paused.state", str(state) == "paused", repr(state))
+    resumed = Sandbox.connect(sbx.sandbox_id)
+    back = resumed.commands.run("echo back")
+    check("connect.resumes", back.stdout == "back\n", repr(back.stdout))
+
+
 def control_plane(sbx):
     info = Sandbox.get_info(sbx.sandbox_id)
     check("get_info.state", str(info.state.value) == "running", repr(info.state))
@@ -228,7 +240,7 @@ def main():
     timings["create_ms"] = round((time.monotonic() - start) * 1000, 1)
     check("create", bool(sbx.sandbox_id))
     try:
-        for part in (commands, processes, files, pty, watch, control_plane):
+        for part in (commands, processes, files, pty, watch, lifecycle, control_plane):
             try:
                 part(sbx)
             except Exception:
