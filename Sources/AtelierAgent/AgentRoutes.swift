@@ -170,12 +170,6 @@ struct AgentRoutes: Sendable {
       .http { request, _ in
         .json(try FileService.move(try await request.decodeJSON(MoveRequest.self)))
       }
-    case .filesMetadata:
-      .http { request, _ in
-        .json(
-          try FileService.setMetadata(
-            path: request.query("path"), try await request.decodeJSON(FileMetadataRequest.self)))
-      }
     case .filesWatch: .http { request, _ in .raw(try watch(request)) }
     case .filesStat:
       .http { request, _ in .json(try FileService.describe(path: request.query("path"))) }

@@ -6,7 +6,7 @@ import CAtelierSys
   import Glibc
 #endif
 
-/// Moves, user metadata (extended attributes) and what an entry's symlink points at.
+/// Moves, user metadata (extended attributes, read) and what an entry's symlink points at.
 extension FileService {
   /// The type of what the symlink at `path` points at, or nil when that does not exist.
   static func targetKind(_ path: String) -> FileEntry.Kind? {
@@ -26,7 +26,7 @@ extension FileService {
     var names = [CChar](repeating: 0, count: Int(size))
     let count = atelier_llistxattr(path, &names, UInt(size))
     guard count > 0 else { return nil }
-    let prefix = FileMetadataRequest.attributePrefix
+    let prefix = FileMetadata.attributePrefix
     var metadata: [String: String] = [:]
     let bytes = names.prefix(Int(count)).map { UInt8(bitPattern: $0) }
     for nameBytes in bytes.split(separator: 0) {
@@ -39,26 +39,6 @@ extension FileService {
         decoding: value.prefix(Int(length)), as: UTF8.self)
     }
     return metadata.isEmpty ? nil : metadata
-  }
-
-  /// Sets each key as `user.e2b.<key>` on the file at `path` (never through a symlink).
-  static func setMetadata(path raw: String?, _ request: FileMetadataRequest) throws -> FileEntry {
-    let path = try checkedPath(raw)
-    for (key, value) in request.metadata {
-      guard !key.isEmpty, !key.utf8.contains(0), !value.utf8.contains(0), key.utf8.count <= 200,
-        value.utf8.count <= 4096
-      else {
-        throw APIError.badRequest(
-          "metadata keys must be 1–200 bytes and values at most 4096, without NUL bytes")
-      }
-      let bytes = Array(value.utf8)
-      let result = bytes.withUnsafeBytes {
-        atelier_lsetxattr(
-          path, FileMetadataRequest.attributePrefix + key, $0.baseAddress, UInt($0.count))
-      }
-      guard result == 0 else { throw failure(errno, path) }
-    }
-    return try describe(path: path)
   }
 
   /// Renames `source` to `destination`, creating the destination's parents (with the owner

@@ -63,7 +63,7 @@ public struct AgentOperation: Sendable {
     case processStart, processList, processEvents, processInput, processCloseStdin
     case processSignal, processResize
     case filesDownload, filesUpload, filesDelete, filesList, filesStat, filesMkdir, filesWrite
-    case filesMove, filesMetadata, filesWatch
+    case filesMove, filesWatch
     case archiveDownload, archiveUpload
     case servicesList, serviceGet, serviceDefine, serviceDelete, serviceStart, serviceStop
     case serviceRestart, serviceLogs
@@ -312,11 +312,6 @@ public enum AgentOperations {
       summary: "Move or rename a file or folder (the destination's parents are created)",
       tag: "files", request: .json(MoveRequest.self), response: .json(FileEntry.self),
       errors: [.validation, .forbidden, .notFound, .conflict]),
-    AgentOperation(
-      .filesMetadata, .put, "/files/metadata",
-      summary: "Set user metadata on a file (user.e2b.* extended attributes)", tag: "files",
-      request: .json(FileMetadataRequest.self), response: .json(FileEntry.self), query: [path],
-      errors: [.validation, .forbidden, .notFound], proxied: false),
     AgentOperation(
       .filesWatch, .get, "/files/watch",
       summary:

@@ -121,11 +121,9 @@ public struct MoveRequest: Codable, Sendable {
   }
 }
 
-/// `PUT /files/metadata`: user metadata kept on a file as `user.e2b.<key>` extended
-/// attributes (what E2B's envd keeps), shown in `FileEntry.metadata`.
-public struct FileMetadataRequest: Codable, Sendable {
-  public var metadata: [String: String]
-  public init(metadata: [String: String]) { self.metadata = metadata }
+/// User metadata on a file: `user.e2b.<key>` extended attributes (what E2B's envd keeps),
+/// shown in `FileEntry.metadata`. (Read only: nothing sets them through the agent yet.)
+public enum FileMetadata {
   /// The extended-attribute namespace the keys live in.
   public static let attributePrefix = "user.e2b."
 }

@@ -442,9 +442,3 @@ long atelier_llistxattr(const char *path, char *list, unsigned long size) {
 long atelier_lgetxattr(const char *path, const char *name, void *value, unsigned long size) {
   return (long)lgetxattr(path, name, value, (size_t)size);
 }
-
-int atelier_lsetxattr(const char *path, const char *name, const void *value, unsigned long size) {
-  return lsetxattr(path, name, value, (size_t)size, 0);
-}
-
-int atelier_lremovexattr(const char *path, const char *name) { return lremovexattr(path, name); }

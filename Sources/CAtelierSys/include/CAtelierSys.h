@@ -84,11 +84,9 @@ int atelier_set_realtime(long long seconds, long nanoseconds);
 int atelier_power_off(void);
 
 /// Extended attributes of a path, never following a symlink at it (Swift's Glibc module
-/// lacks <sys/xattr.h>). Same results as llistxattr/lgetxattr/lsetxattr/lremovexattr.
+/// lacks <sys/xattr.h>). Same results as llistxattr/lgetxattr.
 long atelier_llistxattr(const char *path, char *list, unsigned long size);
 long atelier_lgetxattr(const char *path, const char *name, void *value, unsigned long size);
-int atelier_lsetxattr(const char *path, const char *name, const void *value, unsigned long size);
-int atelier_lremovexattr(const char *path, const char *name);
 
 int atelier_wifexited(int status);
 int atelier_wexitstatus(int status);
