@@ -7,8 +7,12 @@ import Testing
 /// check of Tests/Tools/e2b_sdk_check.py must pass, and each must have run.
 extension VMTests {
   @Suite struct E2BSDKTests {
-    /// The newest SDK (on pyqwest) and an older one (on httpx), each in its virtualenv.
+    /// The newest SDK, with its default HTTP version and with HTTP/1.1 forced, and an older
+    /// one, each in its virtualenv.
     static let versions = ["2.63", "2.45"]
+    static let runs: [(version: String, http: String?)] = [
+      ("2.63", nil), ("2.63", "1.1"), ("2.45", nil),
+    ]
     static func python(_ version: String) -> String {
       "\(TestEnvironment.repositoryRoot)/.build/test-tools/venv-e2b-\(version)/bin/python"
     }
@@ -39,21 +43,23 @@ extension VMTests {
       }
       try await withManager(environment: ["ATELIER_MAX_SANDBOXES": "1"]) { manager in
         // One SDK after the other: one VM at a time.
-        for version in Self.versions { try await drive(manager, version) }
+        for run in Self.runs { try await drive(manager, run.version, http: run.http) }
       }
     }
 
-    func drive(_ manager: ManagerProcess, _ version: String) async throws {
+    func drive(_ manager: ManagerProcess, _ sdk: String, http: String?) async throws {
+      var environment = [
+        "PATH": "/usr/bin:/bin", "HOME": manager.dataDirectory,
+        "E2B_API_KEY": manager.token, "E2B_API_URL": manager.baseURL,
+        "E2B_SANDBOX_URL": manager.baseURL,
+        // SDKs before 2.63 refuse keys not shaped like E2B's own (`e2b_<hex>`).
+        "E2B_VALIDATE_API_KEY": "false",
+      ]
+      if let http { environment["E2B_HTTP_VERSION"] = http }
+      let version = sdk + (http.map { " (HTTP \($0))" } ?? "")
       let result = try await ProcessRunner.run(
         SpawnOptions(
-          executable: Self.python(version), arguments: [Self.script],
-          environment: [
-            "PATH": "/usr/bin:/bin", "HOME": manager.dataDirectory,
-            "E2B_API_KEY": manager.token, "E2B_API_URL": manager.baseURL,
-            "E2B_SANDBOX_URL": manager.baseURL,
-            // SDKs before 2.63 refuse keys not shaped like E2B's own (`e2b_<hex>`).
-            "E2B_VALIDATE_API_KEY": "false",
-          ]),
+          executable: Self.python(sdk), arguments: [Self.script], environment: environment),
         timeout: .seconds(600))
       let output = result.stdoutText + result.stderrText
       #expect(result.exitCode == 0, "the checks of SDK \(version) failed:\n\(output)")
