@@ -31,7 +31,8 @@ extension VMTests {
       "files.get_info", "files.remove", "files.read_missing", "get_info.state", "list.contains",
       "is_running", "get_info.bad_id", "connect.bad_id", "create.over_limit",
       "create.no_duplicate", "bad_key", "kill", "killed.is_running",
-      "killed.get_info", "metrics", "pause", "pause.again", "paused.state", "connect.resumes",
+      "killed.get_info", "create.envs", "list.metadata", "list.metadata_other", "metrics", "pause",
+      "pause.again", "paused.state", "connect.resumes",
     ]
 
     @Test func theE2BSDKDrivesASandbox() async throws {

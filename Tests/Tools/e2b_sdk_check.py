@@ -26,6 +26,7 @@ from e2b import (
     RateLimitException,
     Sandbox,
     SandboxNotFoundException,
+    SandboxQuery,
     TimeoutException,
 )
 
@@ -61,6 +62,8 @@ def commands(sbx):
     check("run.exit_code", result.exit_code == 0, repr(result.exit_code))
     error = expect_raises("run.exit3", CommandExitException, lambda: sbx.commands.run("exit 3"))
     check("run.exit3.code", error is not None and error.exit_code == 3, repr(error))
+    wide = sbx.commands.run("echo $SANDBOX_WIDE")
+    check("create.envs", wide.stdout == "yes\n", repr(wide.stdout))
     envs = sbx.commands.run("echo $GREETING", envs={"GREETING": "hi"})
     check("run.envs", envs.stdout == "hi\n", repr(envs.stdout))
     cwd = sbx.commands.run("pwd", cwd="/tmp")
@@ -215,6 +218,10 @@ def control_plane(sbx):
     check("get_info.state", str(info.state.value) == "running", repr(info.state))
     listed = [item.sandbox_id for item in Sandbox.list().next_items()]
     check("list.contains", sbx.sandbox_id in listed, repr(listed))
+    tagged = Sandbox.list(query=SandboxQuery(metadata={"suite": "e2b"})).next_items()
+    check("list.metadata", [item.sandbox_id for item in tagged] == [sbx.sandbox_id])
+    other = Sandbox.list(query=SandboxQuery(metadata={"suite": "other"})).next_items()
+    check("list.metadata_other", other == [], repr(other))
     sbx.set_timeout(600)
     check("is_running", sbx.is_running())
     expect_raises(
@@ -236,7 +243,7 @@ def control_plane(sbx):
 
 def main():
     start = time.monotonic()
-    sbx = Sandbox.create(timeout=300)
+    sbx = Sandbox.create(timeout=300, envs={"SANDBOX_WIDE": "yes"}, metadata={"suite": "e2b"})
     timings["create_ms"] = round((time.monotonic() - start) * 1000, 1)
     check("create", bool(sbx.sandbox_id))
     try:
