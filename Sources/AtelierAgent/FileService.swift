@@ -300,6 +300,8 @@ enum FileService {
   static func mkdir(_ request: MkdirRequest) throws -> FileEntry {
     let path = try checkedPath(request.path)
     let mode = try parseMode(request.mode, default: 0o755)
+    // The owner is checked even when every folder exists already (nothing to create).
+    _ = try parseOwner(request.owner, path: path)
     // Create each missing parent with the requested owner.
     var current = ""
     for part in path.split(separator: "/") {
@@ -380,6 +382,11 @@ enum FileService {
       throw statFile(path, &info) == 0
         ? APIError.badRequest("\(path) is not a directory") : failure(ENOENT, path)
     }
+    if let mount = kernelFileSystem(at: path) {
+      throw APIError.forbidden(
+        "\(path) holds \(mount), a kernel file system whose files never end (/proc/kcore): "
+          + "archive a folder without it")
+    }
     let tar = try RunningProcess.start(
       tarOptions(["-c", "-f", "-", "-C", path, "."]), stdin: false, stdout: true, stderr: false)
     let body = ResponseBody { writer in
@@ -395,6 +402,29 @@ enum FileService {
     return Response(status: .ok, headers: [.contentType: "application/x-tar"], body: body)
   }
 
+  /// File systems the kernel makes up (their files have no end, or are not files at all).
+  static let kernelFileSystems: Set<Substring> = [
+    "proc", "sysfs", "devtmpfs", "devpts", "securityfs", "cgroup", "cgroup2", "debugfs",
+    "tracefs", "pstore", "bpf", "configfs", "mqueue", "hugetlbfs", "fusectl", "efivarfs",
+    "binfmt_misc",
+  ]
+
+  /// The mount point of a kernel file system at, under or above `path`, if any: a tar of it
+  /// would never end.
+  static func kernelFileSystem(at path: String) -> String? {
+    let lines = readTextFile("/proc/mounts")?.split(separator: "\n") ?? []
+    let inside = path == "/" ? "/" : path + "/"
+    for line in lines {
+      let fields = line.split(separator: " ")
+      guard fields.count > 2, kernelFileSystems.contains(fields[2]) else { continue }
+      let mountPoint = String(fields[1])
+      if mountPoint == path || mountPoint.hasPrefix(inside) || path.hasPrefix(mountPoint + "/") {
+        return mountPoint
+      }
+    }
+    return nil
+  }
+
   /// Unpacks a tar stream with Atelier's own extractor (`AtelierTar`): every folder opened
   /// without following symlinks, files created fresh (never written through a link), owners
   /// set on the descriptors, no devices or FIFOs, no setuid bits, no `..` or absolute members.
@@ -402,6 +432,12 @@ enum FileService {
     -> FileEntry
   {
     let path = try checkedPath(raw)
+    // Nothing at all is no archive (a tar stream ends with two zero blocks): refused before
+    // anything is created.
+    var chunks = body.makeAsyncIterator()
+    var first = try await chunks.next()
+    while let chunk = first, chunk.readableBytes == 0 { first = try await chunks.next() }
+    guard let first else { throw APIError.badRequest("no tar stream: the body is empty") }
     if !directoryExists(path) { _ = try mkdir(MkdirRequest(path: path, owner: owner)) }
     let (uid, gid) = try parseOwner(owner, path: path + "/x")
     let extractor: TarExtractor
@@ -414,7 +450,10 @@ enum FileService {
       throw APIError.badRequest("cannot extract into \(path): \(error)")
     }
     do {
-      for try await buffer in body { try extractor.write(Array(buffer.readableBytesView)) }
+      try extractor.write(Array(first.readableBytesView))
+      while let buffer = try await chunks.next() {
+        try extractor.write(Array(buffer.readableBytesView))
+      }
       try extractor.finish()
     } catch let error as TarError {
       throw APIError.badRequest("not a valid tar stream: \(error)")

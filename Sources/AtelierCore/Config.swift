@@ -44,8 +44,10 @@ public struct Config: Sendable, Equatable {
   public var bridgeAllowedPorts: [Int]
   /// DNS server written into guests on the bridge.
   public var guestDns: String
-  /// Whether a sandbox created without `network.internet` has outbound network.
-  public var guestInternet = true
+  /// Whether a sandbox created without `network.internet` has outbound network. By default
+  /// only under a root manager, whose user-mode guests' egress is filtered (no host address);
+  /// a manager that is not root cannot filter them, so they would reach the host's loopback.
+  public var guestInternet = geteuid() == 0
   /// IPv4 networks no guest reaches unless its `network.allow` says so (the host's own
   /// addresses are refused whatever this says).
   public var egressDeny = EgressDefaults.deny

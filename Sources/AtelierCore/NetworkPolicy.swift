@@ -72,7 +72,11 @@ public struct IPv4Network: Sendable, Hashable, CustomStringConvertible {
   public var prefixLength: Int
 
   /// What the API accepts (the validator is the parser below; this is for the document).
-  public static let pattern = #"^([0-9]{1,3}\.){3}[0-9]{1,3}(/[0-9]{1,2})?$"#
+  /// Exactly what `init?(_:)` takes: octets 0–255 without leading zeros, a prefix of one or
+  /// two digits up to 32.
+  public static let pattern =
+    #"^((25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9][0-9]|[0-9])\.){3}"#
+    + #"(25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9][0-9]|[0-9])(/(3[0-2]|[12][0-9]|0?[0-9]))?$"#
 
   public init?(_ text: String) {
     let parts = text.split(separator: "/", omittingEmptySubsequences: false)

@@ -240,7 +240,7 @@ extension SandboxService {
       report.removedVolumes.append(name)
     case .removeOrphanRuntimeDirectory(let id):
       guard await isStillOrphan(id, planned: byId[id]) else { return }
-      try? FileManager.default.removeItem(atPath: runtimeDirectory(id))
+      FolderRemoval.removeTree(runtimeDirectory(id))
       report.removedDirectories.append(id)
     }
   }

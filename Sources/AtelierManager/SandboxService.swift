@@ -379,7 +379,7 @@ public actor SandboxService {
     let row = try record(id)
     let spec = try vmSpec(row, network: network)
     let directory = spec.runtimeDirectory
-    undo.push { try? FileManager.default.removeItem(atPath: directory) }
+    undo.push { FolderRemoval.removeTree(directory) }
     try writeKeyDrive(id, key: Self.runtime(row).agentKey)
     let vm: VMHandle
     do {
@@ -460,7 +460,7 @@ public actor SandboxService {
     await guestServices.stop(id)
     await stopVMProcess(id: id, runtime: runtime)
     try? await drivers.volumes.remove(runtime.volume ?? VolumeNames.sandbox(id))
-    try? FileManager.default.removeItem(atPath: runtimeDirectory(id))
+    FolderRemoval.removeTree(runtimeDirectory(id))
     await drivers.network.forget(sandboxId: id)
   }
 

@@ -248,7 +248,7 @@ extension SandboxService {
       }
       let spec = try vmSpec(try record(row.id), network: network)
       let directory = spec.runtimeDirectory
-      undo.push { try? FileManager.default.removeItem(atPath: directory) }
+      undo.push { FolderRemoval.removeTree(directory) }
       // The drive holds the new key (what a later boot reads); the restored agent has the
       // snapshot's in memory until it is told.
       try writeKeyDrive(row.id, key: Self.runtime(try record(row.id)).agentKey)

@@ -9,6 +9,7 @@ import HummingbirdWebSocket
 import Logging
 import NIOCore
 import NIOHTTP1
+import Synchronization
 
 /// Forwards `/api/sandboxes/{id}/<agent path>` to the sandbox's agent: request and response
 /// bodies are streamed both ways (large uploads and downloads are never held in memory), and
@@ -43,7 +44,8 @@ struct AgentProxy: Sendable {
     }
     if request.method == .put || request.method == .post || request.method == .patch {
       let length = request.headers[.contentLength].flatMap { Int64($0) }
-      outgoing.body = .stream(request.body, length: length.map { .known($0) } ?? .unknown)
+      outgoing.body = .stream(
+        SinglePassBody(body: request.body), length: length.map { .known($0) } ?? .unknown)
     }
     // A request in flight is activity for as long as it lasts (a long upload, download or
     // batch must not see its sandbox paused as idle under it), until its response body is
@@ -129,5 +131,37 @@ final class ActivityLease: Sendable {
 
   deinit {
     Task { [service, sandboxId] in await service.connectionClosed(sandboxId) }
+  }
+}
+
+/// A request body the HTTP client may read once. The client retries a request whose pooled
+/// connection turned out closed (an agent may close one after answering early, say with a
+/// 409, without reading the body), and a second read of Hummingbird's request body traps:
+/// one hostile guest would bring the manager down. A second pass fails the request instead.
+struct SinglePassBody: AsyncSequence, Sendable {
+  typealias Element = ByteBuffer
+  let body: RequestBody
+  let started = StartedFlag()
+
+  final class StartedFlag: Sendable {
+    let value = Mutex(false)
+  }
+
+  struct AsyncIterator: AsyncIteratorProtocol {
+    var base: RequestBody.AsyncIterator?
+    mutating func next() async throws -> ByteBuffer? {
+      guard base != nil else {
+        throw AtelierError(.unavailable, "the agent dropped the connection during an upload")
+      }
+      return try await base?.next()
+    }
+  }
+
+  func makeAsyncIterator() -> AsyncIterator {
+    let first = started.value.withLock { started in
+      defer { started = true }
+      return !started
+    }
+    return AsyncIterator(base: first ? body.makeAsyncIterator() : nil)
   }
 }

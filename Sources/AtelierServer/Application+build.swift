@@ -73,7 +73,9 @@ public enum ManagerServer {
     document.set(
       OpenAPIDocument.make(
         routes: table.all, version: AtelierVersion.current,
-        context: SchemaContext(limits: dependencies.config.limits)))
+        context: SchemaContext(
+          limits: dependencies.config.limits,
+          destinationLists: dependencies.drivers.network.enforcesDestinationLists)))
     return (router, table)
   }
 
@@ -92,7 +94,7 @@ public enum ManagerServer {
     let service = dependencies.service
     var app = Application(
       router: router,
-      server: .http1WebSocketUpgrade(
+      server: .guardedHTTP1WebSocketUpgrade(
         webSocketRouter: router, configuration: .init(maxFrameSize: 1 << 20)),
       configuration: .init(
         address: .hostname(config.serverHost, port: config.serverPort), serverName: "atelier"),

@@ -130,7 +130,8 @@ public enum ManagerBootstrap {
     switch config.network {
     case .user:
       network = UserModeNetwork(agentOverVsock: agentOverVsock)
-      try await filterUserModeEgress(config: config, vmUid: nil, runner: runner, logger: logger)
+      try await filterUserModeEgress(
+        config: config, vmUid: vmUser?.uid, runner: runner, logger: logger)
     case .bridge:
       try await BridgeSetup(config: config, runner: runner).apply()
       network = BridgeNetwork(

@@ -6,9 +6,11 @@ import Foundation
 enum NetworkChecks {
   /// The uid user-mode VMs run as when it is not root's (the filter matches it), or nil.
   static func vmUid(_ config: Config) -> UInt32? {
-    guard getuid() == 0 else { return nil }
-    // QEMU runs as the manager's user until VMs get a user of their own.
-    return nil
+    // A manager that is not root runs QEMU as itself: nothing tells its VMs apart.
+    guard getuid() == 0, let user = VMUser.lookUp(config.vmUser), user.uid != 0 else {
+      return nil
+    }
+    return user.uid
   }
 
   /// The user-mode egress filter this host can have, or nil when nothing can filter.
@@ -40,8 +42,9 @@ enum NetworkChecks {
         fix: "")
     case .user:
       guard let firewall = userModeFirewall(config, runner: runner) else {
+        // Unfiltered guests with internet by default reach this host's loopback.
         return Doctor.Finding(
-          name: "guest egress", ok: true,
+          name: "guest egress", ok: !config.guestInternet,
           detail: "\(userModeUnfiltered(config)); internet: false (restrict=on) still holds; "
             + defaults,
           fix: "run the manager as root (VMs then run as a user of their own, filtered), use "

@@ -104,6 +104,31 @@ import Testing
     try victimUntouched()
   }
 
+  @Test func archivesOfKernelFileSystemsAreRefusedAndOthersStream() async throws {
+    defer { try? FileManager.default.removeItem(atPath: scratch) }
+    let agent = TestAgent()
+    defer { agent.cleanUp() }
+    try await agent.app.test(.router) { client in
+      // "/" holds /proc (whose kcore never ends), /proc is one, /proc/self is inside one.
+      for path in ["/", "/proc", "/proc/self", "/sys"] {
+        try await client.execute(
+          uri: "/files/archive?path=\(path)", method: .get, headers: TestAgent.bearer()
+        ) {
+          #expect($0.status == .forbidden, "\(path): \($0.text)")
+          #expect($0.text.contains("kernel file system"), "\(path)")
+        }
+      }
+      // The positive control: an ordinary folder streams as a tar.
+      try await client.execute(
+        uri: "/files/archive?path=\(scratch)/outside", method: .get, headers: TestAgent.bearer()
+      ) {
+        #expect($0.status == .ok, "\($0.text)")
+        #expect($0.headers[.contentType] == "application/x-tar")
+        #expect($0.body.readableBytes >= 1024)
+      }
+    }
+  }
+
   @Test func aHardLinkAtTheTargetIsReplacedNotWrittenThrough() async throws {
     defer { try? FileManager.default.removeItem(atPath: scratch) }
     let agent = TestAgent()

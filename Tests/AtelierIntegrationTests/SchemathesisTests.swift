@@ -30,8 +30,12 @@ extension VMTests {
               "run", "\(manager.baseURL)/openapi.json", "--checks", "all",
               "-H", "Authorization: Bearer \(manager.token)", "--no-color",
             ],
-            environment: ["PATH": "/usr/bin:/bin", "HOME": manager.dataDirectory]),
-          timeout: .seconds(1800))
+            environment: [
+              "PATH": "/usr/bin:/bin", "HOME": manager.dataDirectory,
+              "SCHEMATHESIS_HOOKS": "schemathesis_hooks",
+              "PYTHONPATH": "\(TestEnvironment.repositoryRoot)/Tests/Tools",
+            ]),
+          timeout: .seconds(900))
         let output = result.stdoutText + result.stderrText
         let summary = output.split(separator: "\n").suffix(30).joined(separator: "\n")
         #expect(result.exitCode == 0, "schemathesis found failures:\n\(output.suffix(20_000))")

@@ -33,6 +33,21 @@ public struct ConsoleLog: Sendable {
   public var logPath: String { "\(runtimeDirectory)/\(Self.logName)" }
   var olderLogPath: String { "\(runtimeDirectory)/\(Self.olderLogName)" }
 
+  /// Opens the FIFO (non-blocking) and nothing else: the folder is the VM user's, so what is
+  /// at that name may be a symlink or a file planted there, which root must not open.
+  static func openFIFO(_ path: String, _ access: Int32) throws -> Int32 {
+    let fd = open(path, access | O_NONBLOCK | O_CLOEXEC | O_NOFOLLOW)
+    guard fd >= 0 else {
+      throw VMMError("cannot open \(path): \(String(cString: strerror(errno)))")
+    }
+    var info = stat()
+    guard fstat(fd, &info) == 0, info.st_mode & S_IFMT == S_IFIFO else {
+      close(fd)
+      throw VMMError("\(path) is not the console FIFO: refused")
+    }
+    return fd
+  }
+
   /// A fresh FIFO (and no old log), owned by whoever runs the VMM: it opens it by name.
   public func prepare(owner: VMUser?) throws {
     for path in [fifoPath, logPath, olderLogPath] { unlink(path) }
@@ -107,11 +122,7 @@ public final class ConsoleRelays: Sendable {
   /// A write end of the FIFO for a VMM's stdout and stderr (non-blocking: when the pipe is
   /// full, output is dropped rather than stalling the VMM). The caller closes it.
   public func writeEnd(_ log: ConsoleLog) throws -> Int32 {
-    let fd = open(log.fifoPath, O_WRONLY | O_NONBLOCK | O_CLOEXEC)
-    guard fd >= 0 else {
-      throw VMMError("cannot open \(log.fifoPath): \(String(cString: strerror(errno)))")
-    }
-    return fd
+    try ConsoleLog.openFIFO(log.fifoPath, O_WRONLY)
   }
 
   /// The relay ends once `pid` is gone and the FIFO is empty.
@@ -145,10 +156,7 @@ final class ConsoleRelay: Sendable {
   private let state: Mutex<State>
 
   init(log: ConsoleLog, capBytes: Int) throws {
-    fifo = open(log.fifoPath, O_RDWR | O_NONBLOCK | O_CLOEXEC)
-    guard fifo >= 0 else {
-      throw VMMError("cannot open \(log.fifoPath): \(String(cString: strerror(errno)))")
-    }
+    fifo = try ConsoleLog.openFIFO(log.fifoPath, O_RDWR)
     state = Mutex(
       State(file: CappedFile(path: log.logPath, olderPath: log.olderLogPath, capBytes: capBytes)))
   }

@@ -127,8 +127,11 @@ public final class QMPSession {
   }
 }
 
-/// Reads newline-terminated lines from a socket.
+/// Reads newline-terminated lines from a socket. A line longer than `maxLine` ends the
+/// reading: QEMU is the VM user's process, and a compromised one must not grow the root
+/// manager's memory without bound.
 struct LineReader {
+  static let maxLine = 1 << 20
   let fd: Int32
   var buffer: [UInt8] = []
 
@@ -139,6 +142,7 @@ struct LineReader {
         buffer.removeSubrange(...newline)
         return line
       }
+      guard buffer.count <= Self.maxLine else { return nil }
       guard let chunk = UnixSocket.receive(fd), !chunk.isEmpty else { return nil }
       buffer += chunk
     }

@@ -61,22 +61,39 @@ public struct VMUser: Sendable, Equatable {
     ProcessCredentials(uid: uid, gid: gid, groups: [gid] + extraGroups.filter { $0 != gid })
   }
 
-  /// Hands `path` (not following a link) to this user.
+  /// Hands `path` (not following a link) to this user. Through a descriptor: these paths are
+  /// in folders the VM user writes, so a name swapped for a symlink must not redirect root's
+  /// chown or chmod.
   public func own(_ path: String, mode: mode_t? = nil) throws {
-    guard lchown(path, uid, gid) == 0 else {
-      throw VMMError("cannot hand \(path) to \(name): \(String(cString: strerror(errno)))")
-    }
-    if let mode, chmod(path, mode) != 0 {
-      throw VMMError("cannot set the mode of \(path): \(String(cString: strerror(errno)))")
+    try Self.withDescriptor(path) { fd in
+      guard fchown(fd, uid, gid) == 0 else {
+        throw VMMError("cannot hand \(path) to \(name): \(String(cString: strerror(errno)))")
+      }
+      if let mode, fchmod(fd, mode) != 0 {
+        throw VMMError("cannot set the mode of \(path): \(String(cString: strerror(errno)))")
+      }
     }
   }
 
   /// Root's, readable (and with `writable`, writable) by this user's group only: snapshot
   /// files VMs map, frozen disks they read.
   public func share(_ path: String, writable: Bool = false) throws {
-    guard lchown(path, 0, gid) == 0, chmod(path, writable ? 0o660 : 0o640) == 0 else {
-      throw VMMError("cannot share \(path) with \(name): \(String(cString: strerror(errno)))")
+    try Self.withDescriptor(path) { fd in
+      guard fchown(fd, 0, gid) == 0, fchmod(fd, writable ? 0o660 : 0o640) == 0 else {
+        throw VMMError("cannot share \(path) with \(name): \(String(cString: strerror(errno)))")
+      }
     }
+  }
+
+  /// `path` opened without following a final symlink (non-blocking, so a FIFO or device
+  /// opens at once), for the duration of `body`.
+  static func withDescriptor(_ path: String, _ body: (Int32) throws -> Void) throws {
+    let fd = open(path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC | O_NOCTTY)
+    guard fd >= 0 else {
+      throw VMMError("cannot open \(path): \(String(cString: strerror(errno)))")
+    }
+    defer { close(fd) }
+    try body(fd)
   }
 
   /// The group of `device` when it lets its group read and write it (how /dev/kvm is usually

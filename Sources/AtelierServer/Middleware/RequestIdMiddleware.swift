@@ -19,8 +19,14 @@ struct RequestIdMiddleware: RouterMiddleware {
         && given.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "-") })
       ? given : Identifier.make(length: 16)
     context.logger[metadataKey: "request"] = .string(context.requestId)
+    // The path alone: a query may carry a WebSocket's token.
+    context.logger.debug("\(request.method) \(request.uri.path)")
+    let started = ContinuousClock.now
     var response = try await next(request, context)
     response.headers[Self.header] = context.requestId
+    context.logger.debug(
+      "\(request.method) \(request.uri.path) answered \(response.status.code)",
+      metadata: ["took": "\(ContinuousClock.now - started)"])
     return response
   }
 }

@@ -74,6 +74,20 @@ extension ForkRequest: SchemaDescribed {
   }
 }
 
+extension NetworkPolicyRequest: SchemaDescribed {
+  static var schemaName: String { "NetworkPolicyRequest" }
+  static func describe(_ schema: inout ObjectSchema, in context: SchemaContext) {
+    let entries = context.destinationLists ? NetworkPolicy.maxEntries : 0
+    for list in ["allow", "deny"] {
+      schema.set(list, "items", ["type": "string", "pattern": .string(IPv4Network.pattern)])
+      schema.set(list, "maxItems", .number(Double(entries)))
+    }
+    if !context.destinationLists {
+      schema.description = "allow and deny need bridge networking: here they must be empty."
+    }
+  }
+}
+
 extension ExecRequest: SchemaDescribed {
   static func describe(_ schema: inout ObjectSchema, in context: SchemaContext) {
     schema.description = "Exactly one of command (run by /bin/sh -c) or argv (run directly)."

@@ -142,6 +142,9 @@ struct ObjectSchema {
 /// What the configuration decides about schemas.
 struct SchemaContext: Sendable {
   var limits: SandboxLimits
+  /// Whether this host's networking enforces per-sandbox allow and deny lists (bridge); where
+  /// it does not, the lists must be empty.
+  var destinationLists: Bool = true
 }
 
 /// Types whose schema needs more than their shape: a name, bounds, defaults, descriptions.
