@@ -1,5 +1,6 @@
 import AsyncHTTPClient
 import AtelierCore
+import AtelierHTTP
 import AtelierHost
 import AtelierManager
 import HTTPTypes
@@ -9,7 +10,6 @@ import HummingbirdWebSocket
 import Logging
 import NIOCore
 import NIOHTTP1
-import Synchronization
 
 /// Forwards `/api/sandboxes/{id}/<agent path>` to the sandbox's agent: request and response
 /// bodies are streamed both ways (large uploads and downloads are never held in memory), and
@@ -131,37 +131,5 @@ final class ActivityLease: Sendable {
 
   deinit {
     Task { [service, sandboxId] in await service.connectionClosed(sandboxId) }
-  }
-}
-
-/// A request body the HTTP client may read once. The client retries a request whose pooled
-/// connection turned out closed (an agent may close one after answering early, say with a
-/// 409, without reading the body), and a second read of Hummingbird's request body traps:
-/// one hostile guest would bring the manager down. A second pass fails the request instead.
-struct SinglePassBody: AsyncSequence, Sendable {
-  typealias Element = ByteBuffer
-  let body: RequestBody
-  let started = StartedFlag()
-
-  final class StartedFlag: Sendable {
-    let value = Mutex(false)
-  }
-
-  struct AsyncIterator: AsyncIteratorProtocol {
-    var base: RequestBody.AsyncIterator?
-    mutating func next() async throws -> ByteBuffer? {
-      guard base != nil else {
-        throw AtelierError(.unavailable, "the agent dropped the connection during an upload")
-      }
-      return try await base?.next()
-    }
-  }
-
-  func makeAsyncIterator() -> AsyncIterator {
-    let first = started.value.withLock { started in
-      defer { started = true }
-      return !started
-    }
-    return AsyncIterator(base: first ? body.makeAsyncIterator() : nil)
   }
 }

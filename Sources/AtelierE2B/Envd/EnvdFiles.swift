@@ -102,7 +102,9 @@ struct EnvdFiles<Context: RequestContext>: Sendable {
       let path = try call.path(query.get("path"))
       let length = request.headers[.contentLength].flatMap { Int64($0) }
       try await put(
-        path, .stream(request.body, length: length.map { .known($0) } ?? .unknown), call)
+        path,
+        .stream(SinglePassBody(body: request.body), length: length.map { .known($0) } ?? .unknown),
+        call)
       written.append(Self.info(path))
     }
     return jsonResponse(written)
