@@ -207,8 +207,12 @@ public struct Config: Sendable, Equatable {
     Key(path: "lvmVg") { $0.lvmVg = try nonEmpty($1) },
     Key(path: "lvmPool") { $0.lvmPool = try nonEmpty($1) },
     // The earlier name (LVM only), read first so that `diskSizeGb` wins when both are set.
-    Key(path: "lvmVolumeSizeGb") { $0.diskSizeGb = try integer($1, in: 1...16384) },
-    Key(path: "diskSizeGb") { $0.diskSizeGb = try integer($1, in: 1...16384) },
+    Key(path: "lvmVolumeSizeGb") {
+      $0.diskSizeGb = try integer($1, in: CreateSandboxRequest.diskRange)
+    },
+    Key(path: "diskSizeGb") {
+      $0.diskSizeGb = try integer($1, in: CreateSandboxRequest.diskRange)
+    },
     Key(path: "limits.vcpus", environment: "ATELIER_MAX_VCPUS") {
       $0.maxVcpus = try integer($1, in: CreateSandboxRequest.vcpuRange)
     },

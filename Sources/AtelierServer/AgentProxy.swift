@@ -45,7 +45,7 @@ struct AgentProxy: Sendable {
     if request.method == .put || request.method == .post || request.method == .patch {
       let length = request.headers[.contentLength].flatMap { Int64($0) }
       outgoing.body = .stream(
-        SinglePassBody(body: request.body), length: length.map { .known($0) } ?? .unknown)
+        SinglePassSequence(request.body), length: length.map { .known($0) } ?? .unknown)
     }
     // A request in flight is activity for as long as it lasts (a long upload, download or
     // batch must not see its sandbox paused as idle under it), until its response body is
@@ -65,7 +65,8 @@ struct AgentProxy: Sendable {
       }
     }
     let length = response.headers.first(name: "content-length").flatMap(Int.init)
-    let body = response.body
+    // Read once, whatever asks twice: a second read of the client's body traps.
+    let body = SinglePassSequence(response.body)
     return Response(
       status: .init(code: Int(response.status.code)), headers: headers,
       body: ResponseBody(contentLength: length) { writer in

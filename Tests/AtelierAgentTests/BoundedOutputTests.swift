@@ -127,7 +127,9 @@ final class SlowSink: FrameSink {
     let session = try terminals.session(info.id)
     let slow = session.attach()
     let fast = session.attach()
-    var fastBytes = 0
+    // What the shell wrote before this client attached comes as its replay (on a loaded
+    // machine the first chunks may be out before the attach).
+    var fastBytes = fast.replay.count
     var fastEnd: TerminalSessionState.Event?
     for await event in fast.events {
       switch event {

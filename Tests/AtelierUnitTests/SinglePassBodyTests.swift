@@ -9,7 +9,7 @@ import Testing
 /// instead of trapping in Hummingbird's request body (which would end the manager).
 @Suite struct SinglePassBodyTests {
   @Test func aSecondReadFailsInsteadOfTrapping() async throws {
-    let body = SinglePassBody(body: RequestBody(buffer: ByteBuffer(string: "upload")))
+    let body = SinglePassSequence(RequestBody(buffer: ByteBuffer(string: "upload")))
     var first = body.makeAsyncIterator()
     let chunk = try await first.next()
     #expect(chunk.map { String(buffer: $0) } == "upload")

@@ -103,7 +103,7 @@ struct EnvdFiles<Context: RequestContext>: Sendable {
       let length = request.headers[.contentLength].flatMap { Int64($0) }
       try await put(
         path,
-        .stream(SinglePassBody(body: request.body), length: length.map { .known($0) } ?? .unknown),
+        .stream(SinglePassSequence(request.body), length: length.map { .known($0) } ?? .unknown),
         call)
       written.append(Self.info(path))
     }
