@@ -6,7 +6,8 @@ import CAtelierSys
   import Glibc
 #endif
 
-/// Moves, user metadata (extended attributes, read) and what an entry's symlink points at.
+/// Listings to a depth, moves, user metadata (extended attributes, read) and what an entry's
+/// symlink points at.
 extension FileService {
   /// The type of what the symlink at `path` points at, or nil when that does not exist.
   static func targetKind(_ path: String) -> FileEntry.Kind? {
@@ -58,5 +59,58 @@ extension FileService {
     if !directoryExists(parent) { _ = try mkdir(MkdirRequest(path: parent)) }
     guard rename(source, destination) == 0 else { throw failure(errno, destination) }
     return try describe(path: destination)
+  }
+
+  /// The folder's entries and, down to `depth` levels, theirs (folders are entered, symlinks
+  /// never), at most `FileListing.maxEntries` in all.
+  static func list(path raw: String?, depth rawDepth: String? = nil) throws -> FileListing {
+    let path = try checkedPath(raw)
+    let depth =
+      try rawDepth.map { text in
+        guard let value = Int(text), FileListing.depthRange.contains(value) else {
+          throw APIError.badRequest("depth must be a number from 1 to 64")
+        }
+        return value
+      } ?? 1
+    var lookup = (users: names("/etc/passwd"), groups: names("/etc/group"))
+    var entries: [FileEntry] = []
+    var truncated = false
+    try listLevel(path, depth: depth, lookup: &lookup, into: &entries, truncated: &truncated)
+    return FileListing(path: path, entries: entries, truncated: truncated ? true : nil)
+  }
+
+  static func listLevel(
+    _ path: String, depth: Int, lookup: inout (users: [UInt32: String], groups: [UInt32: String]),
+    into entries: inout [FileEntry], truncated: inout Bool, isTop: Bool = true
+  ) throws {
+    guard let directory = opendir(path) else {
+      if isTop { throw failure(errno, path) }
+      return
+    }
+    var level: [FileEntry] = []
+    while let item = readdir(directory) {
+      let name = withUnsafePointer(to: item.pointee.d_name) {
+        $0.withMemoryRebound(to: CChar.self, capacity: 256) { String(cString: $0) }
+      }
+      if name == "." || name == ".." { continue }
+      let child = path == "/" ? "/\(name)" : "\(path)/\(name)"
+      if let entry = try? entry(child, users: lookup.users, groups: lookup.groups) {
+        level.append(entry)
+      }
+    }
+    closedir(directory)
+    level.sort { $0.name < $1.name }
+    for entry in level {
+      guard entries.count < FileListing.maxEntries else {
+        truncated = true
+        return
+      }
+      entries.append(entry)
+      if depth > 1 && entry.type == .directory {
+        try listLevel(
+          entry.path, depth: depth - 1, lookup: &lookup, into: &entries, truncated: &truncated,
+          isTop: false)
+      }
+    }
   }
 }

@@ -149,59 +149,6 @@ enum FileService {
     return try entry(path, users: names("/etc/passwd"), groups: names("/etc/group"))
   }
 
-  /// The folder's entries and, down to `depth` levels, theirs (folders are entered, symlinks
-  /// never), at most `FileListing.maxEntries` in all.
-  static func list(path raw: String?, depth rawDepth: String? = nil) throws -> FileListing {
-    let path = try checkedPath(raw)
-    let depth =
-      try rawDepth.map { text in
-        guard let value = Int(text), FileListing.depthRange.contains(value) else {
-          throw APIError.badRequest("depth must be a number from 1 to 64")
-        }
-        return value
-      } ?? 1
-    var lookup = (users: names("/etc/passwd"), groups: names("/etc/group"))
-    var entries: [FileEntry] = []
-    var truncated = false
-    try listLevel(path, depth: depth, lookup: &lookup, into: &entries, truncated: &truncated)
-    return FileListing(path: path, entries: entries, truncated: truncated ? true : nil)
-  }
-
-  static func listLevel(
-    _ path: String, depth: Int, lookup: inout (users: [UInt32: String], groups: [UInt32: String]),
-    into entries: inout [FileEntry], truncated: inout Bool, isTop: Bool = true
-  ) throws {
-    guard let directory = opendir(path) else {
-      if isTop { throw failure(errno, path) }
-      return
-    }
-    var level: [FileEntry] = []
-    while let item = readdir(directory) {
-      let name = withUnsafePointer(to: item.pointee.d_name) {
-        $0.withMemoryRebound(to: CChar.self, capacity: 256) { String(cString: $0) }
-      }
-      if name == "." || name == ".." { continue }
-      let child = path == "/" ? "/\(name)" : "\(path)/\(name)"
-      if let entry = try? entry(child, users: lookup.users, groups: lookup.groups) {
-        level.append(entry)
-      }
-    }
-    closedir(directory)
-    level.sort { $0.name < $1.name }
-    for entry in level {
-      guard entries.count < FileListing.maxEntries else {
-        truncated = true
-        return
-      }
-      entries.append(entry)
-      if depth > 1 && entry.type == .directory {
-        try listLevel(
-          entry.path, depth: depth - 1, lookup: &lookup, into: &entries, truncated: &truncated,
-          isTop: false)
-      }
-    }
-  }
-
   // MARK: Download and upload
 
   static func download(path raw: String?) throws -> Response {
