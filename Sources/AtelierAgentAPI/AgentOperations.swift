@@ -311,7 +311,7 @@ public enum AgentOperations {
       .filesMove, .post, "/files/move",
       summary: "Move or rename a file or folder (the destination's parents are created)",
       tag: "files", request: .json(MoveRequest.self), response: .json(FileEntry.self),
-      errors: [.validation, .forbidden, .notFound, .conflict]),
+      errors: [.validation, .forbidden, .notFound, .conflict], proxied: false),
     AgentOperation(
       .filesWatch, .get, "/files/watch",
       summary:

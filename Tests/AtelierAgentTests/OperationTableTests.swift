@@ -43,7 +43,7 @@ import Testing
       Set(managerOnly)
         == [
           "/health", "/system/resume", "/system/poweroff", "/system/guest-services",
-          "/guest-services/tunnel", "/system/environment", "/files/watch",
+          "/guest-services/tunnel", "/system/environment", "/files/watch", "/files/move",
           // The process table: for the E2B adapter.
           "/processes", "/processes/{pid}/events", "/processes/{pid}/input",
           "/processes/{pid}/close-stdin", "/processes/{pid}/signal", "/processes/{pid}/resize",
