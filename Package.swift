@@ -23,6 +23,8 @@ let package = Package(
     .package(url: "https://github.com/apple/swift-crypto.git", from: "3.12.3"),
     .package(url: "https://github.com/swift-server/async-http-client.git", from: "1.37.0"),
     .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
+    // gzip for envd file transfers (already in the graph through hummingbird-websocket).
+    .package(url: "https://github.com/adam-fowler/compress-nio.git", from: "1.5.0"),
   ],
   targets: [
     // Shared by host and guest.
@@ -77,11 +79,24 @@ let package = Package(
         "AtelierCore", "AtelierHost", "AtelierStore", "AtelierAgentAPI", "AtelierProcess",
       ],
       swiftSettings: swiftSettings),
+    // The E2B-compatible API: E2B's control plane and its in-sandbox daemon (envd), mapped onto
+    // Atelier's own.
+    .target(
+      name: "AtelierE2B",
+      dependencies: [
+        "AtelierCore", "AtelierHost", "AtelierManager", "AtelierAgentAPI", "AtelierStore",
+        "AtelierHTTP",
+        .product(name: "Hummingbird", package: "hummingbird"),
+        .product(name: "CompressNIO", package: "compress-nio"),
+        .product(name: "AsyncHTTPClient", package: "async-http-client"),
+        .product(name: "Crypto", package: "swift-crypto"),
+      ],
+      swiftSettings: swiftSettings),
     .target(
       name: "AtelierServer",
       dependencies: [
         "AtelierCore", "AtelierHost", "AtelierManager", "AtelierStore", "AtelierHTTP",
-        "AtelierAgentAPI",
+        "AtelierAgentAPI", "AtelierE2B",
         .product(name: "Hummingbird", package: "hummingbird"),
         .product(name: "HummingbirdWebSocket", package: "hummingbird-websocket"),
         .product(name: "HummingbirdWSClient", package: "hummingbird-websocket"),
@@ -107,7 +122,7 @@ let package = Package(
       name: "AtelierUnitTests",
       dependencies: [
         "AtelierCore", "AtelierHost", "AtelierManager", "AtelierStore", "AtelierServer",
-        "AtelierAgentAPI", "AtelierProcess", "AtelierHTTP",
+        "AtelierAgentAPI", "AtelierProcess", "AtelierHTTP", "AtelierE2B",
         .product(name: "Hummingbird", package: "hummingbird"),
         .product(name: "HummingbirdTesting", package: "hummingbird"),
         .product(name: "HummingbirdWebSocket", package: "hummingbird-websocket"),

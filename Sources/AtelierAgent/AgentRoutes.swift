@@ -50,17 +50,20 @@ struct AgentRoutes: Sendable {
   let supervisor: ServiceSupervisor
   let terminals: TerminalService
   let guestServices: GuestServiceHub
+  let processes: ProcessTable
   let logger: Logger
 
   init(
     identity: AgentIdentity, keys: AgentKeyStore, supervisor: ServiceSupervisor,
-    terminals: TerminalService, guestServices: GuestServiceHub, logger: Logger
+    terminals: TerminalService, guestServices: GuestServiceHub,
+    processes: ProcessTable = ProcessTable(), logger: Logger
   ) {
     self.identity = identity
     self.keys = keys
     self.supervisor = supervisor
     self.terminals = terminals
     self.guestServices = guestServices
+    self.processes = processes
     self.logger = logger
   }
 
@@ -114,6 +117,30 @@ struct AgentRoutes: Sendable {
       .webSocket { inbound, outbound, _ in
         try await guestServices.serveTunnel(inbound: inbound, outbound: outbound)
       }
+    case .systemEnvironment: .http { request, _ in .json(try await setEnvironment(request)) }
+    case .processStart: .http { request, _ in .raw(try await startProcess(request)) }
+    case .processList: .http { _, _ in .json(processes.list()) }
+    case .processEvents: .http { _, context in .raw(try processEvents(context)) }
+    case .processInput:
+      .http { request, context in
+        try await processInput(request, context)
+        return .empty
+      }
+    case .processCloseStdin:
+      .http { _, context in
+        try processes.process(try pid(context)).closeStdin()
+        return .empty
+      }
+    case .processSignal:
+      .http { request, context in
+        try await processSignal(request, context)
+        return .empty
+      }
+    case .processResize:
+      .http { request, context in
+        try await processResize(request, context)
+        return .empty
+      }
     case .exec:
       .http { request, _ in
         .json(try await ExecService.run(try await request.decodeJSON(ExecRequest.self)))
@@ -136,7 +163,14 @@ struct AgentRoutes: Sendable {
         return .empty
       }
     case .filesList:
-      .http { request, _ in .json(try FileService.list(path: request.query("path"))) }
+      .http { request, _ in
+        .json(try FileService.list(path: request.query("path"), depth: request.query("depth")))
+      }
+    case .filesMove:
+      .http { request, _ in
+        .json(try FileService.move(try await request.decodeJSON(MoveRequest.self)))
+      }
+    case .filesWatch: .http { request, _ in .raw(try watch(request)) }
     case .filesStat:
       .http { request, _ in .json(try FileService.describe(path: request.query("path"))) }
     case .filesMkdir:

@@ -140,31 +140,13 @@ enum FileService {
       owner: users[info.st_uid] ?? String(info.st_uid),
       group: groups[info.st_gid] ?? String(info.st_gid),
       modifiedAt: Double(info.st_mtim.tv_sec) + Double(info.st_mtim.tv_nsec) / 1e9,
-      linkTarget: target)
+      linkTarget: target, targetType: kind == .symlink ? targetKind(path) : nil,
+      metadata: userMetadata(path))
   }
 
   static func describe(path raw: String?) throws -> FileEntry {
     let path = try checkedPath(raw)
     return try entry(path, users: names("/etc/passwd"), groups: names("/etc/group"))
-  }
-
-  static func list(path raw: String?) throws -> FileListing {
-    let path = try checkedPath(raw)
-    guard let directory = opendir(path) else { throw failure(errno, path) }
-    defer { closedir(directory) }
-    let users = names("/etc/passwd")
-    let groups = names("/etc/group")
-    var entries: [FileEntry] = []
-    while let item = readdir(directory) {
-      let name = withUnsafePointer(to: item.pointee.d_name) {
-        $0.withMemoryRebound(to: CChar.self, capacity: 256) { String(cString: $0) }
-      }
-      if name == "." || name == ".." { continue }
-      let child = path == "/" ? "/\(name)" : "\(path)/\(name)"
-      if let entry = try? entry(child, users: users, groups: groups) { entries.append(entry) }
-    }
-    entries.sort { $0.name < $1.name }
-    return FileListing(path: path, entries: entries)
   }
 
   // MARK: Download and upload

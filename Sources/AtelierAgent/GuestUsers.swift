@@ -1,4 +1,5 @@
 import AtelierProcess
+import Synchronization
 
 /// Users of the guest, read from /etc/passwd and /etc/group when a command needs them.
 struct GuestUser: Sendable, Equatable {
@@ -46,14 +47,32 @@ struct GuestUser: Sendable, Equatable {
     return groups
   }
 
-  /// A login-like environment for this user, overlaid with `extra`.
-  func environment(extra: [String: String]?) -> [String: String] {
+  /// A login-like environment for this user, overlaid with the sandbox-wide environment, then
+  /// with `extra`.
+  func environment(
+    extra: [String: String]?, sandbox: [String: String] = SandboxEnvironmentStore.shared.current
+  ) -> [String: String] {
     var environment = [
       "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
       "HOME": home, "USER": name, "LOGNAME": name, "SHELL": shell,
       "LANG": "C.UTF-8", "TERM": "xterm-256color",
     ]
+    for (key, value) in sandbox { environment[key] = value }
     for (key, value) in extra ?? [:] { environment[key] = value }
     return environment
+  }
+}
+
+/// The sandbox-wide environment the manager sets (`PUT /system/environment`): every command,
+/// terminal, service and process the agent starts gets it. In memory only: a snapshot keeps
+/// it, a boot starts without it until the manager sends it again.
+final class SandboxEnvironmentStore: Sendable {
+  static let shared = SandboxEnvironmentStore()
+  private let value = Mutex<[String: String]>([:])
+
+  var current: [String: String] { value.withLock { $0 } }
+
+  func replace(with environment: [String: String]) {
+    value.withLock { $0 = environment }
   }
 }

@@ -58,8 +58,12 @@ public struct AgentOperation: Sendable {
   /// sees to it that every entry has one.
   public enum ID: String, Sendable, CaseIterable {
     case health, systemResume, systemPowerOff, systemGuestServices, guestServiceTunnel
+    case systemEnvironment
     case exec, execBatch, execStream
+    case processStart, processList, processEvents, processInput, processCloseStdin
+    case processSignal, processResize
     case filesDownload, filesUpload, filesDelete, filesList, filesStat, filesMkdir, filesWrite
+    case filesMove, filesWatch
     case archiveDownload, archiveUpload
     case servicesList, serviceGet, serviceDefine, serviceDelete, serviceStart, serviceStop
     case serviceRestart, serviceLogs
@@ -122,6 +126,7 @@ public struct AgentOperation: Sendable {
       let description =
         switch (name, tag) {
         case ("sid", _): "terminal session id"
+        case ("pid", _): "process id"
         case ("name", "dev"): "dev command name"
         default: "service name"
         }
@@ -156,9 +161,11 @@ public enum AgentOperations {
   ]
   static let octet = AgentBody.raw(contentType: "application/octet-stream")
   static let tar = AgentBody.raw(contentType: "application/x-tar")
+  /// A stream of JSON objects, one per line, written as they happen.
+  public static let ndjson = AgentBody.raw(contentType: "application/x-ndjson")
 
   public static let all: [AgentOperation] =
-    system + exec + files + services + dev + git + terminals + [
+    system + exec + processes + files + services + dev + git + terminals + [
       AgentOperation(
         .metrics, .get, "/metrics", summary: "CPU, memory, disk, load, uptime, processes",
         tag: "sandboxes", response: .json(GuestMetrics.self))
@@ -190,6 +197,50 @@ public enum AgentOperations {
         + "\"port\"} when a guest process connects to a guest service, then bytes flow as "
         + "binary frames both ways, {\"type\":\"eof\"} ending each direction",
       tag: "system", status: 101, isWebSocket: true, proxied: false),
+    AgentOperation(
+      .systemEnvironment, .put, "/system/environment",
+      summary:
+        "The sandbox-wide environment every command, terminal, service and process gets "
+        + "from now on (replacing the previous one)",
+      tag: "system", request: .json(GuestEnvironmentRequest.self),
+      response: .json(GuestEnvironmentStatus.self), errors: [.validation], proxied: false),
+  ]
+
+  /// The process table (the manager's own: the E2B adapter serves it to E2B clients).
+  static let processes: [AgentOperation] = [
+    AgentOperation(
+      .processStart, .post, "/processes",
+      summary:
+        "Start a process and stream its events (start, stdout/stderr/pty, end; one JSON "
+        + "object per line); the process outlives the stream",
+      tag: "processes", request: .json(ProcessStartRequest.self), response: ndjson,
+      errors: [.validation, .notFound], proxied: false),
+    AgentOperation(
+      .processList, .get, "/processes", summary: "Processes in the table", tag: "processes",
+      response: .json([GuestProcess].self), proxied: false),
+    AgentOperation(
+      .processEvents, .get, "/processes/{pid}/events",
+      summary: "Attach to a running process: start, then its output from now on, then end",
+      tag: "processes", response: ndjson, errors: [.notFound], proxied: false),
+    AgentOperation(
+      .processInput, .post, "/processes/{pid}/input",
+      summary: "Write to a process's stdin (or its terminal)", tag: "processes",
+      request: .json(ProcessInputRequest.self), status: 204,
+      errors: [.validation, .notFound, .conflict], proxied: false),
+    AgentOperation(
+      .processCloseStdin, .post, "/processes/{pid}/close-stdin",
+      summary: "Close a process's stdin (end of file)", tag: "processes", status: 204,
+      errors: [.notFound, .conflict], proxied: false),
+    AgentOperation(
+      .processSignal, .post, "/processes/{pid}/signal",
+      summary: "Signal a process's group", tag: "processes",
+      request: .json(ProcessSignalRequest.self), status: 204,
+      errors: [.validation, .notFound], proxied: false),
+    AgentOperation(
+      .processResize, .post, "/processes/{pid}/resize",
+      summary: "Resize a process's terminal", tag: "processes",
+      request: .json(TerminalSize.self), status: 204,
+      errors: [.validation, .notFound, .conflict], proxied: false),
   ]
 
   static let exec: [AgentOperation] = [
@@ -235,8 +286,14 @@ public enum AgentOperations {
       ],
       errors: [.validation, .forbidden, .notFound, .conflict]),
     AgentOperation(
-      .filesList, .get, "/files/list", summary: "List a folder", tag: "files",
-      response: .json(FileListing.self), query: [path],
+      .filesList, .get, "/files/list",
+      summary: "List a folder (and, with depth, what is below it; symlinks are not followed)",
+      tag: "files", response: .json(FileListing.self),
+      query: [
+        path,
+        AgentParameter(
+          "depth", "levels to list (default 1, at most 64)", format: .integer(minimum: 1)),
+      ],
       errors: [.validation, .forbidden, .notFound]),
     AgentOperation(
       .filesStat, .get, "/files/stat", summary: "Describe a file", tag: "files",
@@ -250,6 +307,23 @@ public enum AgentOperations {
       tag: "files", request: .json(WriteFilesRequest.self),
       response: .json(WriteFilesResult.self),
       errors: [.validation, .forbidden, .notFound, .conflict, .resourceExhausted]),
+    AgentOperation(
+      .filesMove, .post, "/files/move",
+      summary: "Move or rename a file or folder (the destination's parents are created)",
+      tag: "files", request: .json(MoveRequest.self), response: .json(FileEntry.self),
+      errors: [.validation, .forbidden, .notFound, .conflict], proxied: false),
+    AgentOperation(
+      .filesWatch, .get, "/files/watch",
+      summary:
+        "Watch a folder: started, then one event per change (one JSON object per line) "
+        + "until the client goes",
+      tag: "files", response: ndjson,
+      query: [
+        path,
+        AgentParameter("recursive", "watch the folders below it too", format: .boolean),
+        AgentParameter("includeEntry", "describe each changed entry", format: .boolean),
+      ],
+      errors: [.validation, .forbidden, .notFound], proxied: false),
     AgentOperation(
       .archiveDownload, .get, "/files/archive", summary: "Download a folder as a tar stream",
       tag: "files", response: tar, query: [path], errors: [.validation, .forbidden, .notFound]),

@@ -13,10 +13,15 @@ public struct FileEntry: Codable, Sendable, Equatable {
   /// Seconds since 1970.
   public var modifiedAt: Double
   public var linkTarget: String?
+  /// For a symlink: the type of what it points at (nil when that does not exist).
+  public var targetType: Kind?
+  /// User metadata (`user.e2b.*` extended attributes), when there is any.
+  public var metadata: [String: String]?
 
   public init(
     name: String, path: String, type: Kind, size: Int64, mode: String, owner: String,
-    group: String, modifiedAt: Double, linkTarget: String? = nil
+    group: String, modifiedAt: Double, linkTarget: String? = nil, targetType: Kind? = nil,
+    metadata: [String: String]? = nil
   ) {
     self.name = name
     self.path = path
@@ -27,16 +32,24 @@ public struct FileEntry: Codable, Sendable, Equatable {
     self.group = group
     self.modifiedAt = modifiedAt
     self.linkTarget = linkTarget
+    self.targetType = targetType
+    self.metadata = metadata
   }
 }
 
 public struct FileListing: Codable, Sendable, Equatable {
   public var path: String
   public var entries: [FileEntry]
-  public init(path: String, entries: [FileEntry]) {
+  /// More entries than one listing holds (`maxEntries`) were there.
+  public var truncated: Bool?
+  public init(path: String, entries: [FileEntry], truncated: Bool? = nil) {
     self.path = path
     self.entries = entries
+    self.truncated = truncated
   }
+  /// How deep a listing may go, and how many entries it may hold.
+  public static let depthRange = 1...64
+  public static let maxEntries = 100_000
 }
 
 public struct MkdirRequest: Codable, Sendable {
@@ -96,4 +109,41 @@ public enum GuestFormats {
   public static let namePattern = "^[a-z0-9_-]{1,40}$"
   public static let portRange = 1...65535
   public static let terminalSizeRange = 1...1000
+}
+
+/// `POST /files/move`: renames a file or folder (the destination's parents are created).
+public struct MoveRequest: Codable, Sendable {
+  public var source: String
+  public var destination: String
+  public init(source: String, destination: String) {
+    self.source = source
+    self.destination = destination
+  }
+}
+
+/// User metadata on a file: `user.e2b.<key>` extended attributes (what E2B's envd keeps),
+/// shown in `FileEntry.metadata`. (Read only: nothing sets them through the agent yet.)
+public enum FileMetadata {
+  /// The extended-attribute namespace the keys live in.
+  public static let attributePrefix = "user.e2b."
+}
+
+/// One line of `GET /files/watch`: `started` once the watch is in place, then one `event` per
+/// change under the folder (`name` relative to it).
+public struct WatchEventFrame: Codable, Sendable, Equatable {
+  public enum Kind: String, Codable, Sendable, CaseIterable { case started, event }
+  public enum Change: String, Codable, Sendable, CaseIterable {
+    case create, write, remove, rename, chmod
+  }
+  public var type: Kind
+  public var name: String?
+  public var change: Change?
+  /// The entry as it is after the change (when asked for, and it still exists).
+  public var entry: FileEntry?
+  public init(type: Kind, name: String? = nil, change: Change? = nil, entry: FileEntry? = nil) {
+    self.type = type
+    self.name = name
+    self.change = change
+    self.entry = entry
+  }
 }

@@ -9,6 +9,11 @@ public enum IdleAction: String, Codable, Sendable, CaseIterable {
   case pause, stop
 }
 
+/// What happens to a sandbox at the end of its lifetime (`expiresAt`).
+public enum ExpiryAction: String, Codable, Sendable, CaseIterable {
+  case delete, pause
+}
+
 /// Milliseconds spent in each step of a create.
 public struct SpawnTimings: Codable, Sendable, Equatable {
   public var cloneMs: Int
@@ -43,6 +48,9 @@ public struct SandboxInfo: Codable, Sendable, Equatable {
   public var ipAddress: String?
   /// The size of the sandbox's disk (its root file system fills it).
   public var diskGb: Int?
+  /// The end of its lifetime, when `onExpiry` happens (nil: none).
+  public var expiresAt: Date?
+  public var onExpiry: ExpiryAction?
   /// What the guest may reach (the host's default deny list comes on top).
   public var network: NetworkPolicy?
   /// The id of the user it belongs to.
@@ -53,7 +61,8 @@ public struct SandboxInfo: Codable, Sendable, Equatable {
     hostname: String, createdAt: Date, updatedAt: Date, timings: SpawnTimings? = nil,
     error: String? = nil, timeoutSeconds: Int? = nil, onIdle: IdleAction? = nil,
     snapshotId: String? = nil, ipAddress: String? = nil, diskGb: Int? = nil,
-    network: NetworkPolicy? = nil, ownerId: String? = nil
+    expiresAt: Date? = nil, onExpiry: ExpiryAction? = nil, network: NetworkPolicy? = nil,
+    ownerId: String? = nil
   ) {
     self.id = id
     self.status = status
@@ -70,6 +79,8 @@ public struct SandboxInfo: Codable, Sendable, Equatable {
     self.snapshotId = snapshotId
     self.ipAddress = ipAddress
     self.diskGb = diskGb
+    self.expiresAt = expiresAt
+    self.onExpiry = onExpiry
     self.network = network
     self.ownerId = ownerId
   }
@@ -85,11 +96,18 @@ public struct CreateSandboxRequest: Codable, Sendable {
   public var onIdle: IdleAction?
   /// Disk size; default `ATELIER_DISK_SIZE_GB`, never smaller than the image's disk.
   public var diskGb: Int?
+  /// Seconds until `onExpiry` happens, however busy the sandbox is (0 or none: no end).
+  public var lifetimeSeconds: Int?
+  /// `delete` by default.
+  public var onExpiry: ExpiryAction?
+  /// The sandbox-wide environment every command, terminal and service gets.
+  public var env: [String: String]?
   /// Egress policy; a restore keeps the snapshot's where this leaves a field out.
   public var network: NetworkPolicyRequest?
   public init(
     image: String? = nil, vcpus: Int? = nil, memoryMb: Int? = nil, snapshot: String? = nil,
     timeoutSeconds: Int? = nil, onIdle: IdleAction? = nil, diskGb: Int? = nil,
+    lifetimeSeconds: Int? = nil, onExpiry: ExpiryAction? = nil, env: [String: String]? = nil,
     network: NetworkPolicyRequest? = nil
   ) {
     self.image = image
@@ -99,6 +117,9 @@ public struct CreateSandboxRequest: Codable, Sendable {
     self.timeoutSeconds = timeoutSeconds
     self.onIdle = onIdle
     self.diskGb = diskGb
+    self.lifetimeSeconds = lifetimeSeconds
+    self.onExpiry = onExpiry
+    self.env = env
     self.network = network
   }
 
@@ -109,6 +130,8 @@ public struct CreateSandboxRequest: Codable, Sendable {
   public static let defaultMemoryMb = 256
   /// Idle seconds before `onIdle` (0 turns it off); at most a year.
   public static let timeoutRange = 0...31_536_000
+  /// Seconds of lifetime (0 turns it off); at most a year.
+  public static let lifetimeRange = 0...31_536_000
 }
 
 /// The sizes a sandbox may have on this host (`ATELIER_MAX_VCPUS`, `…_MEMORY_MB`, `…_DISK_GB`).
@@ -123,13 +146,21 @@ public struct SandboxLimits: Sendable, Equatable {
   }
 }
 
-/// `PATCH /api/sandboxes/{id}`: idle policy (`timeoutSeconds: 0` turns it off).
+/// `PATCH /api/sandboxes/{id}`: idle policy (`timeoutSeconds: 0` turns it off) and lifetime
+/// (`lifetimeSeconds` from now; 0 turns it off).
 public struct UpdateSandboxRequest: Codable, Sendable {
   public var timeoutSeconds: Int?
   public var onIdle: IdleAction?
-  public init(timeoutSeconds: Int? = nil, onIdle: IdleAction? = nil) {
+  public var lifetimeSeconds: Int?
+  public var onExpiry: ExpiryAction?
+  public init(
+    timeoutSeconds: Int? = nil, onIdle: IdleAction? = nil, lifetimeSeconds: Int? = nil,
+    onExpiry: ExpiryAction? = nil
+  ) {
     self.timeoutSeconds = timeoutSeconds
     self.onIdle = onIdle
+    self.lifetimeSeconds = lifetimeSeconds
+    self.onExpiry = onExpiry
   }
 }
 

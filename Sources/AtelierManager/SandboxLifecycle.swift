@@ -88,6 +88,8 @@ extension SandboxService {
         if let disk = drivers.volumes.disk(of: volume) { try updateRuntime(id) { $0.disk = disk } }
       }
       _ = try await bootVM(id, undo: &undo)
+      // A booted agent starts without the sandbox's environment.
+      try await pushEnvironment(id, evenIfEmpty: false)
     } catch {
       await undo.run()
       try? updateRuntime(id) {
@@ -185,13 +187,20 @@ extension SandboxService {
     return health
   }
 
-  /// `PATCH`: the idle policy.
+  /// `PATCH`: the idle policy and the lifetime (from now).
   public func update(_ id: String, _ request: UpdateSandboxRequest) async throws -> SandboxInfo {
     let idle = try Self.validateIdle(timeoutSeconds: request.timeoutSeconds, onIdle: request.onIdle)
+    if let lifetime = request.lifetimeSeconds {
+      try Self.check("lifetimeSeconds", lifetime, in: CreateSandboxRequest.lifetimeRange)
+    }
     return try await withSandboxLock(id) {
       var row = try record(id)
       if request.timeoutSeconds != nil { row.timeoutSeconds = idle.0 }
       if let onIdle = idle.1 { row.onIdle = onIdle.rawValue }
+      if let lifetime = request.lifetimeSeconds {
+        row.expiresAt = lifetime == 0 ? nil : Date().addingTimeInterval(Double(lifetime))
+      }
+      if let onExpiry = request.onExpiry { row.expiryAction = onExpiry.rawValue }
       touch(id)
       return Self.info(try save(row, from: Self.status(row)))
     }

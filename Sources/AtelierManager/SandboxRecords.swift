@@ -18,7 +18,10 @@ extension SandboxService {
       error: record.error, timeoutSeconds: record.timeoutSeconds,
       onIdle: record.onIdle.flatMap(IdleAction.init(rawValue:)), snapshotId: record.snapshotId,
       ipAddress: runtime.network.flatMap { $0.mac == nil ? nil : $0.guestIPv4 },
-      diskGb: runtime.diskGb, network: runtime.policy, ownerId: record.ownerId)
+      diskGb: runtime.diskGb, expiresAt: record.expiresAt,
+      onExpiry: record.expiresAt == nil
+        ? nil : record.expiryAction.flatMap(ExpiryAction.init(rawValue:)) ?? .delete,
+      network: runtime.policy, ownerId: record.ownerId)
   }
 
   static func status(_ record: SandboxRecord) -> SandboxStatus {

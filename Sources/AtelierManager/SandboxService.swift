@@ -157,7 +157,7 @@ public actor SandboxService {
   public func create(_ request: CreateSandboxRequest, owner: String? = nil) async throws
     -> SandboxInfo
   {
-    let idle = try Self.validateIdle(timeoutSeconds: request.timeoutSeconds, onIdle: request.onIdle)
+    let terms = try SandboxPolicy(request)
     if let snapshotId = request.snapshot {
       guard request.image == nil, request.vcpus == nil, request.memoryMb == nil,
         request.diskGb == nil
@@ -167,7 +167,7 @@ public actor SandboxService {
             + "snapshot (and network, timeoutSeconds or onIdle)")
       }
       return try await restore(
-        snapshotId: snapshotId, idle: idle, network: request.network, owner: owner)
+        snapshotId: snapshotId, terms: terms, network: request.network, owner: owner)
     }
     let vcpus = request.vcpus ?? CreateSandboxRequest.defaultVcpus
     let memoryMb = request.memoryMb ?? CreateSandboxRequest.defaultMemoryMb
@@ -193,7 +193,7 @@ public actor SandboxService {
     }
     try requireFreeSpace(for: "a create")
     let row = try reserve(
-      image: imageName, vcpus: vcpus, memoryMb: memoryMb, idle: idle, snapshotId: nil,
+      image: imageName, vcpus: vcpus, memoryMb: memoryMb, terms: terms, snapshotId: nil,
       runtime: SandboxRuntime(
         kernel: image.kernel, imageBuild: image.buildId, diskGb: diskGb,
         agentKey: AgentKey.generate(), policy: policy), owner: owner)
@@ -255,7 +255,7 @@ public actor SandboxService {
   /// Inserts the `creating` row, refusing beyond the limit (one transaction, so concurrent
   /// creates cannot both take the last place).
   func reserve(
-    image: String, vcpus: Int, memoryMb: Int, idle: (Int?, IdleAction?), snapshotId: String?,
+    image: String, vcpus: Int, memoryMb: Int, terms: SandboxPolicy, snapshotId: String?,
     memorySnapshotId: String? = nil, runtime: SandboxRuntime, owner: String? = nil
   ) throws -> SandboxRecord {
     let id = Identifier.make()
@@ -263,8 +263,12 @@ public actor SandboxService {
     let row = SandboxRecord(
       id: id, status: SandboxStatus.creating.rawValue, image: image, vcpus: vcpus,
       memoryMb: memoryMb, hostname: "sbx-\(id)", createdAt: now, updatedAt: now,
-      runtime: Self.encode(runtime), timeoutSeconds: idle.0, onIdle: idle.1?.rawValue,
-      snapshotId: snapshotId, memorySnapshotId: memorySnapshotId, ownerId: owner)
+      runtime: Self.encode(runtime), timeoutSeconds: terms.idle.0,
+      onIdle: terms.idle.1?.rawValue, snapshotId: snapshotId,
+      expiresAt: terms.lifetimeSeconds.map { now.addingTimeInterval(Double($0)) },
+      expiryAction: terms.lifetimeSeconds == nil ? nil : terms.onExpiry.rawValue,
+      environment: terms.environment.isEmpty ? nil : Self.encode(terms.environment),
+      memorySnapshotId: memorySnapshotId, ownerId: owner)
     guard
       try database.insert(
         row, ifCountOf: Self.countedStatuses.map(\.rawValue),
@@ -289,6 +293,9 @@ public actor SandboxService {
     var undo = UndoStack()
     do {
       let timings = try await steps(&undo)
+      // Every command from the first one gets the sandbox's environment (a restore replaces
+      // whatever its snapshot's agent had).
+      try await pushEnvironment(id, evenIfEmpty: try record(id).snapshotId != nil)
       var row = try record(id)
       row.status = SandboxStatus.running.rawValue
       row.timings = Self.encode(timings)

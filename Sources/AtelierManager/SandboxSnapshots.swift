@@ -212,7 +212,7 @@ extension SandboxService {
   /// id and hostname; memory mapped from the snapshot's file instead of booting; then the guest
   /// is told who it is now, the time, given fresh entropy and a key of its own.
   func restore(
-    snapshotId: String, idle: (Int?, IdleAction?), network request: NetworkPolicyRequest? = nil,
+    snapshotId: String, terms: SandboxPolicy, network request: NetworkPolicyRequest? = nil,
     forking: Bool = false, owner: String? = nil
   ) async throws -> SandboxInfo {
     guard let snapshot = try database.snapshot(id: snapshotId),
@@ -230,7 +230,7 @@ extension SandboxService {
     // The row names the memory file it will map from its insert on: a delete of the snapshot
     // from now on only retires it.
     let row = try reserve(
-      image: snapshot.image, vcpus: snapshot.vcpus, memoryMb: snapshot.memoryMb, idle: idle,
+      image: snapshot.image, vcpus: snapshot.vcpus, memoryMb: snapshot.memoryMb, terms: terms,
       snapshotId: snapshotId, memorySnapshotId: snapshotId,
       runtime: SandboxRuntime(
         kernel: state.kernel, diskGb: state.diskGb, agentKey: AgentKey.generate(),
@@ -308,7 +308,9 @@ extension SandboxService {
       }
       return (row, try await snapshotLocked(row, name: "fork of \(id)", kind: "fork"))
     }
-    let idle = (parent.timeoutSeconds, parent.onIdle.flatMap(IdleAction.init(rawValue:)))
+    // Forks are copies: the parent's idle policy and environment, and what is left of its
+    // lifetime.
+    let terms = SandboxPolicy(inheritingFrom: parent)
     var created: [SandboxInfo] = []
     var failure: (any Error)?
     await withTaskGroup(of: Result<SandboxInfo, any Error>.self) { group in
@@ -317,7 +319,7 @@ extension SandboxService {
           // The forks belong to the parent's owner.
           await Result(catching: {
             try await self.restore(
-              snapshotId: snapshot.id, idle: idle, network: network, forking: true,
+              snapshotId: snapshot.id, terms: terms, network: network, forking: true,
               owner: parent.ownerId)
           })
         }

@@ -1,5 +1,6 @@
 import AsyncHTTPClient
 import AtelierCore
+import AtelierHTTP
 import AtelierHost
 import AtelierManager
 import HTTPTypes
@@ -9,7 +10,6 @@ import HummingbirdWebSocket
 import Logging
 import NIOCore
 import NIOHTTP1
-import Synchronization
 
 /// Forwards `/api/sandboxes/{id}/<agent path>` to the sandbox's agent: request and response
 /// bodies are streamed both ways (large uploads and downloads are never held in memory), and
@@ -132,41 +132,5 @@ final class ActivityLease: Sendable {
 
   deinit {
     Task { [service, sandboxId] in await service.connectionClosed(sandboxId) }
-  }
-}
-
-/// A body that may be read once. A second read of Hummingbird's request body, or of the
-/// HTTP client's response body, traps and would end the manager: the HTTP client retries a
-/// request whose pooled connection turned out closed (an agent may close one after answering
-/// early, say with a 409, without reading the body), and one hostile guest must not bring the
-/// manager down. A second pass fails instead.
-struct SinglePassSequence<Base: AsyncSequence & Sendable>: AsyncSequence, Sendable
-where Base.Element == ByteBuffer {
-  typealias Element = ByteBuffer
-  let base: Base
-  let started = StartedFlag()
-
-  init(_ base: Base) { self.base = base }
-
-  final class StartedFlag: Sendable {
-    let value = Mutex(false)
-  }
-
-  struct AsyncIterator: AsyncIteratorProtocol {
-    var base: Base.AsyncIterator?
-    mutating func next() async throws -> ByteBuffer? {
-      guard base != nil else {
-        throw AtelierError(.unavailable, "a body was read twice: the agent dropped a connection")
-      }
-      return try await base?.next()
-    }
-  }
-
-  func makeAsyncIterator() -> AsyncIterator {
-    let first = started.value.withLock { started in
-      defer { started = true }
-      return !started
-    }
-    return AsyncIterator(base: first ? base.makeAsyncIterator() : nil)
   }
 }

@@ -1,4 +1,5 @@
 import AtelierCore
+import AtelierE2B
 import AtelierHost
 import AtelierManager
 import AtelierStore
@@ -40,11 +41,17 @@ public enum ManagerServer {
     router.add(middleware: RequestIdMiddleware())
     router.add(middleware: ErrorMiddleware(routes: table))
     router.add(middleware: PathNormalizationMiddleware())
-    let root = DocumentedRoutes(
-      group: router.group(), prefix: "", table: table, requiresAuth: false)
+    // E2B's SDK: envd requests (by header) before any routing, its control plane at the root.
     let authenticator = Authenticator(
       database: dependencies.database,
       signer: try SessionSigner.load(path: dependencies.config.sessionKeyPath))
+    let e2b = E2BAdapter<ManagerRequestContext>(
+      service: dependencies.service, database: dependencies.database,
+      keys: e2bKeys(authenticator), logger: logger)
+    router.add(middleware: e2b.envdMiddleware())
+    e2b.addControlPlane(to: router)
+    let root = DocumentedRoutes(
+      group: router.group(), prefix: "", table: table, requiresAuth: false)
     let authentication = AuthenticationMiddleware(authenticator: authenticator)
     let apiGroup = router.group("api").add(middleware: authentication)
     let api = DocumentedRoutes(group: apiGroup, prefix: "/api", table: table, requiresAuth: true)
@@ -96,6 +103,12 @@ public enum ManagerServer {
     return (router, table)
   }
 
+  /// What opens the E2B API: an admin's API key. Sandboxes made through it have no owner yet
+  /// (only admins see those), so members' keys are refused until they map onto owners.
+  static func e2bKeys(_ authenticator: Authenticator) -> E2BKeyVerifier {
+    E2BKeyVerifier { authenticator.principal(forKey: $0)?.role == .admin }
+  }
+
   /// GitHub login when configured; it needs a list of who may log in.
   static func githubLogin(_ dependencies: Dependencies, signer: SessionSigner) throws
     -> GitHubLogin?
@@ -133,6 +146,9 @@ public enum ManagerServer {
       },
       PeriodicService(name: "idle-reaper", every: .seconds(config.idleCheckSeconds)) {
         await service.reapIdle()
+      },
+      PeriodicService(name: "lifetime-reaper", every: .seconds(config.idleCheckSeconds)) {
+        await service.reapExpired()
       })
     app.beforeServerStarts {
       let report = await service.reconcile()

@@ -22,6 +22,14 @@ public struct SandboxRecord: Codable, Sendable, Equatable, FetchableRecord, Pers
   public var onIdle: String?
   /// The snapshot this sandbox was restored from, if any.
   public var snapshotId: String?
+  /// The end of its lifetime: at this instant `expiryAction` happens, however busy it is
+  /// (unlike the idle policy); nil never.
+  public var expiresAt: Date?
+  /// `delete` (the default) or `pause`.
+  public var expiryAction: String?
+  /// The sandbox-wide environment (JSON object of strings) its agent gives every command,
+  /// terminal and service.
+  public var environment: String?
   /// The snapshot whose memory file this sandbox's running VM maps (a restore or a fork, until
   /// its VM stops): what keeps that file alive after the snapshot is deleted.
   public var memorySnapshotId: String?
@@ -32,7 +40,8 @@ public struct SandboxRecord: Codable, Sendable, Equatable, FetchableRecord, Pers
     id: String, status: String, image: String, vcpus: Int, memoryMb: Int, hostname: String,
     createdAt: Date, updatedAt: Date, timings: String? = nil, error: String? = nil,
     runtime: String? = nil, timeoutSeconds: Int? = nil, onIdle: String? = nil,
-    snapshotId: String? = nil, memorySnapshotId: String? = nil, ownerId: String? = nil
+    snapshotId: String? = nil, expiresAt: Date? = nil, expiryAction: String? = nil,
+    environment: String? = nil, memorySnapshotId: String? = nil, ownerId: String? = nil
   ) {
     self.id = id
     self.status = status
@@ -48,6 +57,9 @@ public struct SandboxRecord: Codable, Sendable, Equatable, FetchableRecord, Pers
     self.timeoutSeconds = timeoutSeconds
     self.onIdle = onIdle
     self.snapshotId = snapshotId
+    self.expiresAt = expiresAt
+    self.expiryAction = expiryAction
+    self.environment = environment
     self.memorySnapshotId = memorySnapshotId
     self.ownerId = ownerId
   }
@@ -163,6 +175,7 @@ public final class AtelierDatabase: Sendable {
         table.add(column: "retiredAt", .datetime)
       }
     }
+    registerLifetimeAndE2BMigrations(&migrator)
     migrator.registerMigration("v5-access", migrate: AccessMigration.apply)
     return migrator
   }

@@ -1,6 +1,7 @@
 #define _GNU_SOURCE
 #include "CAtelierSys.h"
 
+#include <sys/xattr.h>
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -432,4 +433,12 @@ void atelier_relay(int a, int b) {
   }
   close(a);
   close(b);
+}
+
+long atelier_llistxattr(const char *path, char *list, unsigned long size) {
+  return (long)llistxattr(path, list, (size_t)size);
+}
+
+long atelier_lgetxattr(const char *path, const char *name, void *value, unsigned long size) {
+  return (long)lgetxattr(path, name, value, (size_t)size);
 }

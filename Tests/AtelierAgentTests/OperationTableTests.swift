@@ -34,7 +34,7 @@ import Testing
       #expect(operation.errors.contains(.internal))
       #expect(operation.errors.contains(.unauthorized) == operation.requiresKey, "\(operation.id)")
       for parameter in operation.pathParameters {
-        #expect(["name", "sid"].contains(parameter.name), "\(operation.id)")
+        #expect(["name", "sid", "pid"].contains(parameter.name), "\(operation.id)")
       }
     }
     // What the manager must keep to itself.
@@ -43,7 +43,10 @@ import Testing
       Set(managerOnly)
         == [
           "/health", "/system/resume", "/system/poweroff", "/system/guest-services",
-          "/guest-services/tunnel",
+          "/guest-services/tunnel", "/system/environment", "/files/watch", "/files/move",
+          // The process table: for the E2B adapter.
+          "/processes", "/processes/{pid}/events", "/processes/{pid}/input",
+          "/processes/{pid}/close-stdin", "/processes/{pid}/signal", "/processes/{pid}/resize",
         ])
     #expect(AgentOperations.proxied.contains { $0.method == .get && $0.path == "/dev/{name}" })
     #expect(AgentOperations.operation(.filesUpload).request?.isRaw == true)

@@ -81,7 +81,7 @@ extension VMTests {
     /// Routes 127.0.0.1 out of eth0 (guest root can): what a VMM makes of a packet to the host's
     /// loopback that no gateway mapping produced.
     static let loopbackOutOfEth0 = """
-      sysctl -qw net.ipv4.conf.all.route_localnet=1 net.ipv4.conf.eth0.route_localnet=1; \
+      exec 2>&1; sysctl -qw net.ipv4.conf.all.route_localnet=1 net.ipv4.conf.eth0.route_localnet=1; \
       ip route add 127.0.0.1/32 via $(ip route show default | cut -d' ' -f3) dev eth0 table 100 \
       && ip rule add to 127.0.0.1 lookup 100 pref 10 && ip rule del pref 0 \
       && ip rule add pref 20 lookup local && ip route get 127.0.0.1

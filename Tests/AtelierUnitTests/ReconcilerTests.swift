@@ -104,8 +104,8 @@ import Testing
     let host = try FakeHost()
     defer { Task { await host.tearDown() } }
     let row = try await host.service.reserve(
-      image: "tiny", vcpus: 1, memoryMb: 256, idle: (nil, nil), snapshotId: nil,
-      runtime: SandboxRuntime(), owner: nil)
+      image: "tiny", vcpus: 1, memoryMb: 256, terms: try SandboxPolicy(CreateSandboxRequest()),
+      snapshotId: nil, runtime: SandboxRuntime(), owner: nil)
     _ = try await host.volumes.clone(
       base: DiskAttachment(path: "/dev/null", format: .raw), to: "sandbox-\(row.id)",
       minimumSizeBytes: 0)

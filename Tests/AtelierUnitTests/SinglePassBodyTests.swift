@@ -1,3 +1,4 @@
+import AtelierHTTP
 import Hummingbird
 import NIOCore
 import Testing

@@ -163,7 +163,12 @@ final class ConsoleRelay: Sendable {
 
   func watch(_ pid: Int32) { state.withLock { $0.pid = pid } }
 
-  func stop() { state.withLock { $0.stopped = true } }
+  /// What the FIFO holds now goes to this relay's files; after that it reads nothing, so a
+  /// relay started in its place (a manager taking the VM over) gets everything written since.
+  func stop() {
+    pump(wait: 0)
+    state.withLock { $0.stopped = true }
+  }
 
   func run() {
     defer { close(fifo) }
@@ -171,9 +176,11 @@ final class ConsoleRelay: Sendable {
       let moved = pump(wait: 250)
       let (stopped, pid) = state.withLock { ($0.stopped, $0.pid) }
       if stopped { break }
-      if let pid, moved == 0, !HostProcesses.isAlive(pid) { break }
+      if let pid, moved == 0, !HostProcesses.isAlive(pid) {
+        pump(wait: 0)
+        break
+      }
     }
-    pump(wait: 0)
     state.withLock { $0.file.close() }
   }
 
@@ -185,7 +192,7 @@ final class ConsoleRelay: Sendable {
     var buffer = [UInt8](repeating: 0, count: 65536)
     var moved = 0
     return state.withLock { state in
-      guard !state.stopped || wait == 0 else { return 0 }
+      guard !state.stopped else { return 0 }
       while moved < 1 << 20 {
         let count = buffer.withUnsafeMutableBytes { read(fifo, $0.baseAddress, $0.count) }
         guard count > 0 else { break }

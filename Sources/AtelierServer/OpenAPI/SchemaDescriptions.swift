@@ -6,6 +6,7 @@ import AtelierManager
 
 extension SandboxStatus: SchemaEnumeration {}
 extension IdleAction: SchemaEnumeration {}
+extension ExpiryAction: SchemaEnumeration {}
 extension FileEntry.Kind: SchemaEnumeration {}
 extension ServiceDefinition.RestartPolicy: SchemaEnumeration {}
 extension ServiceStatus.State: SchemaEnumeration {}
@@ -32,6 +33,11 @@ extension CreateSandboxRequest: SchemaDescribed {
     schema.bound("timeoutSeconds", timeoutRange)
     schema.describe("timeoutSeconds", "idle seconds before onIdle; 0 turns it off")
     schema.describe("snapshot", "restore this snapshot instead of booting")
+    schema.bound("lifetimeSeconds", lifetimeRange)
+    schema.describe("lifetimeSeconds", "seconds until onExpiry, however busy; 0 or none: no end")
+    schema.set("env", "maxProperties", .number(Double(SandboxEnvironment.maxVariables)))
+    schema.set("env", "propertyNames", ["pattern": .string(SandboxEnvironment.namePattern)])
+    schema.set("env", "additionalProperties", ["type": "string", "pattern": "^[^\\u0000]*$"])
     // A restore takes its shape from the snapshot (SandboxService.create refuses both).
     // (null counts as absent, as it decodes as nil.)
     schema.extra["allOf"] = .array(
@@ -51,6 +57,8 @@ extension UpdateSandboxRequest: SchemaDescribed {
   static func describe(_ schema: inout ObjectSchema, in context: SchemaContext) {
     schema.bound("timeoutSeconds", CreateSandboxRequest.timeoutRange)
     schema.describe("timeoutSeconds", "idle seconds before onIdle; 0 turns it off")
+    schema.bound("lifetimeSeconds", CreateSandboxRequest.lifetimeRange)
+    schema.describe("lifetimeSeconds", "the lifetime from now; 0 turns it off")
   }
 }
 

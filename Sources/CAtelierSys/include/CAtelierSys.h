@@ -83,6 +83,11 @@ int atelier_set_realtime(long long seconds, long nanoseconds);
 /// sync + reboot(RB_POWER_OFF): ends the VM when called by PID 1.
 int atelier_power_off(void);
 
+/// Extended attributes of a path, never following a symlink at it (Swift's Glibc module
+/// lacks <sys/xattr.h>). Same results as llistxattr/lgetxattr.
+long atelier_llistxattr(const char *path, char *list, unsigned long size);
+long atelier_lgetxattr(const char *path, const char *name, void *value, unsigned long size);
+
 int atelier_wifexited(int status);
 int atelier_wexitstatus(int status);
 int atelier_wifsignaled(int status);

@@ -48,6 +48,10 @@ final class FakeAgent: Sendable {
     }
     // One proxied route, answered as the agent would (to check who may reach the agent).
     router.get("/services") { _, _ in jsonResponse([ServiceStatus]()) }
+    router.put("/system/environment") { request, _ in
+      let body = try await request.decodeJSON(GuestEnvironmentRequest.self)
+      return jsonResponse(GuestEnvironmentStatus(variables: body.env.count))
+    }
     router.post("/exec") { request, _ in
       let body = try await request.decodeJSON(ExecRequest.self)
       return jsonResponse(
