@@ -161,16 +161,16 @@ struct Keys: AsyncParsableCommand {
 
     struct Body: Encodable {
       var name: String
-      var expiresAt: String?
+      var expiresInSeconds: Int?
     }
 
     func run() async throws {
-      if let days = expiresInDays, days < 1 { throw CLIError("--expires-in-days must be ≥ 1") }
-      let expiry = expiresInDays.map {
-        ISO8601.format(Date().addingTimeInterval(Double($0) * 86400))
+      if let days = expiresInDays, !(1...3650).contains(days) {
+        throw CLIError("--expires-in-days must be 1–3650")
       }
       let created = try await ManagerClient.make(config: try loadConfig()).post(
-        "/api/api-keys", Body(name: name, expiresAt: expiry), as: Created.self)
+        "/api/api-keys", Body(name: name, expiresInSeconds: expiresInDays.map { $0 * 86400 }),
+        as: Created.self)
       print(created.apiKey)
       FileHandle.writeError("key \(created.key.id) (\(created.key.name)); shown only now")
     }

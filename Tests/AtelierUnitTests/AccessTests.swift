@@ -184,11 +184,14 @@ import Testing
           uri: "/api/sandboxes", method: .get, headers: Harness.bearer(secret)
         ) { #expect($0.status == status, "expiry \(offset) s") }
       }
-      // An expiry in the past is refused at creation.
-      try await client.execute(
-        uri: "/api/api-keys", method: .post, headers: Harness.bearer(setup.memberKey, json: true),
-        body: ByteBuffer(string: #"{"name": "old", "expiresAt": "2020-01-01T00:00:00Z"}"#)
-      ) { #expect($0.status == .badRequest) }
+      // A lifetime outside its bounds is refused at creation; one inside them is taken.
+      for (seconds, status) in [(0, HTTPResponse.Status.badRequest), (3600, .created)] {
+        try await client.execute(
+          uri: "/api/api-keys", method: .post,
+          headers: Harness.bearer(setup.memberKey, json: true),
+          body: ByteBuffer(string: #"{"name": "timed", "expiresInSeconds": \#(seconds)}"#)
+        ) { #expect($0.status == status, "\(seconds) s") }
+      }
     }
   }
 

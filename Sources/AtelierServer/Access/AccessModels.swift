@@ -61,8 +61,11 @@ struct APIKeyInfo: Codable, Sendable, Equatable {
 
 struct CreateAPIKeyRequest: Codable, Sendable {
   var name: String
-  /// When it stops working (none: never).
-  var expiresAt: Date?
+  /// Seconds until it stops working (none: never). A lifetime, not a time: a schema can
+  /// bound it, where "a time in the future" cannot be said.
+  var expiresInSeconds: Int?
+  /// A minute to ten years.
+  static let lifetimeRange = 60...315_360_000
 }
 
 struct CreatedAPIKey: Codable, Sendable {
@@ -112,6 +115,7 @@ extension CreateAPIKeyRequest: SchemaDescribed {
   static var schemaName: String { "CreateAPIKey" }
   static func describe(_ schema: inout ObjectSchema, in context: SchemaContext) {
     schema.length("name", APIKeyInfo.nameLength)
-    schema.describe("expiresAt", "in the future; none means the key never expires")
+    schema.bound("expiresInSeconds", CreateAPIKeyRequest.lifetimeRange)
+    schema.describe("expiresInSeconds", "seconds until the key stops working; none: never")
   }
 }

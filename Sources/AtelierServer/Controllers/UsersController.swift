@@ -80,11 +80,16 @@ struct UsersController {
       guard APIKeyInfo.nameLength.contains(body.name.count) else {
         throw AtelierError.validation("name must be 1–100 characters")
       }
-      if let expiry = body.expiresAt, expiry <= Date() {
-        throw AtelierError.validation("expiresAt must be in the future")
+      if let seconds = body.expiresInSeconds,
+        !CreateAPIKeyRequest.lifetimeRange.contains(seconds)
+      {
+        throw AtelierError.validation(
+          "expiresInSeconds must be \(CreateAPIKeyRequest.lifetimeRange.lowerBound)–"
+            + "\(CreateAPIKeyRequest.lifetimeRange.upperBound)")
       }
       let (record, secret) = APIKeys.make(
-        userId: try context.caller().userId, name: body.name, expiresAt: body.expiresAt)
+        userId: try context.caller().userId, name: body.name,
+        expiresAt: body.expiresInSeconds.map { Date().addingTimeInterval(Double($0)) })
       try database.insert(record)
       return CreatedAPIKey(key: APIKeyInfo(record), apiKey: secret)
     }

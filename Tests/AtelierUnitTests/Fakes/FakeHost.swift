@@ -26,7 +26,9 @@ struct FakeHost {
     config.dataDir = data
     config.maxSandboxes = maxSandboxes
     config.minFreeGb = minFreeGb
-    config.bootTimeoutSeconds = 2
+    // Generous: a fake agent answers at once, but a machine running the whole suite on two
+    // cores may not schedule it for seconds.
+    config.bootTimeoutSeconds = 30
     configure(&config)
     for directory in [config.sandboxesDir, config.snapshotsDir, config.imagesDir] {
       try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
