@@ -287,6 +287,10 @@ final class TerminalService: Sendable {
           workingDirectory: directoryExists(cwd) ? cwd : "/",
           credentials: user.uid == getuid() ? nil : user.credentials, stdin: slave, stdout: slave,
           stderr: slave, newSession: true, controllingTerminal: true))
+    } catch let error as SpawnError where error.errno == ENOENT {
+      // Well formed, naming a program this guest does not have.
+      close(master)
+      throw APIError.notFound("no program \(executable) in this guest")
     } catch {
       close(master)
       throw APIError.badRequest("cannot start \(executable): \(error)")
