@@ -41,7 +41,7 @@ enum FileService {
       return APIError(
         status: .forbidden, code: "FORBIDDEN", message: "\(path): read-only file system")
     case EISDIR: return APIError.conflict("\(path) is a directory")
-    case ENOTDIR: return APIError.badRequest("\(path): a parent is not a directory")
+    case ENOTDIR: return APIError.conflict("\(path): a parent is not a directory")
     case ENOTEMPTY: return APIError.conflict("\(path) is not empty (use recursive=true)")
     case EEXIST: return APIError.conflict("\(path) already exists")
     case ENOSPC:
