@@ -67,10 +67,11 @@ extension FileService {
     let path = try checkedPath(raw)
     let depth =
       try rawDepth.map { text in
-        guard let value = Int(text), FileListing.depthRange.contains(value) else {
-          throw APIError.badRequest("depth must be a number from 1 to 64")
+        guard let value = Int(text), value >= FileListing.depthRange.lowerBound else {
+          throw APIError.badRequest("depth must be a whole number of at least 1")
         }
-        return value
+        // Deeper than the most listed is the most, as the document says.
+        return min(value, FileListing.depthRange.upperBound)
       } ?? 1
     var lookup = (users: names("/etc/passwd"), groups: names("/etc/group"))
     var entries: [FileEntry] = []
