@@ -35,17 +35,7 @@ final class PTYMaster: Sendable {
   func write(_ bytes: [UInt8]) async -> Bool {
     await withCheckedContinuation { continuation in
       DispatchQueue.global().async {
-        let ok = self.fd.withLock { fd -> Bool in
-          guard fd >= 0 else { return false }
-          var offset = 0
-          while offset < bytes.count {
-            let n = bytes[offset...].withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
-            if n < 0 && errno == EINTR { continue }
-            guard n > 0 else { return false }
-            offset += n
-          }
-          return true
-        }
+        let ok = self.fd.withLock { fd in fd >= 0 && writeAll(fd: fd, bytes) }
         continuation.resume(returning: ok)
       }
     }

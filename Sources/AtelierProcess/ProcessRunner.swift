@@ -117,9 +117,11 @@ public enum ProcessRunner {
 }
 
 /// Writes every byte, retrying on short writes and EINTR; stops quietly when the reader is gone.
-public func writeAll(fd: Int32, _ bytes: [UInt8]) {
+/// True when everything was written.
+@discardableResult
+public func writeAll(fd: Int32, _ bytes: [UInt8]) -> Bool {
   var offset = 0
-  bytes.withUnsafeBytes { raw in
+  return bytes.withUnsafeBytes { raw in
     while offset < raw.count {
       let n = write(fd, raw.baseAddress! + offset, raw.count - offset)
       if n > 0 {
@@ -127,9 +129,10 @@ public func writeAll(fd: Int32, _ bytes: [UInt8]) {
       } else if n < 0 && errno == EINTR {
         continue
       } else {
-        return
+        return false
       }
     }
+    return true
   }
 }
 
